@@ -1,0 +1,80 @@
+"""What a check finds: findings, verdicts and per-target results (the JSON report's shape)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The stable ``kind`` strings of design section 2, in the order a report lists them.
+KINDS = (
+    "exception",
+    "hang",
+    "input-mutation",
+    "attribute-mutation",
+    "global-mutation",
+    "race",
+    "nondeterminism",
+)
+
+VERDICTS = ("pass", "fail", "error", "skipped")
+
+
+@dataclass
+class Finding:
+    """One defect in the user's code, found by one oracle."""
+
+    kind: str
+    message: str
+    location: str = ""  # ``file:line`` in the user's code, when known
+    tasks: list[int] = field(default_factory=list)  # 0 is the root, 1..n the forked instances
+    replay: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)  # oracle-specific facts (ops, names, diffs)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown finding kind {self.kind!r}; expected one of {KINDS}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if not data["detail"]:
+            del data["detail"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Finding":
+        return cls(**data)
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Most telling first: a crash or hang, then mutations, races, and nondeterminism last."""
+    return sorted(findings, key=lambda f: KINDS.index(f.kind))
+
+
+@dataclass
+class CheckResult:
+    """The outcome of checking one target or test: one row of ``forkcheck.json``."""
+
+    target: str  # ``module:qualname``
+    kind: str = "target"  # ``target`` or ``test``
+    nodeid: str = ""
+    engine: str = ""  # ``script`` (real runtime) or ``eager`` (forkcheck's scheduler)
+    engine_reason: str = ""  # why ``eager`` was chosen, when it was
+    verdict: str = "pass"
+    examples: int = 0
+    schedules: int = 0
+    duration_s: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+    failing_input: dict[str, str] = field(default_factory=dict)  # parameter -> repr of the minimal input
+    error: str = ""  # for ``error``: what went wrong, and whose fault (forkcheck's or the user's setup)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["findings"] = [f.to_json() for f in self.findings]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CheckResult":
+        data = dict(data)
+        data["findings"] = [Finding.from_json(f) for f in data.get("findings", [])]
+        return cls(**data)

@@ -1,0 +1,98 @@
+"""Check settings, resolved in one place: ``fork_safe(...)`` keywords over options over ini keys over defaults."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+STRATEGIES = ("random", "pct")
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the setting and the fix."""
+
+
+def _positive_int(name: str, value: Any) -> int:
+    fractional = isinstance(value, float) and not value.is_integer()
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or fractional or number < 1:
+        raise SettingsError(f"{name} must be a positive whole number, got {value!r}")
+    return number
+
+
+def _tolerance(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be a number >= 0, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise SettingsError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _seconds(name: str, value: Any) -> float:
+    number = _tolerance(name, value)
+    if number == 0:
+        raise SettingsError(f"{name} must be more than 0 seconds, got {value!r}")
+    return number
+
+
+def _seed(name: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _strategy(name: str, value: Any) -> str:
+    if value not in STRATEGIES:
+        raise SettingsError(f"{name} must be one of {', '.join(STRATEGIES)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard one target is checked."""
+
+    tasks: int = 3  # instances forked together on the same inputs
+    examples: int = 10  # Hypothesis examples of inputs
+    schedules: int = 10  # concurrent schedules per example
+    atol: float = 0.0  # 0 with rtol 0: outputs must match bit for bit
+    rtol: float = 0.0
+    timeout: float = 60.0  # seconds one schedule may take before it counts as a hang
+    seed: Optional[int] = None
+    strategy: str = "random"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **validate(changes))
+
+
+#: The settings a ``fork_safe(...)`` keyword may set (seed and strategy are per run, not per target).
+TARGET_SETTINGS = ("tasks", "examples", "schedules", "atol", "rtol", "timeout")
+
+_VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = {
+    "tasks": _positive_int,
+    "examples": _positive_int,
+    "schedules": _positive_int,
+    "atol": _tolerance,
+    "rtol": _tolerance,
+    "timeout": _seconds,
+    "seed": _seed,
+    "strategy": _strategy,
+}
+
+
+def validate(values: Mapping[str, Any], *, source: str = "") -> dict[str, Any]:
+    """Check and normalise setting values; ``source`` prefixes the names in errors (``--forkcheck-``)."""
+    clean = {}
+    for name, value in values.items():
+        if name not in _VALIDATORS:
+            raise SettingsError(f"unknown forkcheck setting {name!r}; known: {', '.join(_VALIDATORS)}")
+        clean[name] = _VALIDATORS[name](f"{source}{name}", value)
+    return clean

@@ -1,0 +1,71 @@
+"""What is checked: a marked function, closure or ``nn.Module``, its callable, its name and its inputs."""
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from .marker import Mark, get_mark
+
+
+class TargetError(TypeError):
+    """The target cannot be checked as written (e.g. a Module class that needs constructor arguments)."""
+
+
+@dataclass
+class Target:
+    """One thing to check: ``obj`` as the user marked it, and how to call it."""
+
+    obj: Any
+    name: str  # ``module:qualname``, the stable name in reports and replay tokens
+    mark: Mark = field(default_factory=Mark)
+
+    @classmethod
+    def from_object(cls, obj: Any, name: Optional[str] = None) -> "Target":
+        mark = get_mark(obj) or Mark()
+        if name is None:
+            qualname = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+            module = mark.module or getattr(obj, "__module__", "") or ""
+            name = f"{module}:{qualname}"
+        return cls(obj=obj, name=name, mark=mark)
+
+    @property
+    def is_module(self) -> bool:
+        import torch
+
+        return isinstance(self.obj, torch.nn.Module) or (
+            isinstance(self.obj, type) and issubclass(self.obj, torch.nn.Module)
+        )
+
+    def instance(self) -> Any:
+        """A fresh object to run: a new Module for a class, a deep copy of a Module instance, else the function."""
+        if isinstance(self.obj, type):
+            try:
+                inspect.signature(self.obj).bind()
+            except TypeError:
+                raise TargetError(
+                    f"{self.name}: fork_safe on a Module class needs a class constructible with no arguments; "
+                    f"for one that takes arguments, mark an instance: checked = fork_safe({self.obj.__name__}(...))"
+                ) from None
+            return self.obj()
+        if self.is_module:
+            return copy.deepcopy(self.obj)
+        return self.obj
+
+    def signature_callable(self) -> Callable:
+        """The callable whose parameters are the inputs: ``forward`` for Modules."""
+        return self.obj.forward if self.is_module else self.obj
+
+    @property
+    def strategies(self) -> Mapping[str, Any]:
+        return self.mark.strategies
+
+    def source_location(self) -> str:
+        """``file:line`` of the definition, for findings that have no better place."""
+        function = self.signature_callable()
+        function = getattr(function, "__func__", function)
+        try:
+            return f"{inspect.getsourcefile(function)}:{inspect.getsourcelines(function)[1]}"
+        except (TypeError, OSError):
+            return ""
