@@ -1,0 +1,69 @@
+"""Which op, at which line of the user's code, first wrote a watched tensor (during the eager serial run)."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Mapping, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .state import tensors_in
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_location(skip: int = 1) -> str:
+    """``file:line`` of the innermost frame that is neither torch's nor forkcheck's."""
+    frame: Optional[Any] = sys._getframe(skip)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith((_TORCH_DIR, _OWN_DIR)) and not filename.startswith("<"):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return ""
+
+
+def _storage_key(t: torch.Tensor) -> Optional[int]:
+    try:
+        return t.untyped_storage().data_ptr() or None
+    except RuntimeError:  # tensors without storage (meta, sparse, functional wrappers)
+        return None
+
+
+class WriteLocator(TorchDispatchMode):
+    """Records, per watched name, the first op that wrote a tensor sharing that name's storage."""
+
+    def __init__(self, watched: Mapping[str, Any]):
+        super().__init__()
+        self.owner: dict[int, str] = {}
+        for name, value in watched.items():
+            for tensor in tensors_in(value):
+                key = _storage_key(tensor)
+                if key is not None:
+                    self.owner.setdefault(key, name)
+        self.first_write: dict[str, tuple[str, str]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.owner and func._schema.is_mutable:
+            for argument, value in _written(func, args, kwargs):
+                for tensor in tensors_in(value):
+                    name = self.owner.get(_storage_key(tensor))
+                    if name is not None and name not in self.first_write:
+                        self.first_write[name] = (func._schema.name, user_location(2))
+        return func(*args, **kwargs)
+
+    def locate(self, name: str) -> tuple[str, str]:
+        return self.first_write.get(name, ("", ""))
+
+
+def _written(func, args, kwargs):
+    for index, argument in enumerate(func._schema.arguments):
+        if argument.alias_info is not None and argument.alias_info.is_write:
+            if argument.kwarg_only or index >= len(args):
+                if argument.name in kwargs:
+                    yield argument, kwargs[argument.name]
+            else:
+                yield argument, args[index]
