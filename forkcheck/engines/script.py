@@ -1,0 +1,81 @@
+"""The real runtime: a scripted driver forks the scripted target ``tasks`` times; tasks run on the inter-op pool."""
+from __future__ import annotations
+
+import itertools
+import linecache
+import sys
+import types
+from typing import Any, Sequence
+
+import torch
+
+from .._warnings import quiet_jit
+
+_counter = itertools.count()
+
+
+class NotScriptable(Exception):
+    """``torch.jit.script`` rejected the target; the message is the first line of its error."""
+
+
+def _script(obj: Any) -> Any:
+    try:
+        with quiet_jit():
+            return torch.jit.script(obj)
+    except Exception as err:  # TorchScript raises many error types, all meaning "does not script"
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise NotScriptable(f"torch.jit.script failed: {first.strip()}") from err
+
+
+def _driver_source(param_types: Sequence[tuple[str, str]], tasks: int, is_module: bool) -> str:
+    params = ", ".join(f"{name}: {annotation}" for name, annotation in param_types)
+    args = ", ".join(name for name, _ in param_types)
+    callee = "self.target" if is_module else "target"
+    forks = "".join(f"        f{i} = torch.jit.fork({callee}, {args})\n" for i in range(tasks))
+    waits = ", ".join(f"torch.jit.wait(f{i})" for i in range(tasks))
+    header = "class Driver(torch.nn.Module):\n    def __init__(self, target):\n        super().__init__()\n" \
+             "        self.target = target\n\n    def forward(self" if is_module else "def driver("
+    body = f"{header}{', ' if is_module and params else ''}{params}):\n{forks}        return ({waits},)\n"
+    return body if is_module else body.replace("\n        ", "\n    ")
+
+
+def _load_driver(source: str, target: Any) -> types.ModuleType:
+    """Execute generated source as a module TorchScript can read the source of (through ``linecache``)."""
+    name = f"forkcheck_driver_{next(_counter)}"
+    filename = f"<{name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    module.__dict__.update(torch=torch, Tensor=torch.Tensor, target=target)
+    exec("from typing import Any, Dict, List, Optional, Tuple, Union\n", module.__dict__)
+    sys.modules[name] = module
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
+class ScriptEngine:
+    """Scripts the target once, then runs a scripted driver that forks it ``tasks`` times per run."""
+
+    name = "script"
+
+    def __init__(self, instance: Any, param_names: Sequence[str], tasks: int):
+        self.reason = "the target scripts: tasks run on TorchScript's inter-op thread pool"
+        self.scripted = _script(instance)
+        is_module = isinstance(instance, torch.nn.Module)
+        self.module = self.scripted if is_module else None
+        schema = self.scripted.forward.schema if is_module else self.scripted.schema
+        arguments = schema.arguments[1:] if is_module else schema.arguments
+        param_types = [(arg.name, str(arg.type)) for arg in arguments]
+        if [name for name, _ in param_types] != list(param_names):
+            raise NotScriptable(f"scripted parameters {[n for n, _ in param_types]} differ from {list(param_names)}")
+        source = _driver_source(param_types, tasks, is_module)
+        loaded = _load_driver(source, self.scripted)
+        try:
+            with quiet_jit():
+                self.driver = torch.jit.script(loaded.Driver(self.scripted) if is_module else loaded.driver)
+        except Exception as err:
+            raise NotScriptable(f"the fork driver for this target does not script: {err}") from err
+        self.program = self.driver
+
+    def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
+        return list(self.program(*args))
