@@ -245,7 +245,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
                         + traceback.format_exc())
     result.engine, result.engine_reason = checker.engine.name, checker.engine.reason
 
-    @hypothesis.settings(max_examples=settings.examples, database=None, deadline=None, print_blob=True,
+    @hypothesis.settings(max_examples=settings.examples, database=None, deadline=None, print_blob=True, derandomize=False,
                          suppress_health_check=list(hypothesis.HealthCheck), report_multiple_bugs=False)
     @hypothesis.seed(seed)
     @hypothesis.given(inputs=st.fixed_dictionaries(checker.strategies), data=st.data())
