@@ -91,7 +91,7 @@ class Checker:
 
         self.target = target
         self.settings = settings
-        self.strategies = fst.for_callable(target.signature_callable(), target.strategies, what=target.name)
+        self.strategies = fst.for_callable(target.obj, target.strategies, what=target.name)
         self.param_names = list(self.strategies)
         self.base = target.instance()
         with _warnings.quiet_jit():
