@@ -1,0 +1,426 @@
+"""Scheduling points in the real TorchScript runtime.
+
+A graph pass inlines a scripted program and puts a call to the custom op ``forkcheck::point(site, task)`` before each
+op of every task (the root graph and each ``prim::fork`` subgraph, nested ones too) and right after each
+``aten::wait``. The op's Python kernel calls the hook installed with :func:`hooked`, so a schedule policy can delay
+tasks exactly between their ops while the forks run on the inter-op pool as usual.
+
+Task identity is carried by the graph, not by threads (a continuation after ``wait`` often resumes on another pool
+thread): ``forkcheck::spawn(site, parent)`` runs before each fork, returns the new task's id, and the fork passes it
+to its subgraph as an extra input. Ids are deterministic per run: the root is 0 and the k-th task forked by task
+``p`` is ``p * FANOUT + k`` (1, 2, 3 for the root's forks; 1001 for the first fork of task 1).
+
+The op is defined with conservative alias analysis: the optimizer treats it as a side effect that may touch any
+value, so it is neither removed nor moved across the ops around it.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+Hook = Callable[[int, int], None]
+
+#: Task ids encode the fork path in base ``FANOUT``: the k-th task forked by task ``p`` is ``p * FANOUT + k``.
+FANOUT = 1000
+_OVERFLOW_BASE = 2**62  # ids past the deterministic encoding (more than FANOUT - 1 forks, or too deep)
+
+#: Nodes that only build or take apart values: no scheduling point before them.
+_STRUCTURAL = frozenset(
+    {
+        "prim::Constant",
+        "prim::ListConstruct",
+        "prim::TupleConstruct",
+        "prim::DictConstruct",
+        "prim::ListUnpack",
+        "prim::TupleUnpack",
+        "prim::TupleIndex",
+        "prim::Uninitialized",
+        "prim::unchecked_cast",
+        "prim::If",
+        "prim::Loop",
+    }
+)
+
+_LOCATION = re.compile(r'File "(?P<file>.+?)", line (?P<line>\d+)')
+
+
+# ----------------------------------------------------------------------------------------------- the ops and the hook
+
+
+class _Hook:
+    """An installed callback; its errors are kept, and re-raised when :func:`hooked` exits."""
+
+    MAX_ERRORS = 8
+
+    def __init__(self, callback: Hook):
+        self.callback = callback
+        self.errors: list[tuple[int, int, BaseException]] = []
+        self._lock = threading.Lock()
+
+    def call(self, site: int, task: int) -> None:
+        if self.errors:  # a broken callback is not called again: the run goes on unperturbed
+            return
+        try:
+            self.callback(site, task)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by ``hooked`` on the caller's thread
+            with self._lock:
+                if len(self.errors) < self.MAX_ERRORS:
+                    self.errors.append((site, task, exc))
+
+
+class _TaskTree:
+    """Which task forked which in one run: ``task -> (parent task, spawn site)``."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._forks: dict[int, int] = {}  # parent -> forks so far
+        self._overflow = itertools.count(_OVERFLOW_BASE)
+        self.points = itertools.count()  # ``next`` is atomic under the GIL: counts point calls cheaply
+        self.spawned: dict[int, tuple[int, int]] = {}
+
+    def spawn(self, parent: int, site: int) -> int:
+        with self._lock:
+            k = self._forks.get(parent, 0) + 1
+            self._forks[parent] = k
+            child = parent * FANOUT + k
+            if k >= FANOUT or child >= _OVERFLOW_BASE:
+                child = next(self._overflow)
+            self.spawned[child] = (parent, site)
+        return child
+
+
+class _Slots:
+    """What the kernels read: the installed hook and the current run's task tree."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.hook: _Hook | None = None
+        self.tree = _TaskTree()  # replaced by ``Instrumentation.run`` for each run
+
+
+_SLOTS = _Slots()
+_ops_lock = threading.Lock()
+_library: Any = None
+_pinned: set[int] = set()
+
+
+def _slots() -> _Slots:
+    """The slots of the module now imported under this name.
+
+    The ops are registered once per process, with the kernels of the first copy of this module; a later copy (a
+    re-import after ``sys.modules`` was restored, as pytester does) installs hooks in its own slots, and the first
+    copy's kernels must read those.
+    """
+    return getattr(sys.modules.get(__name__), "_SLOTS", _SLOTS)
+
+
+def _keep_thread_state() -> None:
+    """Keep this pool thread's Python thread state between kernel calls.
+
+    A pool thread has no Python thread state of its own: without this, each call creates and destroys one (about
+    10 us of a point's 11 us, measured), and ``threading.local`` values vanish between calls. One unmatched
+    ``PyGILState_Ensure`` (we hold the GIL, so it only raises a counter) keeps it for the thread's lifetime.
+    """
+    ident = threading.get_ident()
+    if ident not in _pinned:
+        _pinned.add(ident)
+        ctypes.pythonapi.PyGILState_Ensure()
+
+
+def _point_kernel(site: int, task: int) -> None:
+    _keep_thread_state()
+    slots = _slots()
+    next(slots.tree.points)
+    hook = slots.hook
+    if hook is not None:
+        hook.call(site, task)
+
+
+def _spawn_kernel(site: int, parent: int) -> int:
+    _keep_thread_state()
+    slots = _slots()
+    child = slots.tree.spawn(parent, site)
+    hook = slots.hook
+    if hook is not None:
+        hook.call(site, child)
+    return child
+
+
+def ensure_ops() -> None:
+    """Define ``forkcheck::point`` and ``forkcheck::spawn`` (once per process; later calls do nothing)."""
+    global _library
+    if _library is not None:
+        return
+    with _ops_lock:
+        if _library is not None:
+            return
+        if hasattr(torch.ops.forkcheck, "point"):  # registered by an earlier copy of this module (see ``_slots``)
+            _library = "defined by an earlier import"
+            return
+        lib = torch.library.Library("forkcheck", "DEF")
+        # CONSERVATIVE: a side effect on anything, so the optimizer keeps the op and its place among the others.
+        lib.define("point(int site, int task) -> ()", alias_analysis="CONSERVATIVE")
+        lib.define("spawn(int site, int parent) -> int", alias_analysis="CONSERVATIVE")
+        lib.impl("point", _point_kernel, "CompositeExplicitAutograd")
+        lib.impl("spawn", _spawn_kernel, "CompositeExplicitAutograd")
+        _library = lib
+
+
+def _note(exc: BaseException, text: str) -> None:
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(text)
+
+
+@contextlib.contextmanager
+def hooked(callback: Hook) -> Iterator[_Hook]:
+    """Call ``callback(site, task)`` at every scheduling point inside the block, from whichever thread reaches it.
+
+    The previous hook is restored on exit, exceptions included. An exception raised by the callback (on any pool
+    thread) does not reach the runtime: the callback is not called again, and the first such exception is re-raised
+    here when the block exits (or noted on the block's own exception).
+    """
+    ensure_ops()
+    handle = _Hook(callback)
+    with _SLOTS.lock:
+        previous, _SLOTS.hook = _SLOTS.hook, handle
+    try:
+        yield handle
+    except BaseException as exc:
+        if handle.errors:
+            site, task, error = handle.errors[0]
+            _note(exc, f"forkcheck: the schedule hook also raised {error!r} at site {site} in task {task}")
+        raise
+    finally:
+        with _SLOTS.lock:
+            _SLOTS.hook = previous
+    if handle.errors:
+        site, task, error = handle.errors[0]
+        _note(error, f"forkcheck: raised by the schedule hook at site {site} in task {task}")
+        raise error
+
+
+# -------------------------------------------------------------------------------------------------- the graph pass
+
+
+@dataclass(frozen=True)
+class Site:
+    """One scheduling point: the static task it belongs to, the op it precedes and where that op is written."""
+
+    task: int  # static task: 0 for the root graph, then one id per fork subgraph
+    kind: str  # the node kind, e.g. ``aten::add_``
+    location: str  # ``file:line`` in the user's code, ``""`` when the graph does not say
+    event: str = "op"  # ``op`` (before the node), ``resume`` (after ``aten::wait``), ``spawn`` (a fork), ``end``
+
+
+@dataclass(frozen=True)
+class Task:
+    """One static task: the root graph or one fork subgraph."""
+
+    parent: int | None  # static parent task; ``None`` for the root
+    location: str  # ``file:line`` of the ``fork`` call, ``""`` for the root
+
+
+def location_of(node: Any) -> str:
+    """``file:line`` of a graph node's source, or ``""``."""
+    match = _LOCATION.search(node.sourceRange())
+    return f"{match['file']}:{match['line']}" if match else ""
+
+
+def _locations(nodes: list[Any]) -> list[str]:
+    """Each node's location; a node without one (``self.x = ...`` has none) borrows its nearest neighbour's."""
+    found = [location_of(node) for node in nodes]
+    known = [i for i, where in enumerate(found) if where]
+    if not known:
+        return found
+    return [where or found[min(known, key=lambda k: (abs(k - i), k > i))] for i, where in enumerate(found)]
+
+
+class _Pass:
+    """Inlines a graph and its fork subgraphs, then inserts the points; fills the site and task tables."""
+
+    def __init__(self, graph: Any):
+        self.graph = graph
+        self.sites: dict[int, Site] = {}
+        self.tasks: dict[int, Task] = {0: Task(None, "")}
+        self._int = torch._C.IntType.get()
+        torch._C._jit_pass_inline(graph)
+        self._written_attrs: set[str] = set()
+        self._inline_forks(graph.block())
+
+    def _inline_forks(self, block: Any) -> None:
+        for node in block.nodes():
+            if node.kind() == "prim::fork":
+                sub = node.g("Subgraph")
+                torch._C._jit_pass_inline(sub)
+                self._inline_forks(sub.block())
+            elif node.kind() == "prim::SetAttr":
+                self._written_attrs.add(node.s("name"))
+            for inner in node.blocks():
+                self._inline_forks(inner)
+
+    def run(self) -> None:
+        root = self.graph
+        task0 = self._constant(root, 0, before=None)
+        self._block(root, root.block(), task0, 0)
+        self._point(root, self._site(0, "return", "", "end"), task0, before=root.return_node())
+
+    # -- helpers
+    def _constant(self, graph: Any, value: int, before: Any) -> Any:
+        node = graph.create("prim::Constant")
+        node.i_("value", value)
+        node.output().setType(self._int)
+        if before is None:
+            graph.prependNode(node)
+        else:
+            node.insertBefore(before)
+        return node.output()
+
+    def _site(self, task: int, kind: str, location: str, event: str = "op") -> int:
+        site = len(self.sites)
+        self.sites[site] = Site(task, kind, location, event)
+        return site
+
+    def _point(self, graph: Any, site: int, task_value: Any, before: Any) -> Any:
+        node = graph.create("forkcheck::point", [self._constant(graph, site, before), task_value], 0)
+        node.insertBefore(before)
+        return node
+
+    def _interesting(self, node: Any) -> bool:
+        kind = node.kind()
+        if kind in _STRUCTURAL:
+            return False
+        if kind == "prim::GetAttr":  # reading a slot matters only if some task may rebind it
+            return node.s("name") in self._written_attrs
+        return True
+
+    # -- the walk
+    def _block(self, graph: Any, block: Any, task_value: Any, task: int) -> None:
+        nodes = list(block.nodes())
+        for node, where in zip(nodes, _locations(nodes)):
+            kind = node.kind()
+            if self._interesting(node):
+                self._point(graph, self._site(task, kind, where), task_value, before=node)
+            if kind == "prim::fork":
+                self._fork(graph, node, task_value, task, where)
+            for inner in node.blocks():
+                self._block(graph, inner, task_value, task)
+            if kind == "aten::wait":
+                self._point_after(graph, self._site(task, kind, where, "resume"), task_value, node)
+
+    def _point_after(self, graph: Any, site: int, task_value: Any, node: Any) -> None:
+        const = graph.create("prim::Constant")
+        const.i_("value", site)
+        const.output().setType(self._int)
+        point = graph.create("forkcheck::point", [const.output(), task_value], 0)
+        point.insertAfter(node)
+        const.insertAfter(node)
+
+    def _fork(self, graph: Any, node: Any, task_value: Any, task: int, where: str) -> None:
+        child = len(self.tasks)
+        self.tasks[child] = Task(task, where)
+        spawn_site = self._site(child, "prim::fork", where, "spawn")
+        spawn = graph.create("forkcheck::spawn", [self._constant(graph, spawn_site, node), task_value], 1)
+        spawn.output().setType(self._int)
+        spawn.insertBefore(node)
+        sub = node.g("Subgraph")
+        child_value = sub.addInput("forkcheck_task")
+        child_value.setType(self._int)
+        node.addInput(spawn.output())
+        self._block(sub, sub.block(), child_value, child)
+        self._point(sub, self._site(child, "return", where, "end"), child_value, before=sub.return_node())
+
+
+class Instrumentation:
+    """A scripted program with scheduling points; calling it runs the instrumented copy (the original is untouched).
+
+    ``sites``: site id -> :class:`Site`. ``tasks``: static task id -> :class:`Task`. After each run, ``spawned``
+    maps each task id of that run to ``(parent task id, spawn site)`` (``sites[spawn_site].task`` is its static task)
+    and ``steps`` is the number of points passed (spawn events not counted): PCT's ``k``.
+    """
+
+    def __init__(
+        self, function: Any, module: Any, schema: Any, graph: Any, sites: dict[int, Site], tasks: dict[int, Task]
+    ):
+        self._function = function
+        self._module = module  # the ``torch._C.ScriptModule`` passed as ``self``, or ``None``
+        self._schema = schema  # the original's: names and defaults (a function made from a graph has neither)
+        self._arguments = schema.arguments[1:] if module is not None else schema.arguments
+        self.graph = graph
+        self.sites = sites
+        self.tasks = tasks
+        self.spawned: dict[int, tuple[int, int]] = {}
+        self.steps = 0
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the instrumented program once (arguments as for the original); one run at a time per process."""
+        values = self._bind(args, kwargs)
+        tree = _TaskTree()
+        with _SLOTS.lock:
+            previous, _SLOTS.tree = _SLOTS.tree, tree
+        try:
+            if self._module is None:
+                return self._function(*values)
+            return self._function(self._module, *values)
+        finally:
+            with _SLOTS.lock:
+                _SLOTS.tree = previous
+            self.spawned = dict(tree.spawned)
+            self.steps = next(tree.points)
+
+    __call__ = run
+
+    def _bind(self, args: tuple, kwargs: dict) -> tuple:
+        """Positional values for every parameter, from ``args``, ``kwargs`` and the original's defaults."""
+        if not kwargs and len(args) == len(self._arguments):
+            return args
+        if len(args) > len(self._arguments):
+            raise TypeError(f"{self._schema.name}() takes {len(self._arguments)} arguments, {len(args)} given")
+        kwargs = dict(kwargs)
+        values = list(args)
+        for argument in self._arguments[len(args):]:
+            if argument.name in kwargs:
+                values.append(kwargs.pop(argument.name))
+            elif argument.has_default_value():
+                values.append(argument.default_value)
+            else:
+                raise TypeError(f"{self._schema.name}() is missing argument {argument.name!r}")
+        if kwargs:
+            raise TypeError(f"{self._schema.name}() got unexpected arguments {sorted(kwargs)}")
+        return tuple(values)
+
+    def static_task(self, task: int) -> int:
+        """The static task (fork subgraph) a task id of the last run executes."""
+        if task == 0:
+            return 0
+        return self.sites[self.spawned[task][1]].task
+
+
+_names = itertools.count()
+
+
+def instrument(scripted: Any) -> Instrumentation:
+    """Instrument a ``ScriptFunction`` or a scripted module (its ``forward``, called with the module as ``self``)."""
+    ensure_ops()
+    if isinstance(scripted, torch.jit.ScriptFunction):
+        module, method = None, scripted
+    elif isinstance(scripted, torch.jit.ScriptModule):
+        module, method = scripted._c, scripted.forward
+    else:
+        raise TypeError(
+            f"forkcheck can instrument a torch.jit.ScriptFunction or a scripted module, not {type(scripted).__name__}"
+        )
+    graph = method.graph.copy()  # deep: fork subgraphs are copied too
+    graph_pass = _Pass(graph)
+    graph_pass.run()
+    graph.lint()
+    # A new function (its own executor, profiled on its own): the original's executor may already be optimized.
+    function = torch._C._create_function_from_graph(f"__forkcheck__.i{next(_names)}.{method.name}", graph)
+    return Instrumentation(function, module, method.schema, graph, graph_pass.sites, graph_pass.tasks)
