@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -19,6 +19,7 @@ from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
 from .replay import ReplayError, ReplayToken, blob_from_notes
+from .schedule import schedules
 from .settings import Settings
 from .state import module_state
 from .target import Target, TargetError
@@ -32,15 +33,26 @@ class _Failed(Exception):
         self.findings = findings
 
 
+def _fail(findings: list[Finding]) -> None:
+    """Raise ``_Failed`` from this one place: Hypothesis tells failures apart by where they were raised."""
+    raise _Failed(findings)
+
+
 class _Hang(Exception):
     pass
 
 
-@dataclass
-class _Schedule:
-    """One concurrent run's schedule: the seed its decisions are drawn from."""
-
-    seed: int
+def _fingerprint(value: Any) -> Any:
+    """A hashable value standing for an input example: tensors by dtype, shape, strides and bytes."""
+    if isinstance(value, torch.Tensor):
+        data = value.detach().resolve_conj().resolve_neg().contiguous().flatten().view(torch.uint8)
+        digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()
+        return ("tensor", str(value.dtype), tuple(value.shape), value.stride(), value.storage_offset(), digest)
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _fingerprint(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_fingerprint(v) for v in value))
+    return ("value", repr(value))
 
 
 def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
@@ -103,6 +115,12 @@ class Checker:
         self.examples = 0
         self.schedules = 0
         self.failures: list[tuple[dict[str, str], list[Finding]]] = []
+        self.memo: dict[Any, list[Finding]] = {}
+        self.serial_only = False  # set while shrinking a defect the serial run shows
+        self.serial_failure = False  # whether the last example's findings came from its serial run
+        self.pct_steps = 0
+        self.interleavings: set[int] = set()
+        self.switches = 0
 
     def _code(self) -> list[Callable]:
         if not self.target.is_module:
@@ -123,19 +141,46 @@ class Checker:
 
     # --- one example ---------------------------------------------------------------------------------------
 
-    def example(self, inputs: dict[str, Any], draw_schedule: Callable[[int], Any]) -> None:
-        self.examples += 1
+    def example(self, inputs: dict[str, Any], draw: Callable[[Any, str], Any]) -> None:
+        """Check one input example; ``draw(strategy, label)`` draws Hypothesis data (schedules).
+
+        Every schedule is drawn before any run, so an example draws the same data whatever its runs do, and an
+        example seen failing fails again without rerunning: the real runtime does not repeat itself exactly, and
+        Hypothesis reruns a failing example to report it. With ``serial_only`` (shrinking a defect the serial run
+        shows) the schedules are drawn but not run.
+        """
+        strategy = self._schedule_strategy(inputs)
+        drawn = [draw(strategy, f"schedule {i}") for i in range(self.settings.schedules)]
+        key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
+        if key in self.memo:
+            _fail(self.memo[key])
+        if not self.serial_only:
+            self.examples += 1
         findings, reference = self._serial(inputs)
-        if not findings:  # a defect the serial run shows needs no schedules (and shrinks fast)
-            for index in range(self.settings.schedules):
-                self.schedules += 1
-                found = self._concurrent(inputs, draw_schedule(index), reference)
+        self.serial_failure = bool(findings)
+        for schedule in drawn if not findings and not self.serial_only else ():
+            self.schedules += 1
+            found = self._concurrent(inputs, schedule, reference)
+            if found:
                 findings = _merge(findings, found)
-                if found:
-                    break
+                break
         if findings:
+            self.memo[key] = findings
             self.failures.append(({name: _short_repr(v) for name, v in inputs.items()}, findings))
-            raise _Failed(findings)
+            _fail(findings)
+
+    def _schedule_strategy(self, inputs: dict[str, Any]) -> Any:
+        """Schedules to draw; PCT's change points spread over the steps of a run (counted on the first example)."""
+        pinned = {"k": self.pct_steps} if self.pct_steps else {}
+        if self.settings.strategy == "pct" and self.engine.name == "script" and not self.pct_steps:
+            watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
+            args = copy.deepcopy([inputs[name] for name in self.param_names])
+            try:
+                pinned["k"] = self.pct_steps = min(self._call(lambda: self.engine.calibrate(args)), 100_000)
+            finally:
+                if watch is not None:
+                    watch.restore()
+        return schedules(self.settings.strategy, **pinned)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         with _warnings.quiet_jit():
@@ -173,6 +218,10 @@ class Checker:
         try:
             outputs = self._call(lambda: self.engine.run(args, schedule))
             findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]
+            run = getattr(self.engine, "last_run", {})
+            if "interleaving" in run:
+                self.interleavings.add(run["interleaving"])
+                self.switches += run["switches"]
         except _Hang:
             return [self._hang(f"a concurrent run of {len(tasks)} forked tasks")]
         except Exception as err:
@@ -222,17 +271,18 @@ def _merge(findings: list[Finding], new: list[Finding]) -> list[Finding]:
     return merged
 
 
+REPLAYS = 10  # a replay token reruns its example this many times and says how many reproduced the failure
+
+
 def check(target: Target, settings: Settings = Settings(), *, replay: Optional[str] = None,
           nodeid: str = "") -> CheckResult:
     """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict."""
-    import hypothesis
-    from hypothesis import strategies as st
-
     import strategies as fst
 
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
     seed = settings.seed if settings.seed is not None else random.randrange(2**32)
+    result.stats["seed"] = seed
     try:
         token = ReplayToken.decode(replay) if replay else None
         if token is not None and token.target != target.name:
@@ -244,50 +294,102 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         return _errored(result, started, "internal error in forkcheck while preparing the check:\n"
                         + traceback.format_exc())
     result.engine, result.engine_reason = checker.engine.name, checker.engine.reason
-
-    @hypothesis.settings(max_examples=settings.examples, database=None, deadline=None, print_blob=True, derandomize=False,
-                         suppress_health_check=list(hypothesis.HealthCheck), report_multiple_bugs=False)
-    @hypothesis.seed(seed)
-    @hypothesis.given(inputs=st.fixed_dictionaries(checker.strategies), data=st.data())
-    def search(inputs: dict[str, Any], data: Any) -> None:
-        checker.example(inputs, lambda i: _Schedule(data.draw(st.integers(0, 2**32 - 1), label=f"schedule {i}")))
-
-    if token is not None:
-        search = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
-    findings: list[Finding] = []
-    replay_token = ""
     try:
-        search()
-    except _Failed as failed:
-        findings = failed.findings
-        blob = blob_from_notes(failed)
-        if blob is not None:
-            replay_token = ReplayToken(target.name, blob[0], blob[1], checker.settings.tasks).encode()
-    except hypothesis.errors.DidNotReproduce:
-        result.stats["replay"] = "the token's example no longer fails"
-    except Exception as err:
-        if checker.failures and not isinstance(err, ReplayError):  # e.g. FlakyFailure: the last failure stands
-            findings = checker.failures[-1][1]
-            result.stats["flaky"] = f"{type(err).__name__}: the failure did not show on every rerun"
+        if token is None:
+            findings, replay_token = _explore(checker, seed, result)
         else:
-            return _errored(result, started, "internal error in forkcheck:\n" + traceback.format_exc(), checker)
+            findings, replay_token = _replay(_search(checker, seed), checker, token, result), replay
+    except Exception:
+        return _errored(result, started, "internal error in forkcheck:\n" + traceback.format_exc(), checker)
     findings = _merge(findings, checker.static)
-    if token is not None:
-        replay_token = replay
     for finding in findings:
-        finding.replay = replay_token
+        finding.replay = replay_token if finding.detail.get("source") != "static" else ""
     result.findings = sort_findings(findings)
     result.verdict = "fail" if findings else "pass"
     if checker.failures:
         result.failing_input = checker.failures[-1][0]
-    result.stats.update(seed=seed)
     _count(result, checker, started)
     return result
+
+
+def _search(checker: Checker, seed: int, shrink: bool = False) -> Callable[[], None]:
+    """The Hypothesis search over inputs and schedules, isolated from the user's Hypothesis profile."""
+    import hypothesis
+    from hypothesis import Phase
+    from hypothesis import strategies as st
+
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
+
+    @hypothesis.settings(max_examples=checker.settings.examples, database=None, deadline=None, print_blob=True,
+                         derandomize=False, report_multiple_bugs=False, phases=phases,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.seed(seed)
+    @hypothesis.given(inputs=st.fixed_dictionaries(checker.strategies), data=st.data())
+    def search(inputs: dict[str, Any], data: Any) -> None:
+        checker.example(inputs, lambda strategy, label: data.draw(strategy, label=label))
+
+    return search
+
+
+def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Finding], str]:
+    """Search for a failing example; returns its findings and a replay token.
+
+    A defect the serial run shows is deterministic and cheap to rerun, so it is searched again with shrinking (runs
+    skipped: the search draws the same schedules) for a minimal input. A defect only concurrent runs show is not
+    shrunk: every rerun would need many perturbed runs, and the real runtime never repeats itself exactly.
+    """
+    failed = _first_failure(_search(checker, seed), checker, result)
+    if failed is not None and checker.serial_failure:
+        checker.serial_only, checker.memo = True, {}
+        failed = _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
+        checker.serial_only = False
+    if failed is None:
+        return [], ""
+    blob = blob_from_notes(failed)
+    token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks).encode() if blob else ""
+    return failed.findings, token
+
+
+def _first_failure(search: Callable[[], None], checker: Checker, result: CheckResult) -> Optional[_Failed]:
+    import hypothesis
+
+    try:
+        search()
+    except _Failed as failed:
+        return failed
+    except hypothesis.errors.HypothesisException as err:
+        if not checker.failures:
+            raise
+        result.stats["flaky"] = f"{type(err).__name__}: the failure did not show on every rerun"
+        return _Failed(checker.failures[-1][1])
+    return None
+
+
+def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, result: CheckResult) -> list[Finding]:
+    """Rerun the token's example ``REPLAYS`` times; the result says how many reproduced the failure."""
+    import hypothesis
+
+    replayed = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
+    findings: list[Finding] = []
+    reproduced = 0
+    for _ in range(REPLAYS):
+        checker.memo.clear()
+        try:
+            replayed()
+        except _Failed as failed:
+            reproduced += 1
+            findings = findings or failed.findings
+        except hypothesis.errors.DidNotReproduce:
+            pass
+    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced}
+    return findings
 
 
 def _count(result: CheckResult, checker: Optional[Checker], started: float) -> None:
     if checker is not None:
         result.examples, result.schedules = checker.examples, checker.schedules
+        if checker.interleavings:
+            result.stats.update(interleavings=len(checker.interleavings), switches=checker.switches)
     result.duration_s = round(time.perf_counter() - started, 3)
 
 

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import torch
 
 from .._warnings import quiet_jit
+from ..instrument import instrument
+from ..schedule import run_under
 
 _counter = itertools.count()
 
@@ -75,7 +77,39 @@ class ScriptEngine:
                 self.driver = torch.jit.script(loaded.Driver(self.scripted) if is_module else loaded.driver)
         except Exception as err:
             raise NotScriptable(f"the fork driver for this target does not script: {err}") from err
-        self.program = self.driver
+        self.program = instrument(self.driver)  # scheduling points before every op of every task
+        self.steps = 0  # points a run passes unperturbed: PCT's k (see ``calibrate``)
+        self.last_run: dict[str, Any] = {}
+
+    def calibrate(self, args: Sequence[Any]) -> int:
+        """Run once unperturbed to count the scheduling points a run passes."""
+        self.program.run(*args)
+        self.steps = max(self.program.steps, 1)
+        return self.steps
 
     def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
-        return list(self.program(*args))
+        """One run with ``schedule``'s policy deciding at every scheduling point."""
+        recorder = _Recorder(schedule.policy())
+        outputs = list(run_under(recorder, self.program, *args))
+        self.last_run = recorder.summary()
+        return outputs
+
+
+class _Recorder:
+    """Passes points to a policy and records which task went on at each: the run's interleaving."""
+
+    def __init__(self, policy: Any):
+        self.policy = policy
+        self.trace: list[int] = []
+
+    def begin(self, sites: Any) -> None:
+        self.policy.begin(sites)
+
+    def on_point(self, site: int, task: int) -> None:
+        self.policy.on_point(site, task)
+        self.trace.append(task)  # after the policy let the task go on: the order ops really ran in
+
+    def summary(self) -> dict[str, Any]:
+        """The interleaving as task runs (``[0, 1, 1, 2, 1]`` -> ``(0, 1, 2, 1)``), and its number of switches."""
+        runs = tuple(task for i, task in enumerate(self.trace) if i == 0 or self.trace[i - 1] != task)
+        return {"interleaving": hash(runs), "switches": max(len(runs) - 1, 0), "steps": len(self.trace)}
