@@ -1,8 +1,8 @@
-"""The command-line options and ini keys, and their resolution into validated session settings."""
+"""The command-line options and ini keys, resolved once per session into validated ``SessionOptions``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import pytest
 
@@ -13,9 +13,9 @@ from .settings import SettingsError, validate
 class Option:
     name: str  # the setting's name; flag ``--forkcheck-<name>`` and ini key ``forkcheck_<name>``
     help: str
-    type: Any = str
-    ini_type: str = "string"
     metavar: str = ""
+    flag_only: bool = False  # a switch: ``store_true`` on the command line, a boolean ini key
+    ini_type: str = "string"
 
     @property
     def flag(self) -> str:
@@ -27,54 +27,94 @@ class Option:
 
     @property
     def argparse(self) -> dict[str, Any]:
-        if self.type is bool:
+        if self.flag_only:
             return {"action": "store_true", "default": None, "dest": self.ini, "help": self.help}
         return {"default": None, "dest": self.ini, "help": self.help, "metavar": self.metavar or self.name.upper()}
 
 
 OPTIONS = (
-    Option("examples", "Hypothesis examples of inputs per target (default 10).", metavar="N"),
-    Option("schedules", "concurrent schedules per example (default 10).", metavar="N"),
-    Option("tasks", "instances forked together on the same inputs (default 3).", metavar="N"),
-    Option("seed", "seed for inputs and schedules (default: random, shown in the header).", metavar="S"),
-    Option("strategy", "schedule strategy: random or pct (default random).", metavar="random|pct"),
-    Option("replay", "rerun one failing example and schedule from the replay token a failure printed.",
-           metavar="TOKEN"),
-    Option("timeout", "seconds one run may take before it is a hang (default 60).", metavar="SECONDS"),
-    Option("modules", "comma-separated modules whose fork_safe targets are checked too.", ini_type="args",
-           metavar="MODS"),
-    Option("report", "directory for forkcheck.json and index.html (default reports).", metavar="DIR"),
-    Option("no_report", "write no report files.", type=bool, ini_type="bool"),
+    Option("examples", "Hypothesis examples of inputs per target (default 10).", "N"),
+    Option("schedules", "concurrent schedules per example (default 10).", "N"),
+    Option("tasks", "instances forked together on the same inputs (default 3).", "N"),
+    Option("seed", "seed for inputs and schedules (default: random, shown in the header).", "S"),
+    Option("strategy", "schedule strategy: random or pct (default random).", "random|pct"),
+    Option("replay", "rerun one failing example and schedule from the token a failure printed; other forkcheck "
+                     "items are deselected.", "TOKEN"),
+    Option("timeout", "seconds one run may take before it is a hang (default 60).", "SECONDS"),
+    Option("modules", "comma-separated importable modules whose fork_safe targets are checked too, in every run.",
+           "MODS", ini_type="args"),
+    Option("report", "directory for forkcheck.json and index.html (default reports).", "DIR"),
+    Option("no_report", "write no report files.", flag_only=True),
 )
 
 _SETTING_NAMES = ("examples", "schedules", "tasks", "seed", "strategy", "timeout")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
-def _raw(config: pytest.Config, option: Option) -> Any:
+@dataclass(frozen=True)
+class SessionOptions:
+    """What the options and ini keys ask of this run, validated."""
+
+    settings: dict[str, Any] = field(default_factory=dict)  # Settings fields given by option or ini key
+    seed: Optional[int] = None
+    replay: Optional[str] = None
+    modules: tuple[str, ...] = ()
+    report: str = "reports"
+    no_report: bool = False
+
+
+def _raw(config: pytest.Config, option: Option) -> tuple[Any, str]:
+    """The value and where it came from: the command-line flag over the ini key; (None, "") when unset."""
     value = config.getoption(option.ini)
-    if value is None:
-        value = config.getini(option.ini)
-        if value in ([], ""):
-            value = None
-    return value
+    if value is not None:
+        return value, option.flag
+    value = config.getini(option.ini)
+    if isinstance(value, str):
+        value = value.strip()
+    if value in ("", None, []):
+        return None, ""
+    return value, f"ini key {option.ini}"
 
 
-def resolve_session_options(config: pytest.Config) -> dict[str, Any]:
-    """Command-line option over ini key over default, validated; a bad value is a ``pytest.UsageError``."""
+def resolve_session_options(config: pytest.Config) -> SessionOptions:
+    """Command-line option over ini key over default; a bad value is a ``pytest.UsageError`` naming its source."""
     raw = {option.name: _raw(config, option) for option in OPTIONS}
-    settings = {name: raw[name] for name in _SETTING_NAMES if raw[name] is not None}
+    settings = {}
+    for name in _SETTING_NAMES:
+        value, source = raw[name]
+        if value is None:
+            continue
+        try:
+            settings.update(validate({name: value}))
+        except SettingsError as err:
+            raise pytest.UsageError(f"{source}: {err}") from None
+    seed = settings.pop("seed", None)
+    replay, _ = raw["replay"]
+    if replay:
+        _check_token(replay)
+    modules, _ = raw["modules"]
+    if isinstance(modules, (list, tuple)):
+        modules = ",".join(modules)
+    report, _ = raw["report"]
+    return SessionOptions(
+        settings=settings, seed=seed, replay=replay or None,
+        modules=tuple(m.strip() for m in (modules or "").split(",") if m.strip()),
+        report=report or "reports", no_report=_switch(*raw["no_report"]))
+
+
+def _switch(value: Any, source: str) -> bool:
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise pytest.UsageError(f"{source}: expected true or false, got {value!r}")
+    return text in _TRUE
+
+
+def _check_token(token: str) -> None:
+    from .replay import ReplayError, ReplayToken
+
     try:
-        clean = validate(settings, source="--forkcheck-")
-    except SettingsError as err:
-        raise pytest.UsageError(f"{err} (fix the option or the ini key forkcheck_...)") from None
-    modules = raw["modules"] or []
-    if isinstance(modules, str):
-        modules = modules.split(",")
-    return {
-        "settings": {name: value for name, value in clean.items() if name not in ("seed",)},
-        "seed": clean.get("seed"),
-        "replay": raw["replay"],
-        "modules": [m.strip() for entry in modules for m in entry.split(",") if m.strip()],
-        "report": raw["report"] or "reports",
-        "no_report": bool(raw["no_report"]),
-    }
+        ReplayToken.decode(token)
+    except ReplayError as err:
+        raise pytest.UsageError(f"--forkcheck-replay: {err}") from None

@@ -1,22 +1,34 @@
 """The pytest plugin: options, the ``fork_safe`` marker, collection of marked targets, and the report.
 
-Thin by design: the checking lives in ``forkcheck.runner``; nothing heavy (torch, Hypothesis) is imported at the
-top of this module, so loading pytest stays fast.
+Hooks only: the checking lives in ``forkcheck.runner`` and the items in ``forkcheck.items``. Nothing heavy (torch,
+Hypothesis) is imported at the top of this module, so loading pytest stays fast.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 from typing import Any
 
 import pytest
 
-from .options import OPTIONS, resolve_session_options
+from .options import OPTIONS, SessionOptions, resolve_session_options
 
-RESULT_PROPERTY = "forkcheck_result"
-KIND_PROPERTY = "forkcheck_kind"
-_STATE = pytest.StashKey["ForkcheckState"]()
+STATE = pytest.StashKey["ForkcheckState"]()
+KIND = pytest.StashKey[str]()  # on forkcheck's items: "target" or "test"
+RESULT = pytest.StashKey[Any]()  # on forkcheck's items: the CheckResult, once there is one
+MARKER_HELP = (
+    "fork_safe(schedules=10, timeout=60): re-run this test under many fork/wait schedules of forkcheck's own "
+    "scheduler; it fails if any schedule fails (its assertions, a forked task's exception, or a hang).")
+
+
+class ForkcheckState:
+    """What the session shares: resolved options, the seed, and (on the controller) every item's result row."""
+
+    def __init__(self, options: SessionOptions, seed: int):
+        self.options = options
+        self.seed = seed
+        self.module_files: dict[str, Any] = {}  # --forkcheck-modules name -> its source file
+        self.results: dict[str, dict[str, Any]] = {}
+        self.report_paths: Any = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,30 +38,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(option.ini, option.help, type=option.ini_type)
 
 
-class ForkcheckState:
-    """What the session shares: resolved options, the seed, and (on the controller) every item's result."""
-
-    def __init__(self, options: dict[str, Any], seed: int):
-        self.options = options
-        self.seed = seed
-        self.results: dict[str, dict[str, Any]] = {}
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "fork_safe(tasks=3, examples=10, schedules=10, atol=0, rtol=0, timeout=60): re-run this test under many "
-        "fork/wait schedules of forkcheck's own scheduler; it fails if any schedule fails.",
-    )
+    config.addinivalue_line("markers", MARKER_HELP)
+    if config.getoption("help", False):  # --help must work even while an option or ini key is wrong
+        return
     options = resolve_session_options(config)
     worker = getattr(config, "workerinput", None)
-    seed = options["seed"]
     if worker is not None and "forkcheck_seed" in worker:
         seed = worker["forkcheck_seed"]
-    elif seed is None:
-        seed = random.randrange(2**32)
+    else:
+        seed = options.seed if options.seed is not None else random.randrange(2**32)
     state = ForkcheckState(options, seed)
-    config.stash[_STATE] = state
+    if options.modules:
+        from .items import locate_modules
+
+        state.module_files = locate_modules(options.modules)
+    config.stash[STATE] = state
     if worker is None:
         config.pluginmanager.register(ResultCollector(state), "forkcheck-results")
 
@@ -57,97 +61,147 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """pytest-xdist: every worker checks with the controller's seed."""
-    node.workerinput["forkcheck_seed"] = node.config.stash[_STATE].seed
+    node.workerinput["forkcheck_seed"] = node.config.stash[STATE].seed
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    state = config.stash[_STATE]
-    return f"forkcheck: seed {state.seed} (rerun with --forkcheck-seed {state.seed})"
+    seed = config.stash[STATE].seed
+    return f"forkcheck: seed {seed} (rerun with --forkcheck-seed {seed})"
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) -> Any:
+    """A module-level object marked in this very module (not imported into it) becomes a ``TargetItem``."""
     from .marker import get_mark
 
     mark = get_mark(obj)
-    module = getattr(collector, "obj", None)
-    if mark is None or not isinstance(collector, pytest.Module) or mark.module != getattr(module, "__name__", None):
+    if mark is None or not isinstance(collector, pytest.Module) or mark.module != collector.obj.__name__:
         return None
     from .items import TargetItem
 
     return TargetItem.from_object(collector, name, obj)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
-    modules = config.stash[_STATE].options["modules"]
-    if modules:
-        from .items import collect_modules
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """The modules named by ``--forkcheck-modules`` join the session's top-level collectors."""
+    report = yield
+    modules = collector.config.stash[STATE].module_files
+    if modules and isinstance(collector, pytest.Session) and report.passed:
+        from .items import module_collectors
 
-        items.extend(collect_modules(session, modules))
+        report.result.extend(module_collectors(collector, modules))
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Mark ``@pytest.mark.fork_safe`` tests, drop duplicates, and keep only the replayed item when replaying."""
+    seen: set[str] = set()
+    unique = []
     for item in items:
+        if item.nodeid in seen:  # a module both collected as a file and named by --forkcheck-modules
+            continue
+        seen.add(item.nodeid)
+        unique.append(item)
         if isinstance(item, pytest.Function) and item.get_closest_marker("fork_safe") is not None:
-            item.user_properties.append((KIND_PROPERTY, "test"))
+            item.stash[KIND] = "test"
+    items[:] = unique
+    replay = config.stash[STATE].options.replay
+    if replay:
+        _select_replayed(config, items, replay)
+
+
+def _select_replayed(config: pytest.Config, items: list, replay: str) -> None:
+    """Deselect the forkcheck items the token is not for; none left is a usage error naming both sides."""
+    from .items import forkcheck_name
+    from .replay import ReplayToken
+
+    wanted = ReplayToken.decode(replay).target
+    names = {item.nodeid: forkcheck_name(item) for item in items}
+    others = [item for item in items if names[item.nodeid] not in (None, wanted)]
+    if wanted not in names.values():
+        selected = ", ".join(item.nodeid if names[item.nodeid] == item.nodeid else
+                             f"{item.nodeid} ({names[item.nodeid]})" for item in others) or "no forkcheck items"
+        raise pytest.UsageError(f"--forkcheck-replay: the token is for {wanted}, which is not among the selected "
+                                f"items ({selected}); select the token's target to replay it")
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = [item for item in items if item not in others]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``@pytest.mark.fork_safe`` test's keywords are checked after skip marks, before its fixtures run."""
+    if item.stash.get(KIND, None) == "test":
+        from .items import SETTINGS, marked_test_settings
+
+        item.stash[SETTINGS] = marked_test_settings(item, item.get_closest_marker("fork_safe"))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
-    marker = pyfuncitem.get_closest_marker("fork_safe")
-    if marker is None:
+    if pyfuncitem.stash.get(KIND, None) != "test":
         return None
-    from .items import run_marked_test
+    from .items import SETTINGS, run_marked_test
 
-    run_marked_test(pyfuncitem, marker)
+    run_marked_test(pyfuncitem, pyfuncitem.stash[SETTINGS])
     return True
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    outcome = yield
-    report = outcome.get_result()
-    result = getattr(item, "forkcheck_result", None)
-    if result is not None and not any(key == RESULT_PROPERTY for key, _ in report.user_properties):
-        if report.when == "call" or (report.when == "setup" and result.verdict == "error"):
-            report.user_properties.append((RESULT_PROPERTY, json.dumps(result.to_json())))
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """Carry the item's kind and result on its report (pytest-xdist ships report attributes to the controller)."""
+    report = yield
+    kind = item.stash.get(KIND, None)
+    if kind is not None:
+        result = item.stash.get(RESULT, None)
+        report.forkcheck_kind = kind
+        report.forkcheck_result = result.to_json() if result is not None and call.when != "teardown" else None
+    return report
 
 
 class ResultCollector:
-    """Registered per session: keeps every forkcheck item's result once, by nodeid, and writes the report.
-
-    Under pytest-xdist the workers' reports arrive here on the controller, which alone writes the files.
-    """
+    """On the controller: keeps one result row per forkcheck item, by nodeid, and writes the report once."""
 
     def __init__(self, state: ForkcheckState):
         self.state = state
-        self.report_paths: Any = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        properties = dict(report.user_properties)
-        if KIND_PROPERTY not in properties:
+        kind = getattr(report, "forkcheck_kind", None)
+        if kind is None:
             return
         results = self.state.results
-        if RESULT_PROPERTY in properties:
-            results[report.nodeid] = json.loads(properties[RESULT_PROPERTY])
-        elif (report.skipped or report.failed) and report.nodeid not in results:
-            results[report.nodeid] = {
-                "nodeid": report.nodeid, "target": report.nodeid, "kind": properties[KIND_PROPERTY],
-                "verdict": "skipped" if report.skipped else "error", "engine": "", "examples": 0, "schedules": 0,
-                "duration_s": round(report.duration, 3), "findings": [],
-                "error": "" if report.skipped else str(report.longrepr)[-2000:]}
+        row = getattr(report, "forkcheck_result", None)
+        if row is not None:
+            results[report.nodeid] = row
+        elif report.skipped and report.nodeid not in results:
+            results[report.nodeid] = _row(report, kind, "skipped")
+        elif report.failed:
+            row = results.get(report.nodeid) or _row(report, kind, "error")
+            if row["verdict"] != "fail":  # e.g. a fixture's setup or teardown failed: never a silent pass
+                results[report.nodeid] = dict(row, verdict="error", error=report.longreprtext[-4000:])
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         options = self.state.options
-        if options["no_report"] or not self.state.results:
+        if options.no_report or not self.state.results:
             return
         from .report import write_reports
 
-        self.report_paths = write_reports(options["report"], self.state.results, self.state.seed,
-                                          complete=exitstatus != pytest.ExitCode.INTERRUPTED)
+        self.state.report_paths = write_reports(options.report, self.state.results, self.state.seed,
+                                                complete=exitstatus != pytest.ExitCode.INTERRUPTED)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.state.results:
             return
         from .report.terminal import summary_lines
 
-        for line in summary_lines(list(self.state.results.values()), self.report_paths):
+        terminalreporter.write_sep("=", "forkcheck")
+        for line in summary_lines(list(self.state.results.values()), self.state.report_paths):
             terminalreporter.write_line(line)
+
+
+def _row(report: pytest.TestReport, kind: str, verdict: str) -> dict[str, Any]:
+    from .findings import CheckResult
+
+    return CheckResult(target=report.nodeid, kind=kind, nodeid=report.nodeid, verdict=verdict,
+                       duration_s=round(report.duration, 3)).to_json()

@@ -6,13 +6,14 @@ from typing import Any, Mapping
 
 
 def build_report(results: Mapping[str, Mapping[str, Any]], seed: int, complete: bool = True) -> dict[str, Any]:
-    import torch
+    """The report: versions, the session seed, and the rows; ``complete`` is false for an interrupted run."""
+    from importlib.metadata import version
 
     from .. import __version__
 
     return {
         "forkcheck": __version__,
-        "torch": torch.__version__.split("+")[0],
+        "torch": version("torch").split("+")[0],
         "seed": seed,
         "complete": complete,
         "results": [dict(results[nodeid]) for nodeid in sorted(results)],
