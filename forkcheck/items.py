@@ -1,20 +1,21 @@
-"""pytest items: one per ``fork_safe`` target, and the runner for ``@pytest.mark.fork_safe`` tests."""
+"""pytest items: one per ``fork_safe`` target, and the schedules loop of ``@pytest.mark.fork_safe`` tests."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import random
 import time
 import traceback
 import zlib
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
-from .plugin import _STATE, KIND_PROPERTY
+from .plugin import KIND, RESULT, STATE
 
-
-class ForkcheckError(Exception):
-    """The check could not run: a setup mistake or an error inside forkcheck (never a silent pass)."""
+SETTINGS = pytest.StashKey[Any]()  # a marked test's resolved Settings, from its setup
+TEST_SETTINGS = ("schedules", "timeout")  # the keywords of @pytest.mark.fork_safe: a test has no inputs or tasks
 
 
 class TargetFailed(Exception):
@@ -24,128 +25,176 @@ class TargetFailed(Exception):
 def _settings_for(config: pytest.Config, name: str, overrides: dict[str, Any]):
     from .settings import Settings
 
-    state = config.stash[_STATE]
+    state = config.stash[STATE]
     seed = (state.seed ^ zlib.crc32(name.encode())) & 0xFFFFFFFF  # per target: independent of order and worker
-    return Settings().replace(**state.options["settings"]).replace(seed=seed, **overrides)
+    return Settings().replace(**state.options.settings).replace(seed=seed, **overrides)
+
+
+def forkcheck_name(item: pytest.Item) -> Optional[str]:
+    """The name a replay token carries for ``item``: ``module:name`` for a target, the nodeid for a marked test."""
+    if isinstance(item, TargetItem):
+        return item.target_name
+    return item.nodeid if item.stash.get(KIND, None) == "test" else None
 
 
 class TargetItem(pytest.Item):
-    """Checks one marked function, closure or Module."""
+    """Checks one marked function, closure or Module; the check runs at setup, so a setup problem is an ERROR."""
 
     def __init__(self, *, obj: Any, target_name: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.obj = obj
         self.target_name = target_name
-        self.forkcheck_result: Any = None
-        self.user_properties.append((KIND_PROPERTY, "target"))
+        self.stash[KIND] = "target"
 
     @classmethod
     def from_object(cls, parent: pytest.Collector, name: str, obj: Any) -> "TargetItem":
         return cls.from_parent(parent, name=name, obj=obj, target_name=f"{parent.obj.__name__}:{name}")
 
     def setup(self) -> None:
+        from .report.terminal import failure_text
         from .runner import check
         from .target import Target
 
         target = Target.from_object(self.obj, self.target_name)
         settings = _settings_for(self.config, self.target_name, dict(target.mark.settings))
-        replay = self.config.stash[_STATE].options["replay"]
-        self.forkcheck_result = result = check(target, settings, replay=replay, nodeid=self.nodeid)
+        result = check(target, settings, replay=self.config.stash[STATE].options.replay, nodeid=self.nodeid)
+        self.stash[RESULT] = result
         if result.verdict == "error":
-            raise ForkcheckError(result.error)
+            pytest.fail(failure_text(result), pytrace=False)
 
     def runtest(self) -> None:
-        if self.forkcheck_result.verdict == "fail":
+        if self.stash[RESULT].verdict == "fail":
             raise TargetFailed()
 
-    def repr_failure(self, excinfo: Any, style: Any = None) -> str:
-        if isinstance(excinfo.value, (TargetFailed, ForkcheckError)) and self.forkcheck_result is not None:
+    def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
+        if isinstance(excinfo.value, TargetFailed):
             from .report.terminal import failure_text
 
-            return failure_text(self.forkcheck_result)
-        return super().repr_failure(excinfo)
+            return failure_text(self.stash[RESULT])
+        return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Any, Optional[int], str]:
         return self.path, None, f"fork_safe {self.target_name}"
 
 
-class _ModuleTargets(pytest.Collector):
-    """The marked objects of a module named by ``--forkcheck-modules``."""
-
-    def __init__(self, *, module: Any, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.obj = module
+class ModuleTargets(pytest.Collector):
+    """The targets marked at the top level of a module named by ``--forkcheck-modules`` (imported here)."""
 
     def collect(self) -> list[TargetItem]:
         from .marker import get_mark
 
+        self.obj = importlib.import_module(self.name)
         return [TargetItem.from_object(self, name, obj) for name, obj in vars(self.obj).items()
                 if (mark := get_mark(obj)) is not None and mark.module == self.obj.__name__]
 
 
-def collect_modules(session: pytest.Session, names: list[str]) -> list[TargetItem]:
-    items = []
+def locate_modules(names: tuple[str, ...]) -> dict[str, Optional[Path]]:
+    """Each module's source file, found without importing it; a name that is not importable is a UsageError."""
+    located = {}
     for name in names:
         try:
-            module = importlib.import_module(name)
-        except ImportError as err:
-            raise pytest.UsageError(f"--forkcheck-modules: cannot import {name!r} ({err}); name an importable "
-                                    "module, e.g. mypackage.ops") from None
-        collector = _ModuleTargets.from_parent(session, name=name, module=module,
-                                               path=__import__("pathlib").Path(module.__file__))
-        items.extend(collector.collect())
-    return items
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError) as err:  # a parent package is missing, or the name is malformed
+            spec, why = None, str(err)
+        else:
+            why = f"no module named {name!r}"
+        if spec is None:
+            raise pytest.UsageError(f"--forkcheck-modules: cannot import {name!r} ({why}); name an importable "
+                                    "module, e.g. mypackage.ops (the ini key pythonpath can add its directory)")
+        located[name] = Path(spec.origin) if spec.has_location and spec.origin else None
+    return located
 
 
-def run_marked_test(item: pytest.Function, marker: Any) -> None:
-    """Run a ``@pytest.mark.fork_safe`` test under ``schedules`` schedules of forkcheck's own scheduler."""
-    from . import _warnings
-    from .engines.eager import ControlledScheduler
-    from .findings import CheckResult, Finding
-    from .marker import MarkError
-    from .replay import ReplayToken
-    from .settings import TARGET_SETTINGS, SettingsError
+def module_collectors(session: pytest.Session, located: dict[str, Optional[Path]]) -> list[ModuleTargets]:
+    """One collector per module; its node id is the file's, as if pytest had collected the file itself."""
+    collectors = []
+    for name, path in located.items():
+        if path is None:  # a namespace package
+            path, nodeid = session.config.rootpath, name
+        elif path.is_relative_to(session.config.rootpath):
+            nodeid = path.relative_to(session.config.rootpath).as_posix()
+        else:
+            nodeid = path.as_posix()
+        collectors.append(ModuleTargets.from_parent(session, name=name, path=path, nodeid=nodeid))
+    return collectors
 
-    unknown = set(marker.kwargs) - set(TARGET_SETTINGS) or (marker.args and {"positional arguments"})
-    if unknown:
-        raise MarkError(f"@pytest.mark.fork_safe takes only the keywords {', '.join(TARGET_SETTINGS)}; "
-                        f"got {', '.join(sorted(unknown))}")
+
+def marked_test_settings(item: pytest.Item, marker: pytest.Mark) -> Any:
+    """The settings of a ``@pytest.mark.fork_safe`` test; a wrong keyword fails its setup, naming the keyword."""
+    from .settings import SettingsError
+
+    unknown = sorted(set(marker.kwargs) - set(TEST_SETTINGS))
+    if marker.args or unknown:
+        got = ", ".join(unknown + (["positional arguments"] if marker.args else []))
+        pytest.fail(f"@pytest.mark.fork_safe got {got}; a marked test takes only the keywords "
+                    f"{', '.join(TEST_SETTINGS)} (inputs, tasks and tolerances belong to @fork_safe targets)",
+                    pytrace=False)
     try:
-        settings = _settings_for(item.config, item.nodeid, dict(marker.kwargs))
+        return _settings_for(item.config, item.nodeid, dict(marker.kwargs))
     except SettingsError as err:
-        raise MarkError(f"@pytest.mark.fork_safe: {err}") from None
-    replay = item.config.stash[_STATE].options["replay"]
-    token = ReplayToken.decode(replay) if replay else None
-    if token is not None and token.target != item.nodeid:
-        raise ForkcheckError(f"this replay token is for {token.target}, not {item.nodeid}")
+        pytest.fail(f"@pytest.mark.fork_safe: {err}", pytrace=False)
+
+
+def run_marked_test(item: pytest.Function, settings: Any) -> None:
+    """Run the test body under ``schedules`` schedules of forkcheck's own scheduler (one, when replaying).
+
+    The oracle is the test's own assertions, plus ``exception`` (a forked task raised) and ``hang`` (a deadlock, or
+    a schedule that did not finish within the timeout).
+    """
+    from types import SimpleNamespace
+
+    from . import _warnings
+    from .choices import strategy_for
+    from .engines.eager import ControlledScheduler
+    from .findings import CheckResult
+    from .replay import ReplayToken
+    from .report.terminal import replay_command
+
+    replay = item.config.stash[STATE].options.replay
     rng = random.Random(settings.seed)
-    seeds = [token.schedule_seed] if token else [rng.randrange(2**32) for _ in range(settings.schedules)]
+    seeds = [ReplayToken.decode(replay).schedule_seed] if replay else [
+        rng.randrange(2**32) for _ in range(settings.schedules)]
     result = CheckResult(target=item.nodeid, kind="test", nodeid=item.nodeid, engine="eager",
                          engine_reason="a marked test's forks run under forkcheck's scheduler", examples=1)
-    item.forkcheck_result = result
     started = time.perf_counter()
     arguments = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
     for seed in seeds:
         result.schedules += 1
-        scheduler = ControlledScheduler(random.Random(seed))
+        schedule = SimpleNamespace(seed=seed, strategy=settings.strategy)
+        scheduler = ControlledScheduler(strategy_for(schedule), timeout=settings.timeout)
         try:
             with _warnings.quiet_jit(), scheduler:
                 item.obj(**arguments)
         except Exception as err:
-            in_task = scheduler.failed_task is not None
-            replay_token = ReplayToken(item.nodeid, "", "", 0, seed).encode()
-            result.findings = [Finding(
-                "exception" if in_task or not isinstance(err, AssertionError) else "nondeterminism",
-                f"{'a forked task raised' if in_task else 'the test failed'} under schedule {result.schedules} "
-                f"of {len(seeds)} (task order {scheduler.order}): {type(err).__name__}: {err}",
-                location=_frame_of(err), tasks=scheduler.order, replay=replay_token,
-                detail={"traceback": "".join(traceback.format_exception(err))[-4000:]})]
+            token = ReplayToken(item.nodeid, "", "", 0, seed).encode()
+            result.findings = [_finding(err, scheduler, f"schedule {result.schedules} of {len(seeds)}", token)]
             result.verdict = "fail"
             result.duration_s = round(time.perf_counter() - started, 3)
-            err.add_note(f"forkcheck: failed under schedule {result.schedules} of {len(seeds)}; replay it with\n"
-                         f"  pytest '{item.nodeid}' --forkcheck-replay {replay_token}")
+            item.stash[RESULT] = result
+            err.add_note(f"forkcheck: failed under schedule {result.schedules} of {len(seeds)} "
+                         f"({settings.strategy}); replay it with\n  {replay_command(item.nodeid, token)}")
             raise
     result.duration_s = round(time.perf_counter() - started, 3)
+    item.stash[RESULT] = result
+
+
+def _finding(err: Exception, scheduler: Any, which: str, token: str) -> Any:
+    """The one finding of a failed schedule: a hang, a task's exception, or the test's own failure."""
+    from .engines.eager import ScheduleError
+    from .findings import Finding
+
+    order = scheduler.order[:24] + (["..."] if len(scheduler.order) > 24 else [])
+    where, problem = f"{which} (task order {' '.join(map(str, order))})", f"{type(err).__name__}: {err}"
+    if isinstance(err, ScheduleError):
+        kind, message = "hang", f"{where}: {err}"
+    elif scheduler.failed_task is not None:
+        kind, message = "exception", f"forked task {scheduler.failed_task} raised under {where}: {problem}"
+    else:
+        kind = "nondeterminism" if isinstance(err, AssertionError) else "exception"
+        message = f"the test failed under {where}: {problem}"
+    detail = {"order": scheduler.order[:500], "traceback": "".join(traceback.format_exception(err))[-4000:]}
+    return Finding(kind, message, location=_frame_of(err), tasks=sorted(set(scheduler.order) - {0}), replay=token,
+                   detail=detail)
 
 
 def _frame_of(err: BaseException) -> str:

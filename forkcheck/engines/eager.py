@@ -1,46 +1,112 @@
-"""forkcheck's own fork/wait scheduler, for code that does not script (and for replaying a schedule exactly).
+"""forkcheck's own fork/wait scheduler: forked tasks interleave op by op, in an order the schedule decides.
 
-While installed it replaces ``torch._C.fork`` and ``torch._C.wait``, which every alias of ``torch.jit.fork`` and
-``torch.jit.wait`` calls. A fork makes a pending task; the schedule decides when pending tasks run: at each fork
-and wait it may run some of them, in an order it draws, and a ``wait`` runs tasks until its own is done.
+While installed it replaces ``torch._C.fork`` and ``torch._C.wait`` (which every alias of ``torch.jit.fork`` and
+``torch.jit.wait`` calls; the ``torch.jit`` attributes stay untouched, so ``torch.jit.script`` keeps working). Each
+forked task runs on its own thread, but only the task holding the baton runs. Switch points:
+
+- a fork (the child is created, the parent may go on or give way),
+- a wait on an unfinished task (the waiter blocks, another task runs),
+- before every tensor op of a task (a ``TorchDispatchMode`` entered on each task's thread; views and ops without
+  tensor arguments are not switch points: they read no shared data),
+- the end of a task.
+
+At each point a strategy (``forkcheck.choices``) picks the next task among the runnable ones, the current task first
+(index 0: no preemption). Every real choice is recorded in ``decisions``; ``Replay(decisions)`` reruns the same
+interleaving. Choices are made on the thread that entered the scheduler (the controller) unless the strategy says
+any thread will do, so Hypothesis data can drive them.
+
+A task's exception is raised at its wait; tasks nobody waits for run to completion before the ``with`` block exits.
+A deadlock (a task waiting for itself, a cycle of waits) raises :class:`Deadlock`; a schedule that does not finish
+within ``timeout`` seconds raises :class:`ScheduleTimeout`. Either way every blocked task is released and unwound
+(with an exception that ``except Exception`` does not catch); a task stuck in a pure-Python loop cannot be stopped and
+is left running as a daemon thread, no longer under control (its later forks and waits go to the real runtime).
+The root task (the code inside the ``with`` block, on the controller thread) is not interrupted: a caller that
+needs a bound on it runs the block in a thread of its own.
 """
 from __future__ import annotations
 
+import bisect
+import os
+import queue
 import random
+import sys
 import threading
-from typing import Any, Callable, Optional, Sequence
+import time
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..choices import Choices, RandomChoices, Strategy, strategy_for
 
 _install_lock = threading.Lock()
+
+RUNNABLE, BLOCKED, DONE = "runnable", "blocked", "done"
+_ALL = object()  # what the root waits for when the ``with`` block exits
+_RUN = object()  # controller message: the root holds the baton again
+
+
+class ScheduleError(Exception):
+    """The schedule could not finish: a deadlock or a timeout (a ``hang`` finding)."""
+
+
+class Deadlock(ScheduleError):
+    """Every unfinished task waits for another unfinished task (or for itself)."""
+
+
+class ScheduleTimeout(ScheduleError):
+    """The schedule did not finish within its timeout."""
+
+
+class _Abort(BaseException):
+    """Unwinds a task after the schedule failed; a BaseException so that ``except Exception`` lets it pass."""
+
+
+class _Task:
+    __slots__ = ("id", "parent", "name", "call", "state", "waiting_for", "waiting_at", "waiters", "result", "error",
+                 "baton", "thread", "ident", "future", "grad", "inference")
+
+    def __init__(self, task_id: int, parent: Optional["_Task"], call: Optional[tuple]):
+        self.id = task_id
+        self.parent = parent
+        self.call = call
+        fn = call[0] if call else None
+        self.name = getattr(fn, "__qualname__", None) or type(fn).__name__ if fn is not None else "root"
+        self.state = RUNNABLE
+        self.waiting_for: Any = None
+        self.waiting_at = ""
+        self.waiters: list[_Task] = []
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.baton = threading.Lock()  # held while the task may not run; released to hand it the baton
+        self.baton.acquire()
+        self.thread: Optional[threading.Thread] = None
+        self.ident: Optional[int] = None
+        self.future: Optional[ControlledFuture] = None
+        self.grad = torch.is_grad_enabled()
+        self.inference = torch.is_inference_mode_enabled()
+
+    def __repr__(self) -> str:
+        return f"task {self.id} ({self.name})" if self.id else "task 0 (the root)"
+
+
+def _by_id(task: _Task) -> int:
+    return task.id
 
 
 class ControlledFuture:
     """The future a controlled fork returns; ``wait()``/``value()``/``done()`` work as on ``torch.jit.Future``."""
 
-    def __init__(self, scheduler: "ControlledScheduler", task_id: int, fn: Callable, args, kwargs):
+    def __init__(self, scheduler: "ControlledScheduler", task: _Task):
         self._scheduler = scheduler
-        self.task_id = task_id
-        self._call = (fn, args, kwargs)
-        self._done = False
-        self._result: Any = None
-        self._error: Optional[BaseException] = None
+        self._task = task
 
-    def _run(self) -> None:
-        fn, args, kwargs = self._call
-        self._scheduler.current.append(self.task_id)
-        try:
-            self._result = fn(*args, **kwargs)
-        except BaseException as err:  # delivered at wait, as the real runtime does
-            self._error = err
-            if self._scheduler.failed_task is None:
-                self._scheduler.failed_task = self.task_id
-        finally:
-            self._scheduler.current.pop()
-            self._done = True
+    @property
+    def task_id(self) -> int:
+        return self._task.id
 
     def done(self) -> bool:
-        return self._done
+        return self._task.state == DONE
 
     def wait(self) -> Any:
         return self._scheduler.wait(self)
@@ -48,40 +114,200 @@ class ControlledFuture:
     def value(self) -> Any:
         return self.wait()
 
+    def __repr__(self) -> str:
+        return f"<ControlledFuture of {self._task!r}, {self._task.state}>"
+
+
+_SKIP: dict[Any, bool] = {}  # op -> no switch point before it
+
+
+def _no_switch(func: Any) -> bool:
+    """Views and ops without tensor arguments read no shared data: no switch point before them."""
+    if getattr(func, "is_view", False):
+        return True
+    schema = getattr(func, "_schema", None)
+    return schema is not None and not any("Tensor" in str(arg.type) for arg in schema.arguments)
+
+
+class _SwitchMode(TorchDispatchMode):
+    """Entered on a task's own thread: a switch point before each tensor op the task runs."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's handler in ``torch._dynamo.disable`` by default: that imports dynamo on first use
+        # (about 2 s) and costs a few µs per op; this handler only switches tasks and is never compiled
+        return False
+
+    def __init__(self, scheduler: "ControlledScheduler", task: _Task):
+        super().__init__()
+        self.scheduler = scheduler
+        self.task = task
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        skip = _SKIP.get(func)
+        if skip is None:
+            skip = _SKIP[func] = _no_switch(func)
+        if not skip:
+            self.scheduler._op_point(self.task)
+        return func(*args, **(kwargs or {}))
+
+
+def _as_strategy(choose: Any) -> Strategy:
+    if choose is None:
+        return RandomChoices(random.Random())
+    if isinstance(choose, random.Random):
+        return RandomChoices(choose)
+    if hasattr(choose, "pick"):
+        return choose
+    if callable(choose):
+        return Choices(choose)
+    raise TypeError(f"ControlledScheduler takes a random.Random, a strategy or a choose(n) callable, not {choose!r}")
+
+
+_NOT_USER = tuple(os.path.dirname(path) + os.sep for path in (torch.__file__, os.path.dirname(__file__)))
+_STDLIB = os.path.dirname(threading.__file__) + os.sep
+
+
+def _user_line(frame: Any) -> str:
+    """``file:line`` of the innermost frame in the user's code (not torch, forkcheck or the standard library)."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(_NOT_USER) or name.startswith("<")
+                or (name.startswith(_STDLIB) and "-packages" not in name)):
+            return f"{name}:{frame.f_lineno}"
+        frame = frame.f_back
+    return ""
+
 
 class ControlledScheduler:
-    """One schedule of fork/wait decisions, drawn from ``rng``; install with ``with``."""
+    """One controlled schedule. ``with ControlledScheduler(choose, timeout=60) as s:`` installs it on this thread.
 
-    def __init__(self, rng: random.Random, run_early: float = 0.5):
-        self.rng = rng
-        self.run_early = run_early  # chance, at each fork or wait, of running pending tasks first
-        self.pending: list[ControlledFuture] = []
-        self.order: list[int] = []  # task ids in the order they ran: the interleaving, for the report
-        self.current: list[int] = [0]
-        self.failed_task: Optional[int] = None  # the first task that raised
-        self._next_id = 1
+    ``choose``: a ``random.Random`` (uniform random choices), a strategy from ``forkcheck.choices`` (``PCT``,
+    ``Replay``, ...), or a bare ``choose(n) -> index`` callable (called only on this thread, only where ``n > 1``).
+    After the block: ``order`` (task ids in the order they got the baton, starting with the root 0),
+    ``decisions`` (every real choice, for ``Replay``), ``failed_task`` (the first task that raised, or None),
+    ``errors`` (task id -> exception), ``events`` and ``stats``.
+    """
+
+    def __init__(self, choose: Union[random.Random, Strategy, Callable[[int], int], None] = None, *,
+                 timeout: Optional[float] = 60.0):
+        self.strategy = _as_strategy(choose)
+        self.timeout = timeout
+        self.order: list[int] = []
+        self.decisions: list[int] = []
+        self.failed_task: Optional[int] = None
+        self.errors: dict[int, BaseException] = {}
+        self.events: list[tuple[int, str, int, int]] = []  # (switch point, "fork"|"wait"|"done", task, other)
+        self.switch_points = 0
+        self.preemptions = 0
+        self._tasks: list[_Task] = []  # by id; the root is 0
+        self._runnable: list[_Task] = []  # by id
+        self._unfinished = 0  # forked tasks not done
+        self._released: set[_Task] = set()
+        self._root: Optional[_Task] = None
+        self._running: Optional[_Task] = None
+        self._controller: Optional[int] = None
+        self._messages: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._local = threading.local()
+        self._deadline: Optional[float] = None
+        self._aborted = False
+        self._broken: Optional[BaseException] = None  # the error that stopped the schedule
+        self._active = False
         self._saved: Optional[tuple] = None
+        self._mode: Optional[_SwitchMode] = None
+
+    # --- install / uninstall ------------------------------------------------------------------------------
 
     def __enter__(self) -> "ControlledScheduler":
-        _install_lock.acquire()
+        if self._saved is not None or self._root is not None:
+            raise RuntimeError("a ControlledScheduler runs one schedule; make a new one for the next")
+        if not _install_lock.acquire(timeout=self.timeout if self.timeout is not None else -1):
+            raise ScheduleTimeout("another controlled schedule is still installed in this process (a hung run?)")
         self._saved = (torch._C.fork, torch._C.wait)
-        torch._C.fork, torch._C.wait = self.fork, self._wait_any
+        try:
+            self._deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            self._controller = threading.get_ident()
+            self._root = root = _Task(0, None, None)
+            root.ident = self._controller
+            self._tasks.append(root)
+            self._runnable.append(root)
+            self._running = root
+            self.order.append(0)
+            self._local.task = root
+            torch._C.fork, torch._C.wait = self.fork, self._wait_any
+            self._active = True
+            self._mode = _SwitchMode(self, root)
+            self._mode.__enter__()
+        except BaseException:
+            self._uninstall()
+            raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
-            if exc[0] is None:
-                self.drain()  # tasks nobody waited for still run, as on the real runtime
+            if self._broken is None:
+                try:
+                    self._drain()  # tasks nobody waited for still run, as on the real runtime
+                except BaseException as err:
+                    if exc_type is None or not isinstance(err, Exception):
+                        raise
+                    exc.add_note(f"forkcheck: then the tasks nobody waited for could not finish: {err}")
         finally:
-            torch._C.fork, torch._C.wait = self._saved
-            _install_lock.release()
+            self._uninstall()
 
-    def fork(self, fn: Callable, *args: Any, **kwargs: Any) -> ControlledFuture:
-        future = ControlledFuture(self, self._next_id, fn, args, kwargs)
-        self._next_id += 1
-        self.pending.append(future)
-        self._maybe_run_some()
-        return future
+    def _uninstall(self) -> None:
+        try:
+            if self._mode is not None:
+                self._mode.__exit__(None, None, None)
+                self._mode = None
+            self._abort()
+            for task in self._tasks[1:]:  # finished tasks' threads are ending: let them end before we return
+                if task.thread is not None and task.state == DONE and task not in self._released:
+                    task.thread.join(1.0)
+        finally:
+            if self._saved is not None:
+                torch._C.fork, torch._C.wait = self._saved
+                self._active = False
+                _install_lock.release()
+            self._local.task = None
+
+    def _abort(self) -> None:
+        """Release every unfinished task; each unwinds with ``_Abort`` at its next switch point."""
+        stuck = [t for t in self._tasks[1:] if t.state != DONE and t not in self._released]
+        if not stuck:
+            return
+        self._aborted = True
+        released = []
+        for task in stuck:
+            if task.thread is None:
+                task.state = DONE  # never started
+            elif task is not self._running:  # the running one is past reach: it stops at its next switch point
+                released.append(task)
+                try:
+                    task.baton.release()
+                except RuntimeError:  # already released
+                    pass
+        self._released.update(stuck)
+        self._running = None
+        end = time.monotonic() + 1.0
+        for task in released:
+            task.thread.join(max(0.0, end - time.monotonic()))
+
+    # --- the patched torch._C.fork / torch._C.wait ----------------------------------------------------------
+
+    def fork(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        parent = getattr(self._local, "task", None)
+        if parent is None or not self._active:  # a thread outside this schedule: the real runtime
+            return self._saved[0](fn, *args, **kwargs)
+        self._check_live(parent)
+        child = _Task(len(self._tasks), parent, (fn, args, kwargs))
+        child.future = ControlledFuture(self, child)
+        self._tasks.append(child)
+        self._runnable.append(child)  # ids grow: the list stays sorted
+        self._unfinished += 1
+        self.events.append((self.switch_points, "fork", parent.id, child.id))
+        self._switch(parent, True)
+        return child.future
 
     def _wait_any(self, future: Any) -> Any:
         if isinstance(future, ControlledFuture):
@@ -89,26 +315,225 @@ class ControlledScheduler:
         return self._saved[1](future)  # a real torch Future (e.g. from a scripted call)
 
     def wait(self, future: ControlledFuture) -> Any:
-        self._maybe_run_some()
-        while not future.done():
-            self._step(prefer=future if not self.pending or self.rng.random() < 0.5 else None)
-        if future._error is not None:
-            raise future._error
-        return future._result
+        target = future._task
+        if target.state != DONE:
+            waiter = getattr(self._local, "task", None) if future._scheduler is self else None
+            if waiter is None or not self._active:
+                raise RuntimeError(f"{target!r} is unfinished and cannot be waited for outside its schedule")
+            self._check_live(waiter)
+            self.events.append((self.switch_points, "wait", waiter.id, target.id))
+            self._block_on(waiter, target, _user_line(sys._getframe(1)))
+            self._switch(waiter, False)
+        if target.error is not None:
+            raise target.error
+        return target.result
 
-    def drain(self) -> None:
-        while self.pending:
-            self._step()
+    # --- switching -------------------------------------------------------------------------------------------
 
-    def _maybe_run_some(self) -> None:
-        while self.pending and self.rng.random() < self.run_early:
-            self._step()
+    def _op_point(self, task: _Task) -> None:
+        if task.ident != threading.get_ident():
+            return  # an op of a real-runtime fork (a scripted call's pool thread): not under control
+        if self._aborted:
+            if task is self._root:
+                return  # the schedule was stopped; the root's own ops run uncontrolled
+            raise _Abort()
+        self._switch(task, True)
 
-    def _step(self, prefer: Optional[ControlledFuture] = None) -> None:
-        future = prefer if prefer in self.pending else self.rng.choice(self.pending)
-        self.pending.remove(future)
-        self.order.append(future.task_id)
-        future._run()
+    def _switch(self, task: _Task, can_continue: bool) -> None:
+        """``task`` (holding the baton) reached a switch point: pick who runs next and, unless ``task``, wait."""
+        self.switch_points += 1
+        if task is self._root:
+            try:
+                chosen = self._choose(task, can_continue)
+                if chosen is not task:
+                    self._give(chosen)
+                    self._block(task)
+            except BaseException as err:
+                self._stop(err)
+                raise
+            return
+        try:
+            chosen = self._choose(task, can_continue)  # None: the controller decides
+        except _Abort:
+            raise
+        except BaseException as err:  # raised on the controller's thread
+            self._running = None
+            self._messages.put(("raise", err, None, None))
+            chosen = None
+        if chosen is task:
+            return
+        if chosen is not None:
+            self._give(chosen)
+        if task.state != DONE:
+            self._block(task)
+
+    def _check_live(self, task: _Task) -> None:
+        if self._broken is not None and task is self._root:
+            raise ScheduleError(f"the schedule was stopped by an earlier error: {self._broken}")
+        if self._aborted:
+            raise _Abort()
+
+    def _stop(self, err: BaseException) -> None:
+        """The schedule cannot go on: no draining; every task is released and unwinds."""
+        self._broken = err
+        self._abort()
+        self._aborted = True
+
+    def _choose(self, task: _Task, can_continue: bool) -> Optional[_Task]:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise self._timeout_error(task, at_switch_point=True)
+        if can_continue:
+            options = [task]
+            options += [t for t in self._runnable if t is not task]
+        else:
+            options = list(self._runnable)
+        if not options:
+            raise self._deadlock_error()
+        if not self.strategy.any_thread:
+            if len(options) == 1:
+                return self._note(options[0])
+            if task is not self._root:
+                self._running = None
+                self._messages.put(("decide", task, options, can_continue))
+                return None
+        return self._decide(options, can_continue)
+
+    def _decide(self, options: list[_Task], can_continue: bool) -> _Task:
+        index = self.strategy.pick([t.id for t in options], can_continue)
+        if len(options) > 1:
+            if not 0 <= index < len(options):
+                raise ValueError(f"the schedule chose option {index} of {len(options)}")
+            self.decisions.append(index)
+            if can_continue and index:
+                self.preemptions += 1
+        return self._note(options[index])
+
+    def _note(self, chosen: _Task) -> _Task:
+        if chosen.id != self.order[-1]:
+            self.order.append(chosen.id)
+        return chosen
+
+    def _give(self, task: _Task) -> None:
+        """Hand the baton to ``task`` (the caller stops touching scheduler state right after)."""
+        self._running = task
+        if task is self._root:
+            self._messages.put(_RUN)
+        elif task.thread is None:
+            task.thread = threading.Thread(target=self._body, args=(task,), daemon=True,
+                                           name=f"forkcheck-task-{task.id}")
+            task.thread.start()
+        else:
+            try:
+                task.baton.release()
+            except RuntimeError:  # released already by an abort
+                pass
+
+    def _block(self, task: _Task) -> None:
+        """Wait until ``task`` holds the baton again (the root serves the other tasks' requests meanwhile)."""
+        if task is not self._root:
+            task.baton.acquire()
+            if self._aborted:
+                raise _Abort()
+            return
+        while True:
+            try:
+                if self._deadline is None:
+                    message = self._messages.get()
+                else:
+                    # a task that reaches switch points reports the timeout itself, with its line: give it a moment
+                    message = self._messages.get(timeout=max(0.0, self._deadline + 0.1 - time.monotonic()))
+            except queue.Empty:
+                raise self._timeout_error(self._running) from None
+            if message is _RUN:
+                return
+            kind, payload, options, can_continue = message
+            if kind == "raise":
+                raise payload
+            chosen = self._decide(options, can_continue)
+            if chosen is self._root:
+                self._running = chosen
+                return
+            self._give(chosen)
+
+    def _body(self, task: _Task) -> None:
+        fn, args, kwargs = task.call
+        task.call = None
+        task.ident = threading.get_ident()
+        self._local.task = task
+        try:
+            with torch.inference_mode(task.inference) if task.inference else torch.set_grad_enabled(task.grad):
+                with _SwitchMode(self, task):
+                    task.result = fn(*args, **kwargs)
+        except _Abort:
+            pass
+        except BaseException as err:  # delivered at wait, as the real runtime does
+            task.error = err
+            self.errors[task.id] = err
+            if self.failed_task is None and not self._aborted:
+                self.failed_task = task.id
+        finally:
+            self._local.task = None
+        if not self._aborted:
+            self._finish(task)
+        else:
+            task.state = DONE
+
+    def _block_on(self, task: _Task, target: Any, where: str) -> None:
+        task.state, task.waiting_for, task.waiting_at = BLOCKED, target, where
+        self._runnable.remove(task)
+        if target is not _ALL:
+            target.waiters.append(task)
+
+    def _unblock(self, task: _Task) -> None:
+        task.state, task.waiting_for = RUNNABLE, None
+        bisect.insort(self._runnable, task, key=_by_id)
+
+    def _finish(self, task: _Task) -> None:
+        task.state = DONE
+        self._runnable.remove(task)
+        self._unfinished -= 1
+        self.events.append((self.switch_points, "done", task.id, task.parent.id))
+        for waiter in task.waiters:
+            self._unblock(waiter)
+        if self._unfinished == 0 and self._root.waiting_for is _ALL:
+            self._unblock(self._root)
+        try:
+            self._switch(task, False)
+        except _Abort:
+            pass
+
+    def _drain(self) -> None:
+        if self._unfinished:
+            self._block_on(self._root, _ALL, "the end of the schedule")
+            self._switch(self._root, False)
+
+    # --- errors ------------------------------------------------------------------------------------------------
+
+    def _deadlock_error(self) -> Deadlock:
+        lines = []
+        for task in self._tasks:
+            if task.state == BLOCKED:
+                what = "every task to finish" if task.waiting_for is _ALL else repr(task.waiting_for)
+                lines.append(f"{task!r} waits for {what}" + (f" at {task.waiting_at}" if task.waiting_at else ""))
+        return Deadlock("deadlock: no task can run; " + "; ".join(lines))
+
+    def _timeout_error(self, running: Optional[_Task], at_switch_point: bool = False) -> ScheduleTimeout:
+        where = ""
+        if running is not None and running.ident is not None:
+            frame = sys._getframe() if at_switch_point else sys._current_frames().get(running.ident)
+            line = _user_line(frame)
+            where = f"; {running!r} was running" + (f" at {line}" if line else "")
+            where += " (still reaching switch points: a loop that never ends?)" if at_switch_point else \
+                " and reached no switch point since (a loop without tensor ops, or a blocking call?)"
+        return ScheduleTimeout(f"the schedule did not finish within {self.timeout:g} s{where}")
+
+    # --- statistics --------------------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"switch_points": self.switch_points, "decisions": len(self.decisions),
+                "preemptions": self.preemptions, "switches": len(self.order) - 1,
+                "tasks": len(self._tasks), "tasks_run": len(set(self.order))}
 
 
 class EagerEngine:
@@ -116,16 +541,34 @@ class EagerEngine:
 
     name = "eager"
 
-    def __init__(self, instance: Any, tasks: int, reason: str):
+    def __init__(self, instance: Any, tasks: int, reason: str, timeout: Optional[float] = 60.0):
         self.instance = instance
         self.tasks = tasks
         self.reason = reason
+        self.timeout = timeout
         self.module = instance if isinstance(instance, torch.nn.Module) else None
+        self.last: Optional[ControlledScheduler] = None
         self.last_order: list[int] = []
+        self._interleavings: set[tuple[int, ...]] = set()
+        self._totals = {"schedules": 0, "preemptions": 0, "decisions": 0, "switch_points": 0}
 
     def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
-        with ControlledScheduler(random.Random(schedule.seed)) as scheduler:
-            futures = [torch.jit.fork(self.instance, *args) for _ in range(self.tasks)]
-            outputs = [torch.jit.wait(future) for future in futures]
-        self.last_order = scheduler.order
-        return outputs
+        """Fork ``tasks`` instances on ``args`` under ``schedule`` (see ``forkcheck.choices.strategy_for``)."""
+        timeout = getattr(schedule, "timeout", None) or self.timeout
+        scheduler = ControlledScheduler(strategy_for(schedule), timeout=timeout)
+        self.last = scheduler
+        try:
+            with scheduler:
+                futures = [torch._C.fork(self.instance, *args) for _ in range(self.tasks)]
+                return [torch._C.wait(future) for future in futures]
+        finally:
+            self.last_order = scheduler.order
+            self._interleavings.add(tuple(scheduler.order))
+            self._totals["schedules"] += 1
+            for key in ("preemptions", "decisions", "switch_points"):
+                self._totals[key] += scheduler.stats[key]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Totals over every run so far: schedules, distinct interleavings, preemptions, decisions, switch points."""
+        return {**self._totals, "interleavings": len(self._interleavings)}

@@ -1,0 +1,431 @@
+"""forkcheck's controlled scheduler: interleavings op by op, replay, futures, errors, deadlocks and timeouts."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forkcheck import _warnings
+from forkcheck.choices import PCT, Choices, RandomChoices, Replay, ReplayDiverged, strategy_for
+from forkcheck.engines.eager import (ControlledFuture, ControlledScheduler, Deadlock, EagerEngine, ScheduleError,
+                                     ScheduleTimeout)
+
+fork = torch.jit.fork
+wait = torch.jit.wait
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_unpatched():
+    saved = (torch._C.fork, torch._C.wait)
+    with _warnings.quiet_jit():
+        yield
+    assert (torch._C.fork, torch._C.wait) == saved, "the scheduler left torch._C.fork/wait patched"
+
+
+def read_modify_write(x: torch.Tensor) -> torch.Tensor:
+    v = x.clone()
+    v = v * 1
+    x.copy_(v + 1)
+    return x
+
+
+def run_counter(choose: Any, tasks: int = 2) -> tuple[float, ControlledScheduler]:
+    x = torch.zeros(1)
+    with ControlledScheduler(choose, timeout=10) as scheduler:
+        futures = [fork(read_modify_write, x) for _ in range(tasks)]
+        for future in futures:
+            wait(future)
+    return x.item(), scheduler
+
+
+def nested(log: list, x: torch.Tensor) -> list[torch.Tensor]:
+    def leaf(i: int) -> torch.Tensor:
+        log.append(i)
+        return x + i
+
+    def middle(i: int) -> torch.Tensor:
+        futures = [fork(leaf, 10 * i + j) for j in range(2)]
+        log.append(i)
+        return sum(wait(f) for f in futures)
+
+    futures = [fork(middle, i) for i in (1, 2)]
+    return [wait(f) for f in futures]
+
+
+# --- interleaving and replay ----------------------------------------------------------------------------------
+
+
+def test_same_decisions_replay_the_same_interleaving():
+    for seed in range(10):
+        value, recorded = run_counter(random.Random(seed), tasks=3)
+        assert recorded.decisions, "a three-task schedule makes choices"
+        for _ in range(10):
+            replayed_value, replayed = run_counter(Replay(recorded.decisions), tasks=3)
+            assert replayed.order == recorded.order
+            assert replayed.decisions == recorded.decisions
+            assert replayed_value == value
+
+
+def test_replay_reproduces_nested_forks_exactly():
+    for seed in range(5):
+        log: list = []
+        with ControlledScheduler(random.Random(seed)) as recorded:
+            outputs = nested(log, torch.zeros(2))
+        for _ in range(10):
+            log2: list = []
+            with ControlledScheduler(Replay(recorded.decisions)) as replayed:
+                outputs2 = nested(log2, torch.zeros(2))
+            assert (replayed.order, replayed.events, log2) == (recorded.order, recorded.events, log)
+            assert all(torch.equal(a, b) for a, b in zip(outputs, outputs2))
+
+
+def test_the_same_seed_gives_the_same_schedule():
+    assert run_counter(random.Random(7), 3)[1].order == run_counter(random.Random(7), 3)[1].order
+    assert run_counter(PCT(7), 3)[1].order == run_counter(PCT(7), 3)[1].order
+
+
+@pytest.mark.parametrize("make", [lambda seed: random.Random(seed), lambda seed: PCT(seed, steps=24)],
+                         ids=["random", "pct"])
+def test_seeded_search_finds_the_lost_update(make: Callable[[int], Any]):
+    found = [seed for seed in range(50) if run_counter(make(seed))[0] != 2.0]
+    assert found, "no schedule among 50 lost an update"
+    value, replayed = run_counter(Replay(run_counter(make(found[0]))[1].decisions))
+    assert value == 1.0  # the failing schedule replays
+
+
+def test_no_preemption_means_no_lost_update():
+    value, scheduler = run_counter(lambda n: 0)
+    assert value == 2.0 and scheduler.preemptions == 0
+
+
+def test_pure_program_gives_identical_outputs_under_every_schedule():
+    def pure(x: torch.Tensor, k: int) -> torch.Tensor:
+        y = x * k
+        z = y.sin() + x.cos()
+        return (z @ z.T).sum(dim=0)
+
+    x = torch.arange(6.0).reshape(2, 3)
+    expected = [pure(x, k) for k in range(3)]
+    orders = set()
+    for make in (random.Random, PCT):
+        for seed in range(15):
+            with ControlledScheduler(make(seed)) as scheduler:
+                outputs = [wait(f) for f in [fork(pure, x, k) for k in range(3)]]
+            orders.add(tuple(scheduler.order))
+            assert all(torch.equal(a, b) for a, b in zip(outputs, expected))
+    assert len(orders) > 5  # the schedules really differed
+
+
+def test_order_dependent_appends_differ_across_schedules():
+    def append(log: list, x: torch.Tensor, i: int) -> None:
+        y = x + i
+        log.append(i)
+        y.mul_(2)
+
+    orders = set()
+    for seed in range(20):
+        log: list = []
+        with ControlledScheduler(random.Random(seed)):
+            for future in [fork(append, log, torch.ones(1), i) for i in range(3)]:
+                wait(future)
+        assert sorted(log) == [0, 1, 2]
+        orders.add(tuple(log))
+    assert len(orders) >= 3
+
+
+# --- futures, results and exceptions ------------------------------------------------------------------------
+
+
+def test_nested_forks_compute_what_serial_code_computes():
+    log: list = []
+    with ControlledScheduler(random.Random(3)) as scheduler:
+        outputs = nested(log, torch.zeros(2))
+    assert [o.tolist() for o in outputs] == [[21.0, 21.0], [41.0, 41.0]]
+    assert sorted(log) == [1, 2, 10, 11, 20, 21]
+    assert scheduler.stats["tasks"] == 7 and set(scheduler.order) == set(range(7))
+    forks = [(parent, child) for _, kind, parent, child in scheduler.events if kind == "fork"]
+    assert sorted(forks)[:2] == [(0, 1), (0, 2)] and len(forks) == 6
+
+
+def test_future_methods_work():
+    with ControlledScheduler(random.Random(1)):
+        future = fork(torch.add, torch.ones(2), 1)
+        assert future.value().tolist() == [2.0, 2.0]
+        assert future.done()
+        other = fork(lambda: torch.ones(1) * 3)
+        assert other.wait().item() == 3.0
+        assert wait(other).item() == 3.0  # a second wait returns the same value
+    late = fork(lambda: torch.zeros(1))  # outside any schedule: the real runtime
+    assert not isinstance(late, ControlledFuture) and wait(late).item() == 0.0
+
+
+def test_kwargs_reach_the_task():
+    with ControlledScheduler(random.Random(1)):
+        assert wait(fork(torch.add, torch.ones(1), other=torch.ones(1), alpha=3)).item() == 4.0
+
+
+def test_exception_is_delivered_at_wait():
+    def boom(x: torch.Tensor) -> None:
+        x.add_(1)
+        raise ValueError("boom in a task")
+
+    for seed in range(5):
+        x = torch.zeros(1)
+        with ControlledScheduler(random.Random(seed)) as scheduler:
+            future = fork(boom, x)
+            with pytest.raises(ValueError, match="boom in a task"):
+                wait(future)
+        assert scheduler.failed_task == 1 and isinstance(scheduler.errors[1], ValueError)
+        assert x.item() == 1.0
+
+
+def test_unwaited_tasks_still_run():
+    done: list = []
+
+    def child(x: torch.Tensor, i: int) -> None:
+        x.add_(1)
+        done.append(i)
+
+    x = torch.zeros(1)
+    with ControlledScheduler(random.Random(2)) as scheduler:
+        futures = [fork(child, x, i) for i in range(3)]
+    assert sorted(done) == [0, 1, 2] and x.item() == 3.0
+    assert all(f.done() for f in futures)
+    assert futures[0].wait() is None  # waitable after the schedule
+
+
+def test_unwaited_task_exception_is_recorded_not_raised():
+    with ControlledScheduler(random.Random(2)) as scheduler:
+        fork(lambda: 1 / 0)
+    assert scheduler.failed_task == 1 and isinstance(scheduler.errors[1], ZeroDivisionError)
+
+
+def test_scripted_code_and_real_futures_keep_working():
+    @torch.jit.script
+    def negate(x: torch.Tensor) -> torch.Tensor:
+        return torch.jit.wait(torch.jit.fork(torch.neg, x))
+
+    with ControlledScheduler(random.Random(1)):
+        real = negate(torch.ones(2))  # its forks run on the real runtime
+        controlled = wait(fork(negate, torch.ones(2)))
+        scripted_now = torch.jit.script(read_modify_write)  # scripting still works while installed
+    assert real.tolist() == controlled.tolist() == [-1.0, -1.0]
+    assert scripted_now(torch.zeros(1)).item() == 1.0
+
+
+def test_grad_mode_follows_the_fork():
+    with torch.no_grad(), ControlledScheduler(random.Random(1)):
+        assert wait(fork(torch.is_grad_enabled)) is False
+    with ControlledScheduler(random.Random(1)):
+        assert wait(fork(torch.is_grad_enabled)) is True
+
+
+# --- failures: patch restored, deadlocks, timeouts ----------------------------------------------------------
+
+
+def test_patch_restored_after_an_exception_in_the_block():
+    ran: list = []
+    with pytest.raises(KeyError):
+        with ControlledScheduler(random.Random(1)):
+            fork(lambda: ran.append(torch.ones(1) + 1))
+            raise KeyError("the test body failed")
+    assert len(ran) == 1  # the pending task still ran
+
+
+def test_deadlock_on_itself_is_a_clear_error():
+    box: list = []
+
+    def wait_for_myself() -> Any:
+        torch.ones(1).add_(1)
+        return wait(box[0])
+
+    started = time.monotonic()
+    with pytest.raises(Deadlock, match=r"task 1 \(.*wait_for_myself\) waits for task 1"):
+        with ControlledScheduler(random.Random(1), timeout=5):
+            box.append(fork(wait_for_myself))
+            wait(box[0])
+    assert time.monotonic() - started < 2
+
+
+def test_wait_cycle_is_a_deadlock_also_when_nobody_waits():
+    futures: dict = {}
+
+    def first() -> Any:
+        while "second" not in futures:
+            torch.ones(1) * 2  # a switch point: the root gets to fork the second task
+        return wait(futures["second"])
+
+    def second() -> Any:
+        torch.ones(1) * 2
+        return wait(futures["first"])
+
+    for seed in range(3):
+        futures.clear()
+        with pytest.raises(Deadlock, match="waits for task 2 .*waits for task 1"):
+            with ControlledScheduler(random.Random(seed), timeout=5):
+                futures["first"] = fork(first)
+                futures["second"] = fork(second)
+    assert not [t for t in threading.enumerate() if t.name.startswith("forkcheck-task")]
+
+
+def test_task_without_switch_points_times_out():
+    stop = threading.Event()
+
+    def spin() -> None:
+        torch.ones(1) + 1
+        while not stop.is_set():
+            pass
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(ScheduleTimeout, match=r"0.3 s; task 1 \(.*spin\) was running at .*test_eager.py"):
+            with ControlledScheduler(random.Random(1), timeout=0.3):
+                wait(fork(spin))
+        assert time.monotonic() - started < 2
+    finally:
+        stop.set()  # the one thread a timeout leaves behind
+
+
+def test_endless_task_with_tensor_ops_times_out_and_unwinds():
+    def endless(x: torch.Tensor) -> None:
+        while True:
+            x.add_(1)
+
+    started = time.monotonic()
+    with pytest.raises(ScheduleTimeout, match="still reaching switch points"):
+        with ControlledScheduler(random.Random(1), timeout=0.3):
+            futures = [fork(endless, torch.zeros(1)) for _ in range(2)]
+            wait(futures[0])
+    assert time.monotonic() - started < 2
+    time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name.startswith("forkcheck-task")]
+
+
+def test_stopped_schedule_refuses_further_forks():
+    box: list = []
+    with ControlledScheduler(random.Random(1), timeout=5) as scheduler:
+        box.append(fork(lambda: wait(box[0])))
+        with pytest.raises(Deadlock):
+            wait(box[0])
+        with pytest.raises(ScheduleError, match="stopped by an earlier error"):
+            fork(torch.ones, 1)
+        assert (torch.ones(1) + 1).item() == 2.0  # the root's own ops still run
+    assert scheduler.failed_task is None
+
+
+# --- choices ---------------------------------------------------------------------------------------------------
+
+
+def test_bare_choosers_run_on_the_controller_thread_and_only_for_real_choices():
+    controller = threading.get_ident()
+    seen: list = []
+    rng = random.Random(4)
+
+    def choose(n: int) -> int:
+        seen.append((threading.get_ident(), n))
+        return rng.randrange(n)
+
+    log: list = []
+    with ControlledScheduler(choose) as scheduler:
+        nested(log, torch.zeros(2))
+    assert seen and all(ident == controller and n > 1 for ident, n in seen)
+    assert len(seen) == len(scheduler.decisions)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(data=st.data())
+def test_hypothesis_draws_drive_the_schedule(data: Any):
+    value, scheduler = run_counter(lambda n: data.draw(st.integers(0, n - 1)))
+    assert value in (1.0, 2.0)
+    assert scheduler.preemptions <= len(scheduler.decisions)
+
+
+def test_hypothesis_finds_and_shrinks_the_lost_update():
+    seen: list = []
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(data=st.data())
+    def counter_is_two(data: Any) -> None:
+        value, scheduler = run_counter(lambda n: data.draw(st.integers(0, n - 1)))
+        seen.append((value, scheduler))
+        assert value == 2.0
+
+    with pytest.raises(AssertionError):
+        counter_is_two()
+    first_failure = next(scheduler for value, scheduler in seen if value != 2.0)
+    shrunk = seen[-1][1]  # Hypothesis reruns the minimal example last
+    assert shrunk.preemptions < first_failure.preemptions and shrunk.preemptions <= 3
+    assert run_counter(Replay(shrunk.decisions))[0] == 1.0
+
+
+def test_pct_all_zero_draws_never_preempt():
+    pct = PCT(lambda n: 0, depth=3, steps=10)
+    assert pct.change_points == {}
+    value, scheduler = run_counter(pct, tasks=3)
+    assert value == 3.0 and scheduler.preemptions == 0
+
+
+def test_pct_change_point_lowers_the_running_task():
+    pct = PCT(lambda n: 0, depth=2, steps=10)
+    pct.change_points = {2: 1}
+    assert pct.pick([0, 1], True) == 0  # step 1: the root (highest priority) goes on
+    assert pct.pick([0, 1], True) == 1  # step 2: the root drops below task 1
+
+
+def test_replay_that_does_not_fit_raises():
+    with pytest.raises(ReplayDiverged):
+        Replay([5]).pick([0, 1], True)
+    assert Replay([1]).pick([3], False) == 0  # no real choice: no decision used
+
+
+def test_bad_choice_is_an_error():
+    with pytest.raises(ValueError, match="option 7 of"):
+        run_counter(lambda n: 7)
+
+
+def test_strategy_for_reads_the_schedule():
+    @dataclass
+    class Schedule:
+        seed: Optional[int] = None
+        strategy: Optional[str] = None
+        choose: Optional[Callable[[int], int]] = None
+        decisions: Optional[list] = None
+
+    assert isinstance(strategy_for(Schedule(seed=1)), RandomChoices)
+    assert isinstance(strategy_for(Schedule(seed=1, strategy="pct")), PCT)
+    assert type(strategy_for(Schedule(choose=lambda n: 0))) is Choices
+    assert isinstance(strategy_for(Schedule(choose=lambda n: 0, strategy="pct")), PCT)
+    assert isinstance(strategy_for(Schedule(seed=1, decisions=[1, 0])), Replay)
+    with pytest.raises(ValueError, match="unknown schedule strategy"):
+        strategy_for(Schedule(seed=1, strategy="dfs"))
+
+
+# --- the engine -------------------------------------------------------------------------------------------------
+
+
+def test_engine_runs_tasks_and_counts():
+    @dataclass
+    class Schedule:
+        seed: int
+        strategy: str = "random"
+
+    engine = EagerEngine(read_modify_write, tasks=2, reason="does not script")
+    assert (engine.name, engine.reason, engine.module) == ("eager", "does not script", None)
+    finals = set()
+    for seed in range(30):
+        x = torch.zeros(1)
+        outputs = engine.run([x], Schedule(seed, "pct" if seed % 2 else "random"))
+        assert len(outputs) == 2 and all(o is x for o in outputs)
+        finals.add(x.item())
+    assert finals == {1.0, 2.0}
+    stats = engine.stats
+    assert stats["schedules"] == 30 and 1 < stats["interleavings"] <= 30 and stats["preemptions"] > 0
+    module = torch.nn.Linear(2, 2)
+    assert EagerEngine(module, 3, "r").module is module
