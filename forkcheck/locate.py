@@ -1,9 +1,10 @@
-"""Which op, at which line of the user's code, first wrote a watched tensor (during the eager serial run)."""
+"""Which op, at which line of the user's code, first wrote a watched tensor or drew from torch's default RNG
+(during the eager serial run)."""
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -32,8 +33,13 @@ def _storage_key(t: torch.Tensor) -> Optional[int]:
         return None
 
 
+#: The name the global-mutation oracle gives torch's default random number generator.
+RNG = "torch default RNG"
+
+
 class WriteLocator(TorchDispatchMode):
-    """Records, per watched name, the first op that wrote a tensor sharing that name's storage."""
+    """Records, per watched name, the first op that wrote a tensor sharing that name's storage, and under ``RNG``
+    the first op that drew random numbers from the default generator."""
 
     def __init__(self, watched: Mapping[str, Any]):
         super().__init__()
@@ -48,22 +54,27 @@ class WriteLocator(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.owner and func._schema.is_mutable:
-            for argument, value in _written(func, args, kwargs):
+            for value in _written(func, args, kwargs):
                 for tensor in tensors_in(value):
-                    name = self.owner.get(_storage_key(tensor))
-                    if name is not None and name not in self.first_write:
-                        self.first_write[name] = (func._schema.name, user_location(2))
+                    self._record(self.owner.get(_storage_key(tensor)), func)
+        if torch.Tag.nondeterministic_seeded in func.tags and kwargs.get("generator") is None:
+            self._record(RNG, func)
         return func(*args, **kwargs)
+
+    def _record(self, name: Optional[str], func: Any) -> None:
+        if name is not None and name not in self.first_write:
+            self.first_write[name] = (func.name(), user_location(3))
 
     def locate(self, name: str) -> tuple[str, str]:
         return self.first_write.get(name, ("", ""))
 
 
-def _written(func, args, kwargs):
+def _written(func, args, kwargs) -> Iterator[Any]:
+    """The arguments the op's schema says it writes."""
     for index, argument in enumerate(func._schema.arguments):
         if argument.alias_info is not None and argument.alias_info.is_write:
             if argument.kwarg_only or index >= len(args):
                 if argument.name in kwargs:
-                    yield argument, kwargs[argument.name]
+                    yield kwargs[argument.name]
             else:
-                yield argument, args[index]
+                yield args[index]

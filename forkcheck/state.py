@@ -1,16 +1,28 @@
-"""Snapshots of values the user's code might change: tensors (bits, version, metadata), containers, module state.
+"""Snapshots of values the user's code might change: tensors, containers, user objects and modules.
 
-A snapshot holds the original object too, so rebinding (a new object where the old one was) is a change as well.
+A snapshot keeps the original object, so rebinding (another object where it was) is a change too, except for values
+that are fresh copies on every read (a scripted module's lists, dicts and objects): those compare by contents only.
+``restore()`` puts back what a snapshot saw, in place where it can, and returns the object that belongs in its slot.
 """
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MAX_ITEMS = 10_000  # containers bigger than this are compared by identity and length only
+_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+_LIBRARIES = frozenset({"torch", "numpy", "hypothesis", "forkcheck", "strategies", "pytest", "_pytest", "pluggy"})
+
+
+def is_user_module(name: str) -> bool:
+    """Whether ``name`` is the user's code: neither the standard library nor torch, numpy or the test machinery."""
+    top = name.partition(".")[0]
+    return bool(top) and top not in sys.stdlib_module_names and top not in _LIBRARIES
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -18,8 +30,10 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     a, b = a.detach(), b.detach()
+    if a.is_complex():
+        a, b = (torch.view_as_real(t.resolve_conj().resolve_neg()) for t in (a, b))
     as_int = _INT_OF_SIZE.get(a.element_size())
-    if as_int is not None and not a.is_complex() and a.dtype != as_int:
+    if as_int is not None and a.dtype != as_int:
         try:
             return torch.equal(a.view(as_int), b.view(as_int))
         except RuntimeError:  # exotic layouts cannot be viewed as another dtype
@@ -34,32 +48,11 @@ def _version(t: torch.Tensor) -> Optional[int]:
         return None
 
 
-@dataclass
-class TensorSnapshot:
-    obj: torch.Tensor
-    version: Optional[int]
-    meta: tuple
-    data: torch.Tensor
-
-    @classmethod
-    def take(cls, t: torch.Tensor) -> "TensorSnapshot":
-        with torch.no_grad():
-            data = t.detach().clone()
-        return cls(t, _version(t), _meta(t), data)
-
-    def changes(self, now: Any) -> list[str]:
-        if now is not self.obj:
-            return ["was rebound to another object"] if not isinstance(now, torch.Tensor) or not bits_equal(
-                now, self.data) or _meta(now) != self.meta else ["was rebound to an equal new tensor"]
-        found = []
-        if _meta(now) != self.meta:
-            found.append(f"metadata changed from {_describe_meta(self.meta)} to {_describe_meta(_meta(now))}")
-        if not bits_equal(now, self.data):
-            found.append(describe_tensor_diff(self.data, now))
-        version = _version(now)
-        if not found and version is not None and self.version is not None and version != self.version:
-            found.append(f"was written in place ({version - self.version} write(s)) though its values ended up the same")
-        return found
+def _storage(t: torch.Tensor) -> Optional[int]:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, meta, wrappers)
+        return None
 
 
 def _meta(t: torch.Tensor) -> tuple:
@@ -71,6 +64,52 @@ def _describe_meta(meta: tuple) -> str:
     return f"shape {list(shape)} stride {list(stride)} offset {offset} {dtype} requires_grad={requires_grad}"
 
 
+@dataclass
+class TensorSnapshot:
+    """A tensor's identity, version counter, metadata, storage and bits."""
+
+    obj: torch.Tensor
+    version: Optional[int]
+    meta: tuple
+    storage: Optional[int]
+    data: torch.Tensor
+
+    @classmethod
+    def take(cls, t: torch.Tensor) -> "TensorSnapshot":
+        with torch.no_grad():
+            data = t.detach().clone()
+        return cls(t, _version(t), _meta(t), _storage(t), data)
+
+    def changes(self, now: Any) -> list[str]:
+        if now is not self.obj:
+            same = isinstance(now, torch.Tensor) and _meta(now) == self.meta and bits_equal(now, self.data)
+            return ["was rebound to an equal new tensor" if same else "was rebound to another object"]
+        found = []
+        if _meta(now) != self.meta:
+            found.append(f"metadata changed from {_describe_meta(self.meta)} to {_describe_meta(_meta(now))}")
+        elif _storage(now) != self.storage:
+            found.append("was given other storage (through .data or set_)")
+        if (now.shape, now.dtype) == (self.data.shape, self.data.dtype) and not bits_equal(now, self.data):
+            found.append(describe_tensor_diff(self.data, now))
+        version = _version(now)
+        if not found and None not in (version, self.version) and version != self.version:
+            writes = version - self.version
+            found.append(f"was written in place ({writes} write(s)) though its values ended up the same")
+        return found
+
+    def restore(self) -> torch.Tensor:
+        """Put the values (and shape) back through ``.data``, so restoring adds no write to the version counter."""
+        t = self.obj
+        with torch.inference_mode(t.is_inference()):  # inference tensors change only in inference mode
+            if _meta(t)[:5] != self.meta[:5] or _storage(t) != self.storage:
+                t.data = self.data.clone()
+            elif not bits_equal(t, self.data):
+                t.data.copy_(self.data)
+        if t.requires_grad != self.meta[5] and t.is_leaf:
+            t.requires_grad_(self.meta[5])
+        return t
+
+
 def describe_tensor_diff(before: torch.Tensor, after: torch.Tensor) -> str:
     """One line: how many elements changed, the largest change, the first changed index."""
     if before.shape != after.shape or before.dtype != after.dtype:
@@ -79,65 +118,210 @@ def describe_tensor_diff(before: torch.Tensor, after: torch.Tensor) -> str:
     differs = ~((a == b) | ((a != a) & (b != b)))
     count = int(differs.sum())
     if count == 0:
-        return "changed bits (e.g. 0.0 and -0.0)"
+        return "changed bits only (e.g. 0.0 and -0.0, or another NaN)"
     first = [int(i) for i in differs.nonzero()[0]] if a.dim() else []
     text = f"{count} of {a.numel()} elements changed, first at index {first}"
-    if a.is_floating_point() or a.is_complex() or a.dtype not in (torch.bool,):
+    if a.dtype != torch.bool:
+        wide = torch.complex128 if a.is_complex() else torch.float64
         with torch.no_grad():
-            largest = (b[differs].double() - a[differs].double()).abs().max()
+            largest = (b[differs].to(wide) - a[differs].to(wide)).abs().max()
         text += f", largest absolute change {float(largest):.6g}"
     return text
 
 
 @dataclass
-class ContainerSnapshot:
+class ArraySnapshot:
+    """A numpy array by identity, shape, dtype and bytes (numpy writes bump no version counter)."""
+
     obj: Any
-    items: Any  # list of snapshots, or dict key -> snapshot, or None past _MAX_ITEMS
-    length: int
+    copy: Any
 
     def changes(self, now: Any) -> list[str]:
         if now is not self.obj:
             return ["was rebound to another object"]
-        if len(now) != self.length:
-            return [f"length changed from {self.length} to {len(now)}"]
-        if self.items is None:
+        if (now.shape, now.dtype) != (self.copy.shape, self.copy.dtype):
+            return [f"changed from {self.copy.dtype}{list(self.copy.shape)} to {now.dtype}{list(now.shape)}"]
+        if now.tobytes() == self.copy.tobytes():
             return []
-        if isinstance(self.items, dict):
-            if list(now.keys()) != list(self.items.keys()):
-                return ["keys changed"]
-            pairs = ((f"[{k!r}]", snap, now[k]) for k, snap in self.items.items())
-        else:
-            pairs = ((f"[{i}]", snap, value) for i, (snap, value) in enumerate(zip(self.items, now)))
-        return [f"{where} {change}" for where, snap, value in pairs for change in snap.changes(value)]
+        try:
+            return [describe_tensor_diff(torch.from_numpy(self.copy), torch.from_numpy(now.copy()))]
+        except TypeError:  # dtypes torch has no equivalent for (strings, objects)
+            return ["its values changed"]
+
+    def restore(self) -> Any:
+        same_layout = (self.obj.shape, self.obj.dtype) == (self.copy.shape, self.copy.dtype)
+        if same_layout and self.obj.flags.writeable and self.obj.tobytes() != self.copy.tobytes():
+            self.obj[...] = self.copy
+        return self.obj
+
+
+@dataclass
+class GeneratorSnapshot:
+    """A ``torch.Generator`` by identity and state."""
+
+    obj: torch.Generator
+    state: torch.Tensor
+
+    def changes(self, now: Any) -> list[str]:
+        if now is not self.obj:
+            return ["was rebound to another object"]
+        return [] if torch.equal(now.get_state(), self.state) else ["was advanced (random numbers were drawn)"]
+
+    def restore(self) -> torch.Generator:
+        self.obj.set_state(self.state)
+        return self.obj
 
 
 @dataclass
 class ValueSnapshot:
+    """A plain value (compared by value) or an opaque object (compared by identity)."""
+
     obj: Any
-    value: Any  # a copy for plain values, else None (identity only)
+    plain: bool
 
     def changes(self, now: Any) -> list[str]:
-        if self.value is not None or isinstance(now, (int, float, str, bytes, bool)):
-            same = type(now) is type(self.obj) and (now == self.value or now != now and self.value != self.value)
-            return [] if same else [f"changed from {self.value!r} to {now!r}"]
+        if self.plain or isinstance(now, _PLAIN):
+            same = type(now) is type(self.obj) and (now == self.obj or (now != now and self.obj != self.obj))
+            return [] if same else [f"changed from {_short(self.obj)} to {_short(now)}"]
         return [] if now is self.obj else ["was rebound to another object"]
 
+    def restore(self) -> Any:
+        return self.obj
 
-def snapshot(value: Any, depth: int = 4) -> Any:
-    """A snapshot of ``value``: tensors by bits and version, lists/dicts/tuples item by item, plain values by value."""
+
+@dataclass
+class SetSnapshot:
+    """A set by identity and members."""
+
+    obj: set
+    items: frozenset
+
+    def changes(self, now: Any) -> list[str]:
+        if now is not self.obj:
+            return ["was rebound to another object"]
+        return [] if now == self.items else [f"changed from {_short(set(self.items))} to {_short(now)}"]
+
+    def restore(self) -> set:
+        if self.obj != self.items:
+            self.obj.clear()
+            self.obj.update(self.items)
+        return self.obj
+
+
+@dataclass
+class ContainerSnapshot:
+    """A list, tuple or dict item by item (``items`` is None past ``_MAX_ITEMS``: identity and length only)."""
+
+    obj: Any
+    items: Any  # list of snapshots, dict key -> snapshot, or None
+    length: int
+    copied: bool = False  # the value is a fresh copy on every read: compare contents, not identity
+
+    def changes(self, now: Any) -> list[str]:
+        if now is not self.obj and not (self.copied and type(now) is type(self.obj)):
+            return ["was rebound to another object"]
+        if self.items is None:
+            return [] if len(now) == self.length else [f"length changed from {self.length} to {len(now)}"]
+        if isinstance(self.items, dict):
+            return _dict_changes(self.items, now, lambda key: f"[{key!r}]")
+        if len(now) != self.length:
+            return [f"length changed from {self.length} to {len(now)}"]
+        pairs = enumerate(zip(self.items, now))
+        return [f"[{i}] {change}" for i, (snap, value) in pairs for change in snap.changes(value)]
+
+    def restore(self) -> Any:
+        if self.items is None:
+            return self.obj
+        if isinstance(self.items, dict):
+            values = {key: snap.restore() for key, snap in self.items.items()}
+            if list(self.obj) != list(values) or any(self.obj[k] is not v for k, v in values.items()):
+                self.obj.clear()
+                self.obj.update(values)
+        else:
+            values = [snap.restore() for snap in self.items]
+            if isinstance(self.obj, list) and (len(self.obj) != len(values) or any(
+                    a is not b for a, b in zip(self.obj, values))):
+                self.obj[:] = values
+        return self.obj
+
+
+@dataclass
+class ObjectSnapshot:
+    """An instance of a user class: its identity and its attributes (``vars``)."""
+
+    obj: Any
+    attributes: ContainerSnapshot
+    copied: bool = False
+
+    def changes(self, now: Any) -> list[str]:
+        if now is not self.obj and not (self.copied and type(now) is type(self.obj)):
+            return ["was rebound to another object"]
+        if self.attributes.items is None:
+            return self.attributes.changes(vars(now))
+        return _dict_changes(self.attributes.items, vars(now), lambda name: f".{name}")
+
+    def restore(self) -> Any:
+        self.attributes.restore()
+        return self.obj
+
+
+def _dict_changes(items: dict, now: dict, where: Callable[[Any], str]) -> list[str]:
+    """Changes of a dict (or an object's attributes) against item snapshots: added, removed and changed items."""
+    found = [f"{where(key)} was removed" for key in items if key not in now]
+    found += [f"{where(key)} was added" for key in now if key not in items]
+    found += [f"{where(key)} {change}"
+              for key, snap in items.items() if key in now for change in snap.changes(now[key])]
+    if not found and list(now) != list(items):
+        found.append(f"keys were reordered from {_short(list(items))} to {_short(list(now))}")
+    return found
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _user_object(value: Any) -> bool:
+    return (isinstance(getattr(value, "__dict__", None), dict) and is_user_module(type(value).__module__)
+            and not isinstance(value, (type, types.ModuleType, types.FunctionType, types.MethodType)))
+
+
+def snapshot(value: Any, depth: int = 4, copied: bool = False) -> Any:
+    """A snapshot of ``value``: tensors (and numpy arrays) by bits and version, containers and user objects item by
+    item (``depth`` levels deep), modules attribute by attribute, generators by state, plain values by value,
+    anything else by identity.
+
+    ``copied``: the value is a fresh copy on every read (see the module docstring).
+    """
     if isinstance(value, torch.Tensor):
         return TensorSnapshot.take(value)
-    if isinstance(value, (int, float, str, bytes, bool, type(None))):
-        return ValueSnapshot(value, value)
-    if isinstance(value, (list, dict, tuple, set)) and depth > 0:
-        if isinstance(value, set):
-            return ValueSnapshot(value, frozenset(value)) if len(value) <= _MAX_ITEMS else ValueSnapshot(value, None)
+    if isinstance(value, _PLAIN):
+        return ValueSnapshot(value, plain=True)
+    if depth <= 0:
+        return ValueSnapshot(value, plain=False)
+    if isinstance(value, torch.nn.Module):
+        return ModuleSnapshot.take(value, depth - 1)
+    if isinstance(value, set) and len(value) <= _MAX_ITEMS:
+        return SetSnapshot(value, frozenset(value))
+    if isinstance(value, (list, tuple, dict)):
         if len(value) > _MAX_ITEMS:
-            return ContainerSnapshot(value, None, len(value))
+            return ContainerSnapshot(value, None, len(value), copied)
         if isinstance(value, dict):
-            return ContainerSnapshot(value, {k: snapshot(v, depth - 1) for k, v in value.items()}, len(value))
-        return ContainerSnapshot(value, [snapshot(v, depth - 1) for v in value], len(value))
-    return ValueSnapshot(value, None)
+            items: Any = {k: snapshot(v, depth - 1, copied) for k, v in value.items()}
+        else:
+            items = [snapshot(v, depth - 1, copied) for v in value]
+        return ContainerSnapshot(value, items, len(value), copied)
+    if _is_array(value):
+        return ArraySnapshot(value, value.copy())
+    if isinstance(value, torch.Generator):
+        return GeneratorSnapshot(value, value.get_state())
+    if _user_object(value):
+        return ObjectSnapshot(value, snapshot(vars(value), depth, copied), copied)
+    return ValueSnapshot(value, plain=False)
+
+
+def _is_array(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and type(value).__name__ == "ndarray"
 
 
 def tensors_in(value: Any, depth: int = 4) -> Iterator[torch.Tensor]:
@@ -152,19 +336,23 @@ def tensors_in(value: Any, depth: int = 4) -> Iterator[torch.Tensor]:
             yield from tensors_in(item, depth - 1)
 
 
-# --- module state -------------------------------------------------------------------------------------------
+# --- modules ------------------------------------------------------------------------------------------------
 
 _MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__) - {"training"} | {"__forkcheck__"}
 
 
 def module_state(module: torch.nn.Module) -> dict[str, Any]:
-    """Every parameter, buffer, plain attribute and submodule of ``module`` (eager or scripted), by dotted path."""
+    """Every parameter, buffer, plain attribute and submodule of ``module`` (eager or scripted), by dotted path.
+
+    A scripted module gives its attributes as converted copies (new lists, dicts and objects on every call).
+    """
     if isinstance(module, torch.jit.ScriptModule):
         attributes = torch._C._jit_debug_module_iterators(module._c)["named_attributes_r"]
         return {
             path: value
             for path, value in attributes
-            if not isinstance(value, (torch.jit.ScriptModule, torch._C.ScriptModule)) and not path.endswith("_is_full_backward_hook")
+            if not isinstance(value, (torch.jit.ScriptModule, torch._C.ScriptModule))
+            and not path.endswith("_is_full_backward_hook")
         }
     state: dict[str, Any] = {}
     for prefix, sub in module.named_modules(remove_duplicate=False):
@@ -181,12 +369,76 @@ def module_state(module: torch.nn.Module) -> dict[str, Any]:
     return state
 
 
-def set_module_attribute(module: torch.nn.Module, path: str, value: Any) -> None:
-    """Set a dotted attribute path on an eager or scripted module (restoring state between runs)."""
+@dataclass
+class ModuleSnapshot:
+    """A module's state path by path (submodules by identity, their contents under their own paths)."""
+
+    obj: torch.nn.Module
+    paths: dict[str, Any]
+
+    @classmethod
+    def take(cls, module: torch.nn.Module, depth: int = 3) -> "ModuleSnapshot":
+        copied = isinstance(module, torch.jit.ScriptModule)
+        return cls(module, {
+            path: ValueSnapshot(value, plain=False) if isinstance(value, torch.nn.Module)
+            else snapshot(value, depth, copied)
+            for path, value in module_state(module).items()
+        })
+
+    def changed(self) -> dict[str, list[str]]:
+        """Changes by path, leaving out paths inside a submodule that was itself replaced."""
+        changed = self._all_changes()
+        replaced = [path + "." for path, snap in self.paths.items()
+                    if path in changed and isinstance(snap, ValueSnapshot) and isinstance(snap.obj, torch.nn.Module)]
+        return {path: changes for path, changes in changed.items() if not path.startswith(tuple(replaced))}
+
+    def _all_changes(self) -> dict[str, list[str]]:
+        now = module_state(self.obj)
+        changed = {}
+        for path, snap in self.paths.items():
+            changes = snap.changes(now[path]) if path in now else ["was deleted"]
+            if changes:
+                changed[path] = changes
+        for path in now.keys() - self.paths.keys():
+            changed[path] = ["was added"]
+        return changed
+
+    def changes(self, now: Any) -> list[str]:
+        if now is not self.obj:
+            return ["was rebound to another object"]
+        return [f".{path} {change}" for path, changes in self.changed().items() for change in changes]
+
+    def restore(self) -> torch.nn.Module:
+        for path in self._all_changes():
+            snap = self.paths.get(path)
+            if snap is None:
+                delete_module_attribute(self.obj, path)
+            else:
+                set_module_attribute(self.obj, path, snap.restore())
+        return self.obj
+
+
+def _owner(module: torch.nn.Module, path: str) -> tuple[Any, str]:
     *owners, name = path.split(".")
     for owner in owners:
         module = getattr(module, owner)
-    if isinstance(module, torch.jit.ScriptModule):
-        module._c.setattr(name, value)
-    else:
-        setattr(module, name, value)
+    return module, name
+
+
+def set_module_attribute(module: torch.nn.Module, path: str, value: Any) -> None:
+    """Set a dotted attribute path on an eager or scripted module (restoring state between runs)."""
+    owner, name = _owner(module, path)
+    if isinstance(owner, torch.jit.ScriptModule):
+        owner._c.setattr(name, value)
+    elif getattr(owner, name, _MISSING) is not value:
+        setattr(owner, name, value)
+
+
+def delete_module_attribute(module: torch.nn.Module, path: str) -> None:
+    """Remove an attribute the code added to an eager module."""
+    owner, name = _owner(module, path)
+    if not isinstance(owner, torch.jit.ScriptModule) and hasattr(owner, name):
+        delattr(owner, name)
+
+
+_MISSING = object()

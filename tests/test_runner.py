@@ -1,0 +1,232 @@
+"""One check without pytest: the public facade, the engine chosen, counts and reproducibility, and that a check
+leaves the user's objects and the process's state as it found them."""
+import dataclasses
+from typing import Dict, List
+
+import pytest
+import torch
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+import forkcheck
+import strategies as fst
+from forkcheck.marker import Mark
+from forkcheck.runner import check as run_check
+from forkcheck.settings import Settings
+from forkcheck.state import ModuleSnapshot, bits_equal, snapshot
+from forkcheck.target import Target
+
+QUICK = dict(examples=3, schedules=3, seed=1)
+
+
+def check(obj, strategies=None, **settings) -> forkcheck.CheckResult:
+    target = Target.from_object(obj)
+    if strategies:
+        target = dataclasses.replace(target, mark=Mark(strategies=strategies))
+    return run_check(target, Settings().replace(**{**QUICK, **settings}))
+
+
+# -- programs -------------------------------------------------------------------------------------------------------
+
+
+def _scale(x: Tensor, k: int) -> Tensor:
+    return x * k
+
+
+def scale_in_tasks(x: Tensor, k: int) -> Tensor:
+    a = torch.jit.fork(_scale, x, k)
+    b = torch.jit.fork(_scale, x, k + 1)
+    return torch.jit.wait(a) + torch.jit.wait(b)
+
+
+def scale_in_tasks_eagerly(x: Tensor, k: int) -> Tensor:
+    futures = [torch.jit.fork(lambda t: _scale(t, k), x) for _ in range(2)]
+    return torch.jit.wait(futures[0]) + torch.jit.wait(futures[1])
+
+
+def add_in_place(x: Tensor) -> Tensor:
+    x.add_(1)
+    return x
+
+
+def change_every_input(x: Tensor, xs: List[Tensor], d: Dict[str, Tensor]) -> Tensor:
+    x.t_()
+    x.add_(1)
+    xs.append(x)
+    d["seen"] = x
+    return x
+
+
+def untyped(x):
+    return x
+
+
+_TOTAL = 0
+_SEEN: Dict[int, int] = {}
+_NORM = nn.BatchNorm1d(3)
+
+
+class Stats:
+    def __init__(self):
+        self.calls = 0
+
+
+STATS = Stats()
+
+
+def touch_all_global_state(x: Tensor) -> Tensor:
+    global _TOTAL
+    _TOTAL += 1
+    _SEEN[len(_SEEN)] = _TOTAL
+    STATS.calls += 1
+    y = _NORM(x) + torch.rand(x.shape)
+    torch.set_default_dtype(torch.float64)
+    torch.set_grad_enabled(False)
+    return y
+
+
+def touch_global_state_out_of_order(x: Tensor) -> Tensor:
+    """Changes globals only when a later task runs first: in concurrent runs, never in the serial one."""
+    order: List[int] = []
+
+    def work(i: int) -> Tensor:
+        global _TOTAL
+        order.append(i)
+        if order[0] != 0:
+            _TOTAL += 1
+            STATS.calls += 1
+            torch.rand(1)
+        return x
+
+    futures = [torch.jit.fork(work, i) for i in range(3)]
+    return torch.stack([torch.jit.wait(f) for f in futures])
+
+
+class CountCalls(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.register_buffer("total", torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        self.total.add_(1)
+        return x * 2
+
+
+class TrainingNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        top = torch.jit.fork(self.norm, x[:2])
+        return torch.cat([torch.jit.wait(top), self.norm(x[2:])])
+
+
+class ReplaceHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3, 3)
+        self.seen = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(x)
+        self.head = nn.Linear(3, 3)
+        return self.head(x)
+
+
+MATRIX = fst.tensors(shape=(4, 3))
+
+# -- the facade and the result --------------------------------------------------------------------------------------
+
+
+def test_public_check_needs_no_pytest_and_no_mark():
+    passed = forkcheck.check(scale_in_tasks, **QUICK)
+    assert (passed.verdict, passed.engine, passed.findings) == ("pass", "script", [])
+    assert (passed.examples, passed.schedules) == (3, 9)
+    assert passed.target == f"{__name__}:scale_in_tasks" and passed.stats["seed"] == 1
+    failed = forkcheck.check(add_in_place, **QUICK)
+    assert failed.verdict == "fail" and [f.kind for f in failed.findings] == ["input-mutation"]
+
+
+def test_unknown_setting_is_an_error():
+    with pytest.raises(forkcheck.SettingsError, match="unknown forkcheck setting 'example'"):
+        forkcheck.check(scale_in_tasks, example=3)
+
+
+def test_eager_engine_when_the_target_does_not_script_and_the_reason():
+    result = check(scale_in_tasks_eagerly)
+    assert (result.verdict, result.engine) == ("pass", "eager")
+    assert result.engine_reason.startswith("torch.jit.script failed")
+
+
+def test_a_parameter_without_strategy_is_a_setup_error_naming_it():
+    result = check(untyped)
+    assert result.verdict == "error" and "'x'" in result.error and result.error.startswith("setup error")
+
+
+def test_a_defect_the_serial_run_shows_needs_no_schedules():
+    result = check(add_in_place)
+    assert result.schedules == 0 and result.examples >= 1
+    assert result.failing_input["x"].startswith("tensor(")
+    assert result.findings[0].tasks == [1]
+
+
+def test_the_same_seed_gives_the_same_result():
+    first, second = check(touch_global_state_out_of_order), check(touch_global_state_out_of_order)
+    assert first.verdict == "fail"
+    assert [f.to_json() for f in first.findings] == [f.to_json() for f in second.findings]
+    assert first.failing_input == second.failing_input
+
+
+def test_a_module_class_is_checked_through_a_fresh_instance():
+    result = check(CountCalls)
+    assert result.verdict == "fail" and result.findings[0].kind == "attribute-mutation"
+
+
+# -- a check leaves things as it found them -------------------------------------------------------------------------
+
+
+def test_globals_objects_modules_and_torch_state_are_restored_after_the_serial_run():
+    rng, norm = torch.get_rng_state(), {k: v.clone() for k, v in _NORM.state_dict().items()}
+    result = check(touch_all_global_state, {"x": MATRIX})
+    names = {f.detail["name"] for f in result.findings if f.kind == "global-mutation"}
+    assert {f"{__name__}._TOTAL", f"{__name__}._SEEN", f"{__name__}.STATS", f"{__name__}._NORM",
+            "torch default RNG", "torch default dtype"} <= names
+    assert (_TOTAL, _SEEN, STATS.calls) == (0, {}, 0)
+    assert all(bits_equal(value, norm[key]) for key, value in _NORM.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
+
+
+def test_globals_and_torch_state_are_restored_after_concurrent_runs():
+    rng = torch.get_rng_state()
+    result = check(touch_global_state_out_of_order)
+    assert result.engine == "eager" and result.schedules > 0
+    assert {f"{__name__}._TOTAL", f"{__name__}.STATS", "torch default RNG"} <= {
+        f.detail["name"] for f in result.findings if f.kind == "global-mutation"}
+    assert (_TOTAL, STATS.calls) == (0, 0)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("module, strategies", [
+    pytest.param(CountCalls(), None, id="CountCalls"),
+    pytest.param(TrainingNorm(), {"x": MATRIX}, id="TrainingNorm"),
+    pytest.param(ReplaceHead(), {"x": MATRIX}, id="ReplaceHead"),
+])
+def test_the_users_module_instance_is_never_changed(module, strategies):
+    before = ModuleSnapshot.take(module)
+    result = check(module, strategies)
+    assert result.verdict == "fail" and result.findings[0].kind == "attribute-mutation"
+    assert before.changed() == {}
+
+
+def test_the_users_input_objects_are_never_changed():
+    x = torch.arange(12.0).reshape(4, 3)
+    xs, d = [x], {"k": x}
+    before = [snapshot(value) for value in (x, xs, d)]
+    result = check(change_every_input, {"x": st.just(x), "xs": st.just(xs), "d": st.just(d)})
+    assert {f.detail["name"] for f in result.findings if f.kind == "input-mutation"} == {"x", "xs", "d"}
+    assert [snap.changes(value) for snap, value in zip(before, (x, xs, d))] == [[], [], []]
+    assert bits_equal(x, torch.arange(12.0).reshape(4, 3))
