@@ -151,6 +151,8 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
     from .report.terminal import replay_command
 
     replay = item.config.stash[STATE].options.replay
+    if replay:  # replay under the strategy the failure was found with
+        settings = settings.replace(strategy=ReplayToken.decode(replay).strategy)
     rng = random.Random(settings.seed)
     seeds = [ReplayToken.decode(replay).schedule_seed] if replay else [
         rng.randrange(2**32) for _ in range(settings.schedules)]
@@ -166,7 +168,7 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
             with _warnings.quiet_jit(), scheduler:
                 item.obj(**arguments)
         except Exception as err:
-            token = ReplayToken(item.nodeid, "", "", 0, seed).encode()
+            token = ReplayToken(item.nodeid, "", "", 0, seed, settings.strategy).encode()
             result.findings = [_finding(err, scheduler, f"schedule {result.schedules} of {len(seeds)}", token)]
             result.verdict = "fail"
             result.duration_s = round(time.perf_counter() - started, 3)

@@ -26,10 +26,11 @@ class ReplayToken:
     blob: str  # Hypothesis's reproduce_failure blob ("" for a marked test)
     tasks: int
     schedule_seed: int = -1  # a marked test's failing schedule
+    strategy: str = "random"  # the schedule strategy the failure was found with
 
     def encode(self) -> str:
-        raw = json.dumps([self.target, self.hypothesis_version, self.blob, self.tasks, self.schedule_seed],
-                         separators=(",", ":"))
+        raw = json.dumps([self.target, self.hypothesis_version, self.blob, self.tasks, self.schedule_seed,
+                          self.strategy], separators=(",", ":"))
         return _PREFIX + base64.urlsafe_b64encode(zlib.compress(raw.encode())).decode().rstrip("=")
 
     @classmethod
@@ -39,8 +40,10 @@ class ReplayToken:
         body = token[len(_PREFIX):]
         try:
             raw = zlib.decompress(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-            target, version, blob, tasks, schedule_seed = json.loads(raw)
-            return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed))
+            target, version, blob, tasks, schedule_seed, strategy = json.loads(raw)
+            if strategy not in ("random", "pct"):
+                raise ValueError(f"unknown schedule strategy {strategy!r}")
+            return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy)
         except (ValueError, TypeError, zlib.error) as err:
             raise ReplayError(f"corrupt forkcheck replay token ({err}); copy the whole token from the report") from None
 

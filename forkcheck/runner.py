@@ -287,7 +287,9 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         token = ReplayToken.decode(replay) if replay else None
         if token is not None and token.target != target.name:
             raise ReplayError(f"this replay token is for {token.target}, not {target.name}")
-        checker = Checker(target, settings if token is None else settings.replace(tasks=token.tasks))
+        if token is not None:  # replay with what the failure was found with
+            settings = settings.replace(tasks=token.tasks, strategy=token.strategy)
+        checker = Checker(target, settings)
     except (TargetError, MarkError, ReplayError, fst.InferenceError) as err:
         return _errored(result, started, f"setup error: {err}")
     except Exception:
@@ -346,7 +348,8 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
     if failed is None:
         return [], ""
     blob = blob_from_notes(failed)
-    token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks).encode() if blob else ""
+    token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks,
+                        strategy=checker.settings.strategy).encode() if blob else ""
     return failed.findings, token
 
 
