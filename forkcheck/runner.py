@@ -18,6 +18,7 @@ from .locate import WriteLocator, user_location
 from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
+from .oracles.races import outputs_affected
 from .replay import ReplayError, ReplayToken, blob_from_notes
 from .schedule import schedules
 from .settings import Settings
@@ -81,6 +82,7 @@ def _short_repr(value: Any, limit: int = 400) -> str:
             text = f"{value!r} (shape {list(value.shape)}, {value.dtype})"
     else:
         text = repr(value)
+    text = " ".join(text.split())  # one line, whatever the repr's layout
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -194,12 +196,13 @@ class Checker:
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
         if module is not None:
             watches.append(ModuleWatch(module))
-        watched = dict(zip(self.param_names, args))
+        watched = {name: ns[key] for name, (ns, key) in self.globals.items()}
+        watched.update(zip(self.param_names, args))
         if module is not None:
             watched.update(module_state(module))
         locator = WriteLocator(watched)
-        try:
-            output = self._call(lambda: _under(locator, callee, args))
+        try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
+            output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)))
             return [f for w in watches for f in w.findings([1], locator.locate, self.location)], output
         except _Hang:
             return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
@@ -216,8 +219,10 @@ class Checker:
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
         module_watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
         try:
-            outputs = self._call(lambda: self.engine.run(args, schedule))
+            outputs = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule)))
             findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]
+            if module_watch is not None:
+                findings += module_watch.findings(tasks, default_location=self.location)
             run = getattr(self.engine, "last_run", {})
             if "interleaving" in run:
                 self.interleavings.add(run["interleaving"])
@@ -231,18 +236,20 @@ class Checker:
                             tasks=tasks, detail={"traceback": "".join(traceback.format_exception(cause))[-4000:]})]
         finally:
             watches[1].restore()
-        if module_watch is not None:
-            findings += module_watch.findings(tasks, default_location=self.location)
-            module_watch.restore()
+            if module_watch is not None:
+                module_watch.restore()  # the next schedule starts from the same module state
+        affected = False
         for task, output in zip(tasks, outputs):
             diffs = differences(reference, output, self.settings.atol, self.settings.rtol)
             if diffs:
+                affected = True
                 findings.append(Finding(
                     "nondeterminism",
                     f"task {task} of {len(tasks)} returned a different output than the serial reference: "
                     + "; ".join(diffs[:3]),
                     location=self.location, tasks=[task], detail={"differences": diffs[:10]}))
                 break
+        findings += [outputs_affected(race, affected) for race in getattr(self.engine, "last_races", ())]
         return findings
 
     def _hang(self, what: str) -> Finding:
@@ -260,15 +267,20 @@ def _under(mode: Any, callee: Callable, args: list) -> Any:
 
 
 def _merge(findings: list[Finding], new: list[Finding]) -> list[Finding]:
-    """Add new findings, one per (kind, name): the same defect seen again is not news."""
-    seen = {(f.kind, f.detail.get("name", f.message if f.kind != "nondeterminism" else "")) for f in findings}
-    merged = list(findings)
+    """Add new findings, one per (kind, name): the same defect seen again is not news, but where the first sighting
+    lacked the op and line that wrote, its twin's (e.g. the static pre-check's) fill them in."""
+    def key(finding: Finding) -> tuple:
+        return finding.kind, finding.detail.get("name", finding.message if finding.kind != "nondeterminism" else "")
+
+    merged = {key(f): f for f in findings}
     for finding in new:
-        key = (finding.kind, finding.detail.get("name", finding.message if finding.kind != "nondeterminism" else ""))
-        if key not in seen:
-            seen.add(key)
-            merged.append(finding)
-    return merged
+        first = merged.setdefault(key(finding), finding)
+        if first is not finding and not first.detail.get("op") and finding.detail.get("op") \
+                and "/torch/" not in finding.location:
+            first.detail["op"] = finding.detail["op"]
+            first.location = finding.location
+            first.message += f" (written by {finding.detail['op']} at {finding.location})"
+    return list(merged.values())
 
 
 REPLAYS = 10  # a replay token reruns its example this many times and says how many reproduced the failure

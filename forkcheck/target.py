@@ -66,6 +66,8 @@ class Target:
         function = self.signature_callable()
         function = getattr(function, "__func__", function)
         try:
-            return f"{inspect.getsourcefile(function)}:{inspect.getsourcelines(function)[1]}"
+            lines, first = inspect.getsourcelines(function)
         except (TypeError, OSError):
             return ""
+        offset = next((i for i, line in enumerate(lines) if line.lstrip().startswith(("def ", "async def ", "class "))), 0)
+        return f"{inspect.getsourcefile(function)}:{first + offset}"

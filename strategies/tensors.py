@@ -123,9 +123,9 @@ def _bounds(dtype, lo, hi, default, kind, info) -> tuple:
             raise ValueError(f"{name}={bound!r} is outside the range of {dtype} ({info.min}..{info.max})")
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"elements_min={lo!r} is greater than elements_max={hi!r}")
-    if lo is not None and lo > default[1]:
+    if lo is not None and hi is None and lo > default[1]:
         raise ValueError(f"elements_min={lo!r} is above the default elements_max={default[1]!r}; pass elements_max too")
-    if hi is not None and hi < default[0]:
+    if hi is not None and lo is None and hi < default[0]:
         raise ValueError(f"elements_max={hi!r} is below the default elements_min={default[0]!r}; pass elements_min too")
     return (default[0] if lo is None else lo), (default[1] if hi is None else hi)
 

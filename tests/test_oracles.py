@@ -83,12 +83,12 @@ def write_then_undo(x: Tensor) -> Tensor:
 
 
 def append_to_list(xs: List[Tensor], x: Tensor) -> int:
-    xs.append(x)
+    xs.append(x)  # W: append
     return len(xs)
 
 
 def set_dict_item(d: Dict[str, Tensor], x: Tensor) -> int:
-    d["seen"] = x
+    d["seen"] = x  # W: setitem
     return len(d)
 
 
@@ -121,8 +121,8 @@ def write_in_forked_task(x: Tensor) -> Tensor:
     (write_through_view, "x", "view", None, "by aten::mul_.Tensor at"),
     (write_into_out, "x", "out", {"x": MATRIX, "y": MATRIX}, "by aten::add.out at"),
     (write_then_undo, "x", "undo", None, "written in place (2 write(s)) though its values ended up the same"),
-    (append_to_list, "xs", None, None, "length changed from 0 to 1"),
-    (set_dict_item, "d", None, None, "['seen'] was added"),
+    (append_to_list, "xs", "append", None, "length changed from 0 to 1"),
+    (set_dict_item, "d", "setitem", None, "['seen'] was added"),
     (transpose_in_place, "x", "t_", {"x": MATRIX}, "metadata changed from shape [4, 3] stride [3, 1]"),
     (resize_in_place, "x", "resize_", {"x": MATRIX}, "to shape [1] stride [1]"),
     (write_through_data, "x", "data", None, "elements changed"),
@@ -145,7 +145,7 @@ class CountCalls(nn.Module):
         self.calls = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
+        self.calls += 1  # W: calls
         return x * 2
 
 
@@ -212,18 +212,18 @@ class RememberInputs(nn.Module):
         self.seen = []
 
     def forward(self, x: Tensor) -> Tensor:
-        self.seen.append(x)
+        self.seen.append(x)  # W: seen
         return x * 2
 
 
 @pytest.mark.parametrize("module, path, where, engine, strategies, says", cases(
-    (CountCalls(), "calls", None, "script", None, "changed from 0 to 1"),
+    (CountCalls(), "calls", "calls", "script", None, "changed from 0 to 1"),
     (CountCallsEagerly(), "calls", None, "eager", None, "changed from 0 to 1"),
     (CountInBuffer(), "seen", "buffer", "script", None, "by aten::add_.Tensor at"),
     (DecayWeight(), "weight", "parameter", "script", {"x": fst.tensors(shape=(3,))}, "by aten::mul_.Tensor at"),
     (HalvesNorm(), "norm.num_batches_tracked", "norm", "script", {"x": MATRIX}, "by aten::add_.Tensor at"),
     (ReplaceHead(), "head", None, "eager", {"x": MATRIX}, "was rebound to another object"),
-    (RememberInputs(), "seen", None, "script", None, "length changed from 0 to 1"),
+    (RememberInputs(), "seen", "seen", "script", None, "length changed from 0 to 1"),
 ))
 def test_attribute_mutation(module, path, where, engine, strategies, says):
     result = check(module, strategies)
@@ -347,8 +347,6 @@ def test_global_mutation(program, subject, where, engine, strategies, says):
     assert finding.location == (line(where) if where else defined_at(program))
 
 
-@pytest.mark.xfail(strict=True, reason="grad mode is per thread: the runner must call the target inside "
-                   "GlobalWatch.run on the thread that runs it (runner._serial and _concurrent)")
 @pytest.mark.parametrize("program", [grad_off, grad_off_scripted], ids=["eager", "script"])
 def test_grad_mode_left_off_is_a_global_mutation(program):
     finding = only(check(program), "global-mutation")
@@ -429,7 +427,7 @@ def test_tolerances(tolerance, verdict):
     result = check(drift, strategies, **tolerance)
     assert result.engine == "eager" and result.verdict == verdict, result.findings
     if verdict == "fail":
-        change = re.search(r"largest absolute change (\S+)", only(result, "nondeterminism").message)
+        change = re.search(r"largest absolute change ([0-9.e+-]+)", only(result, "nondeterminism").message)
         assert 5e-5 < float(change.group(1)) < 2.5e-4
 
 

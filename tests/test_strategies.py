@@ -445,3 +445,8 @@ def test_the_facade_exports_exactly_the_public_names():
     public = {name for name in vars(strategies) if name.isidentifier() and not name.startswith("_")} - {"inference"}
     assert sorted(strategies.__all__) == sorted(public)
     assert callable(strategies.tensors) and issubclass(strategies.InferenceError, Exception)
+
+
+@given(tensors(elements_min=100, elements_max=200))
+def test_explicit_bounds_outside_the_default_range(t):
+    assert bool(((t >= 100) & (t <= 200)).all())
