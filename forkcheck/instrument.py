@@ -218,6 +218,7 @@ class Site:
     kind: str  # the node kind, e.g. ``aten::add_``
     location: str  # ``file:line`` in the user's code, ``""`` when the graph does not say
     event: str = "op"  # ``op`` (before the node), ``resume`` (after ``aten::wait``), ``spawn`` (a fork), ``end``
+    waits: tuple[int, ...] = ()  # ``resume``: static tasks whose future the wait may be on (empty: unknown)
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,7 @@ class _Pass:
         self._int = torch._C.IntType.get()
         torch._C._jit_pass_inline(graph)
         self._written_attrs: set[str] = set()
+        self._futures: dict[tuple[int, int], frozenset[int]] = {}  # (static task, value) -> forks it may hold
         self._inline_forks(graph.block())
 
     def _inline_forks(self, block: Any) -> None:
@@ -283,9 +285,9 @@ class _Pass:
             node.insertBefore(before)
         return node.output()
 
-    def _site(self, task: int, kind: str, location: str, event: str = "op") -> int:
+    def _site(self, task: int, kind: str, location: str, event: str = "op", waits: tuple[int, ...] = ()) -> int:
         site = len(self.sites)
-        self.sites[site] = Site(task, kind, location, event)
+        self.sites[site] = Site(task, kind, location, event, waits)
         return site
 
     def _point(self, graph: Any, site: int, task_value: Any, before: Any) -> Any:
@@ -312,8 +314,26 @@ class _Pass:
                 self._fork(graph, node, task_value, task, where)
             for inner in node.blocks():
                 self._block(graph, inner, task_value, task)
+            self._track_futures(node, task)
             if kind == "aten::wait":
-                self._point_after(graph, self._site(task, kind, where, "resume"), task_value, node)
+                site = self._site(task, kind, where, "resume", self._waited(node.input(), task))
+                self._point_after(graph, site, task_value, node)
+
+    def _track_futures(self, node: Any, task: int) -> None:
+        """Which forks a value may hold a future of: a fork's output, and lists or tuples built from such values."""
+        held = [self._futures[(task, v.unique())] for v in node.inputs() if (task, v.unique()) in self._futures]
+        if node.kind() in ("prim::ListConstruct", "prim::TupleConstruct") and held:
+            self._futures[(task, node.output().unique())] = frozenset().union(*held)
+        elif node.kind() == "aten::append" and held:
+            key = (task, node.inputsAt(0).unique())
+            self._futures[key] = self._futures.get(key, frozenset()).union(*held)
+
+    def _waited(self, future: Any, task: int) -> tuple[int, ...]:
+        """The static tasks a waited future may come from: its fork, or the forks put in the list it was taken from."""
+        producer = future.node()
+        if producer.kind() in ("aten::__getitem__", "prim::ListUnpack", "prim::TupleIndex", "prim::TupleUnpack"):
+            future = producer.inputsAt(0)
+        return tuple(sorted(self._futures.get((task, future.unique()), ())))
 
     def _point_after(self, graph: Any, site: int, task_value: Any, node: Any) -> None:
         const = graph.create("prim::Constant")
@@ -326,6 +346,7 @@ class _Pass:
     def _fork(self, graph: Any, node: Any, task_value: Any, task: int, where: str) -> None:
         child = len(self.tasks)
         self.tasks[child] = Task(task, where)
+        self._futures[(task, node.output().unique())] = frozenset({child})
         spawn_site = self._site(child, "prim::fork", where, "spawn")
         spawn = graph.create("forkcheck::spawn", [self._constant(graph, spawn_site, node), task_value], 1)
         spawn.output().setType(self._int)

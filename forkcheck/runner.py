@@ -121,6 +121,7 @@ class Checker:
         self.serial_only = False  # set while shrinking a defect the serial run shows
         self.serial_failure = False  # whether the last example's findings came from its serial run
         self.pct_steps = 0
+        self._raced: Any = None  # the example whose first schedule ran with race detection
         self.interleavings: set[int] = set()
         self.switches = 0
 
@@ -218,6 +219,9 @@ class Checker:
         tasks = list(range(1, self.settings.tasks + 1))
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
         module_watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
+        if hasattr(self.engine, "races"):  # race detection predicts other schedules: once per example is enough
+            self.engine.races = self._raced is not inputs
+            self._raced = inputs
         try:
             outputs = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule)))
             findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]

@@ -11,6 +11,8 @@ import torch
 
 from .._warnings import quiet_jit
 from ..instrument import instrument
+from ..observe import AccessLog, storage_names
+from ..oracles.races import race_findings
 from ..schedule import run_under
 
 _counter = itertools.count()
@@ -78,6 +80,10 @@ class ScriptEngine:
         except Exception as err:
             raise NotScriptable(f"the fork driver for this target does not script: {err}") from err
         self.program = instrument(self.driver)  # scheduling points before every op of every task
+        self.param_names = list(param_names)
+        # record every task's accesses and report races in ``last_races`` (the runner: first schedule per example)
+        self.races = True
+        self.last_races: list[Any] = []  # ``race`` findings of the last run (``outputs_affected`` left to fill)
         self.steps = 0  # points a run passes unperturbed: PCT's k (see ``calibrate``)
         self.last_run: dict[str, Any] = {}
 
@@ -90,7 +96,14 @@ class ScriptEngine:
     def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
         """One run with ``schedule``'s policy deciding at every scheduling point."""
         recorder = _Recorder(schedule.policy())
-        outputs = list(run_under(recorder, self.program, *args))
+        self.last_races = []
+        if not self.races:
+            outputs = list(run_under(recorder, self.program, *args))
+        else:  # the access log sees every op of every task, and the scheduling ops that say which task runs it
+            log = AccessLog(self.program.sites, storage_names(dict(zip(self.param_names, args)), self.module))
+            with log:
+                outputs = list(run_under(recorder, self.program, *args))
+            self.last_races = race_findings(log)
         self.last_run = recorder.summary()
         return outputs
 
