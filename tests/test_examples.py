@@ -34,6 +34,7 @@ EXPECTED: dict[str, Optional[str]] = {
     "examples/global_cache.py::add_positions": "global-mutation",
     "examples/random_mask.py::random_mask": "global-mutation",
     "examples/score_log.py::score_and_log": "input-mutation",
+    "examples/chunked_sum.py::chunked_sum": "race",
 }
 NOT_SCRIPTABLE = {"examples/global_cache.py::add_positions"}  # a global dict: runs on forkcheck's scheduler
 
