@@ -43,16 +43,25 @@ def as_draw(source: Source) -> Callable[[int], int]:
 
 
 class Choices:
-    """Any ``choose(n) -> index`` callable, asked only where ``n > 1``, on the scheduler's own thread."""
+    """Any ``choose(n) -> index`` callable, asked only where ``n > 1``, on the scheduler's own thread.
+
+    After ``max_choices`` calls it is asked no more and nothing is preempted (index 0): a bound on the draws a long
+    program makes from Hypothesis data.
+    """
 
     any_thread = False
 
-    def __init__(self, choose: Callable[[int], int], *, any_thread: bool = False):
+    def __init__(self, choose: Callable[[int], int], *, any_thread: bool = False, max_choices: Optional[int] = None):
         self.choose = choose
         self.any_thread = any_thread
+        self.left = max_choices
 
     def pick(self, options: Sequence[int], can_continue: bool) -> int:
-        return int(self.choose(len(options))) if len(options) > 1 else 0
+        if len(options) == 1 or self.left == 0:
+            return 0
+        if self.left is not None:
+            self.left -= 1
+        return int(self.choose(len(options)))
 
 
 class RandomChoices(Choices):
@@ -103,6 +112,7 @@ class PCT:
         draw = as_draw(source)
         self.depth = depth
         self.steps = steps
+        self.max_tasks = max_tasks
         order = list(range(max_tasks))  # Fisher-Yates; all-zero draws keep task-id order (the root first)
         for i in range(max_tasks - 1, 0, -1):
             j = i - draw(i + 1)
@@ -115,7 +125,8 @@ class PCT:
 
     def _priority(self, task: int) -> float:
         if task not in self.priority:
-            self.priority[task] = self.depth + random.Random(self._late_seed * 1_000_003 + task).random() * 2**20
+            late = random.Random(self._late_seed * 1_000_003 + task).random()  # among the initial priorities
+            self.priority[task] = self.depth + late * (self.max_tasks + 1)
         return self.priority[task]
 
     def pick(self, options: Sequence[int], can_continue: bool) -> int:
@@ -138,7 +149,8 @@ def strategy_for(schedule: Any, steps: Optional[int] = None) -> Strategy:
 
     Read attributes (all optional but one of ``decisions``, ``choose``, ``seed``): ``decisions`` (replay them),
     ``choose`` (a ``choose(n)`` callable, e.g. Hypothesis data), ``seed``, ``strategy`` (``"random"`` or ``"pct"``),
-    ``depth`` and ``steps`` (PCT).
+    ``depth`` and ``steps`` (PCT; or ``params["d"]`` and ``params["k"]`` of a ``forkcheck.schedule.Schedule``),
+    ``max_choices`` (a bound on the calls to ``choose`` for ``"random"``). ``steps`` is the fallback for PCT's steps.
     """
     decisions = getattr(schedule, "decisions", None)
     if decisions is not None:
@@ -153,8 +165,11 @@ def strategy_for(schedule: Any, steps: Optional[int] = None) -> Strategy:
     else:
         source = choose
     if kind == "pct":
-        return PCT(source, depth=getattr(schedule, "depth", None) or 3,
-                   steps=getattr(schedule, "steps", None) or steps or 48)
+        params = getattr(schedule, "params", None) or {}
+        return PCT(source, depth=getattr(schedule, "depth", None) or params.get("d") or 3,
+                   steps=getattr(schedule, "steps", None) or params.get("k") or steps or 48)
     if kind != "random":
         raise ValueError(f"unknown schedule strategy {kind!r}: use 'random' or 'pct'")
-    return RandomChoices(source) if choose is None else Choices(choose)
+    if choose is None:
+        return RandomChoices(source)
+    return Choices(choose, max_choices=getattr(schedule, "max_choices", None))

@@ -5,6 +5,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import pytest
@@ -197,7 +198,7 @@ def test_unwaited_tasks_still_run():
     with ControlledScheduler(random.Random(2)) as scheduler:
         futures = [fork(child, x, i) for i in range(3)]
     assert sorted(done) == [0, 1, 2] and x.item() == 3.0
-    assert all(f.done() for f in futures)
+    assert all(f.done() for f in futures) and scheduler.stats["tasks_run"] == 4
     assert futures[0].wait() is None  # waitable after the schedule
 
 
@@ -230,12 +231,17 @@ def test_grad_mode_follows_the_fork():
 # --- failures: patch restored, deadlocks, timeouts ----------------------------------------------------------
 
 
+ORIGINAL = (torch._C.fork, torch._C.wait)
+
+
 def test_patch_restored_after_an_exception_in_the_block():
     ran: list = []
     with pytest.raises(KeyError):
         with ControlledScheduler(random.Random(1)):
+            assert (torch._C.fork, torch._C.wait) != ORIGINAL
             fork(lambda: ran.append(torch.ones(1) + 1))
             raise KeyError("the test body failed")
+    assert (torch._C.fork, torch._C.wait) == ORIGINAL
     assert len(ran) == 1  # the pending task still ran
 
 
@@ -289,6 +295,7 @@ def test_task_without_switch_points_times_out():
             with ControlledScheduler(random.Random(1), timeout=0.3):
                 wait(fork(spin))
         assert time.monotonic() - started < 2
+        assert (torch._C.fork, torch._C.wait) == ORIGINAL
     finally:
         stop.set()  # the one thread a timeout leaves behind
 
@@ -304,6 +311,7 @@ def test_endless_task_with_tensor_ops_times_out_and_unwinds():
             futures = [fork(endless, torch.zeros(1)) for _ in range(2)]
             wait(futures[0])
     assert time.monotonic() - started < 2
+    assert (torch._C.fork, torch._C.wait) == ORIGINAL
     time.sleep(0.05)
     assert not [t for t in threading.enumerate() if t.name.startswith("forkcheck-task")]
 
@@ -339,7 +347,7 @@ def test_bare_choosers_run_on_the_controller_thread_and_only_for_real_choices():
     assert len(seen) == len(scheduler.decisions)
 
 
-@settings(max_examples=60, deadline=None, database=None)
+@settings(max_examples=30, deadline=None, database=None)
 @given(data=st.data())
 def test_hypothesis_draws_drive_the_schedule(data: Any):
     value, scheduler = run_counter(lambda n: data.draw(st.integers(0, n - 1)))
@@ -407,6 +415,13 @@ def test_strategy_for_reads_the_schedule():
         strategy_for(Schedule(seed=1, strategy="dfs"))
 
 
+def test_choices_stop_asking_after_max_choices():
+    asked: list = []
+    value, scheduler = run_counter(Choices(lambda n: asked.append(n) or n - 1, max_choices=2), tasks=3)
+    assert len(asked) == 2 and len(scheduler.decisions) > 2
+    assert scheduler.decisions[2:] == [0] * (len(scheduler.decisions) - 2)
+
+
 # --- the engine -------------------------------------------------------------------------------------------------
 
 
@@ -429,3 +444,19 @@ def test_engine_runs_tasks_and_counts():
     assert stats["schedules"] == 30 and 1 < stats["interleavings"] <= 30 and stats["preemptions"] > 0
     module = torch.nn.Linear(2, 2)
     assert EagerEngine(module, 3, "r").module is module
+
+
+
+def test_engine_calibrates_pct_steps_and_reads_schedule_params():
+    engine = EagerEngine(read_modify_write, tasks=2, reason="r")
+    steps = engine.calibrate([torch.zeros(1)])
+    assert engine.last.preemptions == 0 and steps == engine.last.steps > 4
+    assert engine.stats["schedules"] == 0  # calibration is not a schedule
+    pct = strategy_for(SimpleNamespace(strategy="pct", seed=5, params={"d": 3, "k": steps}))
+    assert isinstance(pct, PCT) and (pct.depth, pct.steps) == (3, steps)
+    finals = []
+    for seed in range(50):
+        x = torch.zeros(1)
+        engine.run([x], SimpleNamespace(strategy="pct", seed=seed, params={"d": 2, "k": steps}))
+        finals.append(x.item())
+    assert 1.0 in finals and engine.last_run["interleaving"] == tuple(engine.last.order)

@@ -25,6 +25,7 @@ needs a bound on it runs the block in a thread of its own.
 """
 from __future__ import annotations
 
+import atexit
 import bisect
 import os
 import queue
@@ -37,7 +38,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..choices import Choices, RandomChoices, Strategy, strategy_for
+from ..choices import Choices, RandomChoices, Replay, Strategy, strategy_for
 
 _install_lock = threading.Lock()
 
@@ -152,6 +153,19 @@ class _SwitchMode(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+_settle_registered = False
+
+
+def _pool_threads_saw_the_mode() -> None:
+    """Pool threads copy the forking thread's dispatch modes and drop them (taking the GIL) after the task's future
+    is complete; a process that exits in that moment aborts ("terminate called without an active exception"). Give
+    them a moment at exit, in processes where it can happen."""
+    global _settle_registered
+    if not _settle_registered:
+        _settle_registered = True
+        atexit.register(time.sleep, 0.2)
+
+
 def _as_strategy(choose: Any) -> Strategy:
     if choose is None:
         return RandomChoices(random.Random())
@@ -197,8 +211,11 @@ class ControlledScheduler:
         self.decisions: list[int] = []
         self.failed_task: Optional[int] = None
         self.errors: dict[int, BaseException] = {}
-        self.events: list[tuple[int, str, int, int]] = []  # (switch point, "fork"|"wait"|"done", task, other)
+        # (switch points so far, kind, task, other): ("fork", parent, child), ("wait", waiter, awaited),
+        # ("done", task, parent)
+        self.events: list[tuple[int, str, int, int]] = []
         self.switch_points = 0
+        self.steps = 0  # switch points where the task could go on (PCT's steps)
         self.preemptions = 0
         self._tasks: list[_Task] = []  # by id; the root is 0
         self._runnable: list[_Task] = []  # by id
@@ -236,8 +253,9 @@ class ControlledScheduler:
             self._local.task = root
             torch._C.fork, torch._C.wait = self.fork, self._wait_any
             self._active = True
-            self._mode = _SwitchMode(self, root)
-            self._mode.__enter__()
+            mode = _SwitchMode(self, root)
+            mode.__enter__()
+            self._mode = mode
         except BaseException:
             self._uninstall()
             raise
@@ -331,8 +349,9 @@ class ControlledScheduler:
     # --- switching -------------------------------------------------------------------------------------------
 
     def _op_point(self, task: _Task) -> None:
-        if task.ident != threading.get_ident():
-            return  # an op of a real-runtime fork (a scripted call's pool thread): not under control
+        if task.ident != threading.get_ident():  # an op of a real-runtime fork (a scripted call's pool thread)
+            _pool_threads_saw_the_mode()
+            return
         if self._aborted:
             if task is self._root:
                 return  # the schedule was stopped; the root's own ops run uncontrolled
@@ -342,6 +361,7 @@ class ControlledScheduler:
     def _switch(self, task: _Task, can_continue: bool) -> None:
         """``task`` (holding the baton) reached a switch point: pick who runs next and, unless ``task``, wait."""
         self.switch_points += 1
+        self.steps += can_continue
         if task is self._root:
             try:
                 chosen = self._choose(task, can_continue)
@@ -531,7 +551,7 @@ class ControlledScheduler:
 
     @property
     def stats(self) -> dict[str, int]:
-        return {"switch_points": self.switch_points, "decisions": len(self.decisions),
+        return {"switch_points": self.switch_points, "steps": self.steps, "decisions": len(self.decisions),
                 "preemptions": self.preemptions, "switches": len(self.order) - 1,
                 "tasks": len(self._tasks), "tasks_run": len(set(self.order))}
 
@@ -547,26 +567,40 @@ class EagerEngine:
         self.reason = reason
         self.timeout = timeout
         self.module = instance if isinstance(instance, torch.nn.Module) else None
-        self.last: Optional[ControlledScheduler] = None
+        self.last: Optional[ControlledScheduler] = None  # the last run's scheduler: order, decisions, events
         self.last_order: list[int] = []
+        self.last_run: dict[str, Any] = {}
         self._interleavings: set[tuple[int, ...]] = set()
         self._totals = {"schedules": 0, "preemptions": 0, "decisions": 0, "switch_points": 0}
 
     def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
-        """Fork ``tasks`` instances on ``args`` under ``schedule`` (see ``forkcheck.choices.strategy_for``)."""
+        """Fork ``tasks`` instances on ``args`` under ``schedule`` (see ``forkcheck.choices.strategy_for``).
+
+        A task's exception is raised as is; a deadlock or timeout raises ``ScheduleError``.
+        """
         timeout = getattr(schedule, "timeout", None) or self.timeout
-        scheduler = ControlledScheduler(strategy_for(schedule), timeout=timeout)
-        self.last = scheduler
+        return self._run(args, strategy_for(schedule), timeout)
+
+    def calibrate(self, args: Sequence[Any]) -> int:
+        """Run once without preemption; return its steps (PCT's ``k``: switch points where a task could go on)."""
+        self._run(args, Replay([]), self.timeout, count=False)
+        return max(1, self.last.steps)
+
+    def _run(self, args: Sequence[Any], strategy: Strategy, timeout: Optional[float], count: bool = True) -> list:
+        scheduler = self.last = ControlledScheduler(strategy, timeout=timeout)
         try:
             with scheduler:
                 futures = [torch._C.fork(self.instance, *args) for _ in range(self.tasks)]
                 return [torch._C.wait(future) for future in futures]
         finally:
             self.last_order = scheduler.order
-            self._interleavings.add(tuple(scheduler.order))
-            self._totals["schedules"] += 1
-            for key in ("preemptions", "decisions", "switch_points"):
-                self._totals[key] += scheduler.stats[key]
+            self.last_run = {"interleaving": tuple(scheduler.order), **scheduler.stats,
+                             "decisions": list(scheduler.decisions)}
+            if count:
+                self._interleavings.add(tuple(scheduler.order))
+                self._totals["schedules"] += 1
+                for key in ("preemptions", "decisions", "switch_points"):
+                    self._totals[key] += scheduler.stats[key]
 
     @property
     def stats(self) -> dict[str, int]:
