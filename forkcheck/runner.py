@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import random
 import threading
 import time
 import traceback
+import zlib
 from typing import Any, Callable, Optional
 
 import torch
 
 from . import _warnings
 from .engines import TaskError, choose_engine
+from .engines.eager import ScheduleError
 from .findings import CheckResult, Finding, sort_findings
 from .locate import WriteLocator, user_location
 from .marker import MarkError
@@ -20,7 +23,7 @@ from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
 from .oracles.races import outputs_affected
 from .replay import ReplayError, ReplayToken, blob_from_notes
-from .schedule import schedules
+from .schedule import Schedule, schedules
 from .settings import Settings
 from .state import module_state
 from .target import Target, TargetError
@@ -32,6 +35,13 @@ class _Failed(Exception):
     def __init__(self, findings: list[Finding]):
         super().__init__(findings[0].message)
         self.findings = findings
+
+
+def _spread(schedule: Schedule, index: int) -> Schedule:
+    """Mix the schedule's position into its seed: Hypothesis starts from the simplest draw (seed 0), and ten
+    copies of one schedule would test one interleaving ten times."""
+    mixed = zlib.crc32(f"{schedule.seed}:{index}".encode()) | (schedule.seed << 32)
+    return dataclasses.replace(schedule, seed=mixed % 2**64)
 
 
 def _fail(findings: list[Finding]) -> None:
@@ -110,7 +120,8 @@ class Checker:
         self.base = target.instance()
         with _warnings.quiet_jit():
             self.engine = choose_engine(
-                copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks)
+                copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
+                settings.timeout)
         self.globals = referenced_globals(self._code())
         self.location = target.source_location()
         self.static = self._static_findings()
@@ -153,7 +164,7 @@ class Checker:
         shows) the schedules are drawn but not run.
         """
         strategy = self._schedule_strategy(inputs)
-        drawn = [draw(strategy, f"schedule {i}") for i in range(self.settings.schedules)]
+        drawn = [_spread(draw(strategy, f"schedule {i}"), i) for i in range(self.settings.schedules)]
         key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
         if key in self.memo:
             _fail(self.memo[key])
@@ -175,7 +186,7 @@ class Checker:
     def _schedule_strategy(self, inputs: dict[str, Any]) -> Any:
         """Schedules to draw; PCT's change points spread over the steps of a run (counted on the first example)."""
         pinned = {"k": self.pct_steps} if self.pct_steps else {}
-        if self.settings.strategy == "pct" and self.engine.name == "script" and not self.pct_steps:
+        if self.settings.strategy == "pct" and not self.pct_steps:
             watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
@@ -229,10 +240,14 @@ class Checker:
                 findings += module_watch.findings(tasks, default_location=self.location)
             run = getattr(self.engine, "last_run", {})
             if "interleaving" in run:
-                self.interleavings.add(run["interleaving"])
+                self.interleavings.add(hash(run["interleaving"]))
                 self.switches += run["switches"]
         except _Hang:
             return [self._hang(f"a concurrent run of {len(tasks)} forked tasks")]
+        except ScheduleError as err:  # forkcheck's scheduler saw a deadlock, or a task that never finished
+            return [Finding("hang", f"a concurrent run of {len(tasks)} forked tasks did not finish: {err}",
+                            location=_user_frame(err) or self.location, tasks=tasks,
+                            detail={"timeout_s": self.settings.timeout, "reason": type(err).__name__})]
         except Exception as err:
             cause = err.__cause__ if isinstance(err, TaskError) else err
             return [Finding("exception", f"a forked task raised {_describe_error(cause)} (concurrent run, "

@@ -21,7 +21,7 @@ class Engine(Protocol):
         """Fork ``tasks`` instances on ``args`` (the same objects), wait for all, return their outputs in order."""
 
 
-def choose_engine(instance: Any, param_names: Sequence[str], tasks: int) -> Engine:
+def choose_engine(instance: Any, param_names: Sequence[str], tasks: int, timeout: float = 60.0) -> Engine:
     """The real runtime when the target scripts, else forkcheck's scheduler with the scripting error as reason."""
     from .eager import EagerEngine
     from .script import NotScriptable, ScriptEngine
@@ -29,4 +29,4 @@ def choose_engine(instance: Any, param_names: Sequence[str], tasks: int) -> Engi
     try:
         return ScriptEngine(instance, param_names, tasks)
     except NotScriptable as err:
-        return EagerEngine(instance, tasks, reason=str(err))
+        return EagerEngine(instance, tasks, reason=str(err), timeout=timeout)
