@@ -94,7 +94,7 @@ class TensorSnapshot:
         version = _version(now)
         if not found and None not in (version, self.version) and version != self.version:
             writes = version - self.version
-            found.append(f"was written in place ({writes} write(s)) though its values ended up the same")
+            found.append(f"was written in place ({writes} write(s)); on this input the values happen to end up the same")
         return found
 
     def restore(self) -> torch.Tensor:
