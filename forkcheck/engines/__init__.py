@@ -29,4 +29,4 @@ def choose_engine(instance: Any, param_names: Sequence[str], tasks: int, timeout
     try:
         return ScriptEngine(instance, param_names, tasks)
     except NotScriptable as err:
-        return EagerEngine(instance, tasks, reason=str(err), timeout=timeout)
+        return EagerEngine(instance, tasks, reason=str(err), timeout=timeout, param_names=param_names)

@@ -22,6 +22,10 @@ within ``timeout`` seconds raises :class:`ScheduleTimeout`. Either way every blo
 is left running as a daemon thread, no longer under control (its later forks and waits go to the real runtime).
 The root task (the code inside the ``with`` block, on the controller thread) is not interrupted: a caller that
 needs a bound on it runs the block in a thread of its own.
+
+An ``observer`` (``forkcheck.observe.AccessLog``: see :class:`Observer`) is told which task runs on which thread and
+each fork, task end and wait that got past its task, and is entered as a dispatch mode on every task's thread below
+the switch point, so an access is recorded when the task that makes it holds the baton. Without one nothing is paid.
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ import random
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from contextlib import nullcontext
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -89,6 +94,28 @@ class _Task:
 
     def __repr__(self) -> str:
         return f"task {self.id} ({self.name})" if self.id else "task 0 (the root)"
+
+
+class Observer(Protocol):
+    """What the scheduler tells an access log (``forkcheck.observe.AccessLog``), in the order things happen."""
+
+    def enter(self, task: int, location: str = "") -> None:
+        """The calling thread runs ``task`` from now on."""
+
+    def fork(self, parent: int, child: int, location: str = "") -> None:
+        """``parent`` forked ``child`` (before ``child`` ran anything)."""
+
+    def end(self, task: int) -> None:
+        """``task`` finished (before its waiters go on)."""
+
+    def join(self, task: int, child: Optional[int] = None, location: str = "") -> None:
+        """``task`` got past a wait for the finished ``child``."""
+
+    def __enter__(self) -> Any:
+        """Entered on each task's thread, as a dispatch mode below the switch point."""
+
+    def __exit__(self, *exc: Any) -> Any:
+        ...
 
 
 def _by_id(task: _Task) -> int:
@@ -200,13 +227,15 @@ class ControlledScheduler:
     ``Replay``, ...), or a bare ``choose(n) -> index`` callable (called only on this thread, only where ``n > 1``).
     After the block: ``order`` (task ids in the order they got the baton, starting with the root 0),
     ``decisions`` (every real choice, for ``Replay``), ``failed_task`` (the first task that raised, or None),
-    ``errors`` (task id -> exception), ``events`` and ``stats``.
+    ``errors`` (task id -> exception), ``events`` and ``stats``. ``observer``: an access log (see :class:`Observer`).
     """
 
     def __init__(self, choose: Union[random.Random, Strategy, Callable[[int], int], None] = None, *,
-                 timeout: Optional[float] = 60.0):
+                 timeout: Optional[float] = 60.0, observer: Optional[Observer] = None):
         self.strategy = _as_strategy(choose)
         self.timeout = timeout
+        self.observer = observer
+        self._observing = False  # the observer is entered on the controller thread
         self.order: list[int] = []
         self.decisions: list[int] = []
         self.failed_task: Optional[int] = None
@@ -253,6 +282,10 @@ class ControlledScheduler:
             self._local.task = root
             torch._C.fork, torch._C.wait = self.fork, self._wait_any
             self._active = True
+            if self.observer is not None:  # below the switch mode: an op is recorded after its switch point
+                self.observer.__enter__()
+                self._observing = True
+                self.observer.enter(root.id)
             mode = _SwitchMode(self, root)
             mode.__enter__()
             self._mode = mode
@@ -270,6 +303,10 @@ class ControlledScheduler:
                     if exc_type is None or not isinstance(err, Exception):
                         raise
                     exc.add_note(f"forkcheck: then the tasks nobody waited for could not finish: {err}")
+                else:
+                    if self.observer is not None:  # the root is past every task's end now
+                        for task in self._tasks[1:]:
+                            self.observer.join(self._root.id, task.id, "")
         finally:
             self._uninstall()
 
@@ -278,6 +315,9 @@ class ControlledScheduler:
             if self._mode is not None:
                 self._mode.__exit__(None, None, None)
                 self._mode = None
+            if self._observing:
+                self._observing = False
+                self.observer.__exit__(None, None, None)
             self._abort()
             for task in self._tasks[1:]:  # finished tasks' threads are ending: let them end before we return
                 if task.thread is not None and task.state == DONE and task not in self._released:
@@ -324,6 +364,8 @@ class ControlledScheduler:
         self._runnable.append(child)  # ids grow: the list stays sorted
         self._unfinished += 1
         self.events.append((self.switch_points, "fork", parent.id, child.id))
+        if self.observer is not None:
+            self.observer.fork(parent.id, child.id, _user_line(sys._getframe(1)))
         self._switch(parent, True)
         return child.future
 
@@ -334,14 +376,18 @@ class ControlledScheduler:
 
     def wait(self, future: ControlledFuture) -> Any:
         target = future._task
+        waiter = getattr(self._local, "task", None) if future._scheduler is self and self._active else None
+        where = ""
         if target.state != DONE:
-            waiter = getattr(self._local, "task", None) if future._scheduler is self else None
-            if waiter is None or not self._active:
+            if waiter is None:
                 raise RuntimeError(f"{target!r} is unfinished and cannot be waited for outside its schedule")
             self._check_live(waiter)
             self.events.append((self.switch_points, "wait", waiter.id, target.id))
-            self._block_on(waiter, target, _user_line(sys._getframe(1)))
+            where = _user_line(sys._getframe(1))
+            self._block_on(waiter, target, where)
             self._switch(waiter, False)
+        if self.observer is not None and waiter is not None:
+            self.observer.join(waiter.id, target.id, where or _user_line(sys._getframe(1)))
         if target.error is not None:
             raise target.error
         return target.result
@@ -480,9 +526,12 @@ class ControlledScheduler:
         task.call = None
         task.ident = threading.get_ident()
         self._local.task = task
+        observer = self.observer
+        if observer is not None:
+            observer.enter(task.id)
         try:
             with torch.inference_mode(task.inference) if task.inference else torch.set_grad_enabled(task.grad):
-                with _SwitchMode(self, task):
+                with observer if observer is not None else nullcontext(), _SwitchMode(self, task):
                     task.result = fn(*args, **kwargs)
         except _Abort:
             pass
@@ -509,6 +558,8 @@ class ControlledScheduler:
         bisect.insort(self._runnable, task, key=_by_id)
 
     def _finish(self, task: _Task) -> None:
+        if self.observer is not None:
+            self.observer.end(task.id)
         task.state = DONE
         self._runnable.remove(task)
         self._unfinished -= 1
@@ -556,17 +607,38 @@ class ControlledScheduler:
                 "tasks": len(self._tasks), "tasks_run": len(set(self.order))}
 
 
+def _op_location() -> str:
+    """Where the op being recorded is written: the innermost frame of the user's code."""
+    return _user_line(sys._getframe(1))
+
+
+def race_log(names: Optional[dict[int, str]] = None) -> Any:
+    """An access log to observe one controlled schedule; ``names`` (``forkcheck.observe.storage_names``) name
+    storages in its race reports."""
+    from ..observe import AccessLog
+
+    return AccessLog(names=names, locate=_op_location)
+
+
 class EagerEngine:
-    """Runs the target's instances through ``ControlledScheduler``, one schedule per run."""
+    """Runs the target's instances through ``ControlledScheduler``, one schedule per run.
+
+    While ``races`` is true (the runner sets it for the first schedule of each example) a run records every task's
+    accesses and reports races in ``last_races``; ``param_names`` name the inputs in those reports.
+    """
 
     name = "eager"
 
-    def __init__(self, instance: Any, tasks: int, reason: str, timeout: Optional[float] = 60.0):
+    def __init__(self, instance: Any, tasks: int, reason: str, timeout: Optional[float] = 60.0,
+                 param_names: Sequence[str] = ()):
         self.instance = instance
         self.tasks = tasks
         self.reason = reason
         self.timeout = timeout
+        self.param_names = list(param_names)
         self.module = instance if isinstance(instance, torch.nn.Module) else None
+        self.races = True
+        self.last_races: list[Any] = []  # ``race`` findings of the last run (``outputs_affected`` left to fill)
         self.last: Optional[ControlledScheduler] = None  # the last run's scheduler: order, decisions, events
         self.last_order: list[int] = []
         self.last_run: dict[str, Any] = {}
@@ -587,11 +659,22 @@ class EagerEngine:
         return max(1, self.last.steps)
 
     def _run(self, args: Sequence[Any], strategy: Strategy, timeout: Optional[float], count: bool = True) -> list:
-        scheduler = self.last = ControlledScheduler(strategy, timeout=timeout)
+        self.last_races = []
+        log = None
+        if self.races and count:
+            from ..observe import storage_names
+
+            log = race_log(storage_names(dict(zip(self.param_names, args)), self.module))
+        scheduler = self.last = ControlledScheduler(strategy, timeout=timeout, observer=log)
         try:
             with scheduler:
                 futures = [torch._C.fork(self.instance, *args) for _ in range(self.tasks)]
-                return [torch._C.wait(future) for future in futures]
+                outputs = [torch._C.wait(future) for future in futures]
+            if log is not None:
+                from ..oracles.races import race_findings
+
+                self.last_races = race_findings(log)
+            return outputs
         finally:
             self.last_order = scheduler.order
             self.last_run = {"interleaving": tuple(scheduler.order), **scheduler.stats,
