@@ -52,15 +52,46 @@ class TargetItem(pytest.Item):
 
     def setup(self) -> None:
         from .report.terminal import failure_text
-        from .runner import check
         from .target import Target
 
         target = Target.from_object(self.obj, self.target_name)
         settings = _settings_for(self.config, self.target_name, dict(target.mark.settings))
-        result = check(target, settings, replay=self.config.stash[STATE].options.replay, nodeid=self.nodeid)
+        result = self._check(target, settings)
         self.stash[RESULT] = result
         if result.verdict == "error":
             pytest.fail(failure_text(result), pytrace=False)
+
+    def _check(self, target: Any, settings: Any) -> Any:
+        """In a child process (``forkcheck.isolation``), unless asked to check in-process or the target does not
+        import there; in-process, a hang is detected but cannot be stopped, and a crash ends the session."""
+        from . import _exit
+        from .findings import CheckResult
+        from .runner import check
+
+        state = self.config.stash[STATE]
+        replay, where = state.options.replay, "in-process"
+        if state.isolation == "child":
+            from .isolation import Unavailable, check_in_child
+
+            try:
+                return check_in_child(self.parent.obj, self.name, target, settings, replay, self.nodeid)
+            except Unavailable as err:
+                where = f"in-process ({err})"
+            except Exception:
+                return CheckResult(target=target.name, nodeid=self.nodeid, verdict="error",
+                                   error="internal error in forkcheck, running the check in a child process:\n"
+                                   + traceback.format_exc())
+        if state.stuck:
+            return CheckResult(target=target.name, nodeid=self.nodeid, verdict="error", stats={"isolation": where},
+                               error=f"not checked: a hung run of {state.stuck} still runs in this process, on "
+                                     "torch's inter-op pool, where it holds up every task forked after it; check "
+                                     "targets in a child process (--forkcheck-isolation child, the default) to go "
+                                     "on after a hang")
+        result = check(target, settings, replay=replay, nodeid=self.nodeid)
+        result.stats["isolation"] = where
+        if _exit.abandoned():
+            state.stuck = target.name
+        return result
 
     def runtest(self) -> None:
         if self.stash[RESULT].verdict == "fail":
@@ -138,15 +169,17 @@ def marked_test_settings(item: pytest.Item, marker: pytest.Mark) -> Any:
 def run_marked_test(item: pytest.Function, settings: Any) -> None:
     """Run the test body under ``schedules`` schedules of forkcheck's own scheduler (one, when replaying).
 
-    The oracle is the test's own assertions, plus ``exception`` (a forked task raised) and ``hang`` (a deadlock, or
-    a schedule that did not finish within the timeout).
+    The oracle is the test's own assertions, plus ``exception`` (a forked task raised), ``hang`` (a deadlock, or
+    a schedule that did not finish within the timeout) and ``race`` (two tasks that fork/wait leaves unordered touched
+    the same tensor storage, one writing: the test fails even though its assertions passed). Every schedule records
+    its accesses, so a replayed schedule finds what the original one found.
     """
     from types import SimpleNamespace
 
     from . import _warnings
     from .choices import strategy_for
-    from .engines.eager import ControlledScheduler
-    from .findings import CheckResult
+    from .engines.eager import ControlledScheduler, ScheduleError, race_log
+    from .findings import CheckResult, sort_findings
     from .replay import ReplayToken
     from .report.terminal import replay_command
 
@@ -160,24 +193,67 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
                          engine_reason="a marked test's forks run under forkcheck's scheduler", examples=1)
     started = time.perf_counter()
     arguments = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
+    names = _argument_names(arguments)
     for seed in seeds:
         result.schedules += 1
+        which = f"schedule {result.schedules} of {len(seeds)}"
         schedule = SimpleNamespace(seed=seed, strategy=settings.strategy)
-        scheduler = ControlledScheduler(strategy_for(schedule), timeout=settings.timeout)
+        token = ReplayToken(item.nodeid, "", "", 0, seed, settings.strategy).encode()
+        log = race_log(names)
+        scheduler = ControlledScheduler(strategy_for(schedule), timeout=settings.timeout, observer=log)
         try:
             with _warnings.quiet_jit(), scheduler:
                 item.obj(**arguments)
         except Exception as err:
-            token = ReplayToken(item.nodeid, "", "", 0, seed, settings.strategy).encode()
-            result.findings = [_finding(err, scheduler, f"schedule {result.schedules} of {len(seeds)}", token)]
+            races = [] if isinstance(err, ScheduleError) else _races(log, token, failed=True)
+            result.findings = sort_findings([_finding(err, scheduler, which, token), *races])
             result.verdict = "fail"
             result.duration_s = round(time.perf_counter() - started, 3)
             item.stash[RESULT] = result
-            err.add_note(f"forkcheck: failed under schedule {result.schedules} of {len(seeds)} "
-                         f"({settings.strategy}); replay it with\n  {replay_command(item.nodeid, token)}")
+            raced = "".join(f"\n  - {race.message}" for race in races)
+            err.add_note(f"forkcheck: failed under {which} ({settings.strategy})"
+                         + (f", which also showed {len(races)} race{'s' * (len(races) > 1)}:{raced}\n" if races
+                            else "; ")
+                         + f"replay it with\n  {replay_command(item.nodeid, token)}")
             raise
+        races = _races(log, token, failed=False)
+        if races:
+            result.findings, result.verdict = races, "fail"
+            result.duration_s = round(time.perf_counter() - started, 3)
+            item.stash[RESULT] = result
+            listed = "\n".join(f"  - {race.message}" for race in races)
+            pytest.fail(f"forkcheck: {len(races)} race{'s' * (len(races) > 1)} under {which} ({settings.strategy}), "
+                        f"although the test's assertions passed:\n{listed}\nreplay it with\n  "
+                        f"{replay_command(item.nodeid, token)}", pytrace=False)
     result.duration_s = round(time.perf_counter() - started, 3)
     item.stash[RESULT] = result
+
+
+def _argument_names(arguments: dict[str, Any]) -> dict[int, str]:
+    """Storage key -> the fixture (or ``fixture.attribute`` of a Module fixture) a race report names it by."""
+    import torch
+
+    from .observe import storage_names
+
+    names = storage_names(arguments)
+    for name, value in arguments.items():
+        if isinstance(value, torch.nn.Module):
+            for key, path in storage_names(module=value).items():
+                names.setdefault(key, name + path[len("self"):])
+    return names
+
+
+def _races(log: Any, token: str, failed: bool) -> list[Any]:
+    """The schedule's ``race`` findings, each with the replay token and whether the test failed under it."""
+    from .oracles.races import race_findings
+
+    races = race_findings(log)
+    for race in races:
+        race.replay = token
+        race.detail["outputs_affected"] = failed
+        race.message += ("; the test failed under this schedule" if failed else
+                         "; the test's assertions passed under this schedule, another one's may not")
+    return races
 
 
 def _finding(err: Exception, scheduler: Any, which: str, token: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .options import OPTIONS, SessionOptions, resolve_session_options
+from .options import OPTIONS, Option, SessionOptions, resolve_session_options
 
 STATE = pytest.StashKey["ForkcheckState"]()
 KIND = pytest.StashKey[str]()  # on forkcheck's items: "target" or "test"
@@ -18,6 +18,11 @@ RESULT = pytest.StashKey[Any]()  # on forkcheck's items: the CheckResult, once t
 MARKER_HELP = (
     "fork_safe(schedules=10, timeout=60): re-run this test under many fork/wait schedules of forkcheck's own "
     "scheduler; it fails if any schedule fails (its assertions, a forked task's exception, or a hang).")
+ISOLATION = Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, "
+                                "surviving a crash; default) or inprocess (this process, e.g. to debug forkcheck).",
+                   "child|inprocess")
+ISOLATIONS = ("child", "inprocess")
+NOT_RUN = "not run: the session stopped before this item (-x, --maxfail, an interrupt or a crash)"
 
 
 class ForkcheckState:
@@ -29,11 +34,15 @@ class ForkcheckState:
         self.module_files: dict[str, Any] = {}  # --forkcheck-modules name -> its source file
         self.results: dict[str, dict[str, Any]] = {}
         self.report_paths: Any = None
+        self.isolation = "child"
+        self.collected: dict[str, dict[str, str]] = {}  # nodeid -> kind and name of every selected forkcheck item
+        self.crashed: dict[str, str] = {}  # nodeid -> what pytest-xdist said when a worker crashed running it
+        self.stuck = ""  # the target whose hung run still runs in this process (in-process checks only)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("forkcheck", "forkcheck: determinism and race checks for torch.jit.fork/wait")
-    for option in OPTIONS:
+    for option in (*OPTIONS, ISOLATION):
         group.addoption(option.flag, **option.argparse)
         parser.addini(option.ini, option.help, type=option.ini_type)
 
@@ -49,6 +58,10 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         seed = options.seed if options.seed is not None else random.randrange(2**32)
     state = ForkcheckState(options, seed)
+    state.isolation = _isolation(config)
+    from . import _exit
+
+    _exit.own(config)
     if options.modules:
         from .items import locate_modules
 
@@ -56,6 +69,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = state
     if worker is None:
         config.pluginmanager.register(ResultCollector(state), "forkcheck-results")
+
+
+def _isolation(config: pytest.Config) -> str:
+    value, source = config.getoption(ISOLATION.ini), ISOLATION.flag
+    if value is None:
+        value, source = (config.getini(ISOLATION.ini) or "child").strip(), f"ini key {ISOLATION.ini}"
+    if value not in ISOLATIONS:
+        raise pytest.UsageError(f"{source}: must be one of {', '.join(ISOLATIONS)}, got {value!r}")
+    return value
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Any:
+    """The run's exit status, for the exit guard (``forkcheck._exit``) of a process that ran forks."""
+    status = yield
+    from . import _exit
+
+    _exit.pytest_returned(config, status)
+    return status
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -79,7 +111,18 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) 
         return None
     from .items import TargetItem
 
+    _prewarm(collector.config)
     return TargetItem.from_object(collector, name, obj)
+
+
+def _prewarm(config: pytest.Config) -> None:
+    """A target was collected: start the child process that checks targets now, so its imports overlap the rest
+    of the collection."""
+    state = config.stash.get(STATE, None)
+    if state is not None and state.isolation == "child" and not config.option.collectonly:
+        from .isolation import prewarm
+
+        prewarm()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -130,6 +173,22 @@ def _select_replayed(config: pytest.Config, items: list, replay: str) -> None:
         items[:] = [item for item in items if item not in others]
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember the selected forkcheck items (a worker hands them to the controller)."""
+    from .items import forkcheck_name
+
+    state = session.config.stash.get(STATE, None)
+    if state is None or session.config.option.collectonly:
+        return
+    collected = {item.nodeid: {"kind": item.stash[KIND], "target": forkcheck_name(item) or item.nodeid}
+                 for item in session.items if item.stash.get(KIND, None) is not None}
+    worker = getattr(session.config, "workeroutput", None)
+    if worker is not None:
+        worker["forkcheck_items"] = collected
+    else:
+        state.collected.update(collected)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A ``@pytest.mark.fork_safe`` test's keywords are checked after skip marks, before its fixtures run."""
     if item.stash.get(KIND, None) == "test":
@@ -142,8 +201,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
     if pyfuncitem.stash.get(KIND, None) != "test":
         return None
+    from . import _exit
     from .items import SETTINGS, run_marked_test
 
+    _exit.forks_ran()
     run_marked_test(pyfuncitem, pyfuncitem.stash[SETTINGS])
     return True
 
@@ -169,6 +230,8 @@ class ResultCollector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         kind = getattr(report, "forkcheck_kind", None)
         if kind is None:
+            if report.when == "???" and report.failed:  # pytest-xdist: a worker crashed running this item
+                self.state.crashed[report.nodeid] = str(report.longrepr)
             return
         results = self.state.results
         row = getattr(report, "forkcheck_result", None)
@@ -181,7 +244,13 @@ class ResultCollector:
             if row["verdict"] != "fail":  # e.g. a fixture's setup or teardown failed: never a silent pass
                 results[report.nodeid] = dict(row, verdict="error", error=report.longreprtext[-4000:])
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """pytest-xdist: a worker is done; the items it selected (all workers select the same ones)."""
+        self.state.collected.update(getattr(node, "workeroutput", {}).get("forkcheck_items", {}))
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self._complete()
         options = self.state.options
         if options.no_report or not self.state.results:
             return
@@ -189,6 +258,23 @@ class ResultCollector:
 
         self.state.report_paths = write_reports(options.report, self.state.results, self.state.seed,
                                                 complete=exitstatus != pytest.ExitCode.INTERRUPTED)
+
+    def _complete(self) -> None:
+        """Every selected item gets its row: one whose worker crashed is an error, one never run is skipped."""
+        from .findings import CheckResult
+
+        results = self.state.results
+        for nodeid, text in self.state.crashed.items():
+            known = results.get(nodeid) or self.state.collected.get(nodeid)
+            if known is not None:
+                row = results.get(nodeid) or CheckResult(target=known["target"], kind=known["kind"],
+                                                         nodeid=nodeid).to_json()
+                results[nodeid] = dict(row, verdict="error", error=f"{text}: the process running it died (a crash "
+                                                                    "in the test or target, or in torch under it)")
+        for nodeid, known in self.state.collected.items():
+            if nodeid not in results:
+                results[nodeid] = CheckResult(target=known["target"], kind=known["kind"], nodeid=nodeid,
+                                              verdict="skipped", error=NOT_RUN).to_json()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.state.results:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import _warnings
+from . import _exit, _warnings
 from .engines import TaskError, choose_engine
 from .engines.eager import ScheduleError
 from .findings import CheckResult, Finding, sort_findings
@@ -66,8 +66,16 @@ def _fingerprint(value: Any) -> Any:
     return ("value", repr(value))
 
 
+#: Told ``("start", timeout)`` before every run and ``("abandoned", timeout)`` when a run is given up as a hang: the
+#: child process of ``forkcheck.isolation`` reports runs to its parent and retires itself after an abandoned one.
+RUN_OBSERVERS: list[Callable[[str, float], None]] = []
+
+
 def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
     """Run ``call`` in a daemon thread; raise ``_Hang`` if it has not returned within ``timeout`` seconds."""
+    _exit.forks_ran()
+    for observe in RUN_OBSERVERS:
+        observe("start", timeout)
     box: dict[str, Any] = {}
 
     def body() -> None:
@@ -80,6 +88,9 @@ def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        _exit.run_abandoned()
+        for observe in RUN_OBSERVERS:
+            observe("abandoned", timeout)
         raise _Hang()
     if "error" in box:
         raise box["error"]

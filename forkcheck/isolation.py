@@ -1,0 +1,503 @@
+"""Checks in a child process: a hang is killed, a crash is an ``error`` naming its signal, and pytest runs no forks.
+
+The real runtime cannot interrupt a task stuck on the inter-op pool, and a target that aborts or segfaults takes its
+process with it, so targets are checked in a child process. One child serves many targets (it imports torch once,
+about 1.5 s): the parent names a target by module, file and attribute, the child imports it with the parent's
+``sys.path`` and working directory, runs ``runner.check`` and answers with the result's JSON.
+
+While it checks, the child announces every run (the serial reference, each concurrent schedule). Each run may take
+the target's ``timeout`` (the child's own watch reports a run over it as a ``hang`` finding); the parent allows each
+run that plus a grace period, and kills a child that stays silent longer (also a ``hang``). A child that dies is an
+``error`` with the signal and its last lines of output. A child that abandoned a stuck run or whose torch state is
+no longer clean is retired after its answer; the next target gets a fresh one.
+
+Protocol, JSON lines. Parent to child (stdin): ``{"op": "check", ...}``. Child to parent, on its own copy of the
+original stdout (the child's fd 1 then points at its stderr, so what the user's code prints cannot break the
+channel): ``ready``, ``run`` (``timeout``, ``what``), ``result`` (``result``, ``retire``), and ``unavailable``
+(``reason``: the target does not import in a fresh process; the parent checks it in-process instead).
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import faulthandler
+import importlib
+import itertools
+import importlib.util
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Optional
+
+GRACE_S = 10.0  # beyond a run's timeout before the parent gives up on a silent child (a loaded machine is slow)
+PREPARE_S = 120.0  # importing the target's module, scripting it, the static pre-check: before the first run
+START_S = 120.0  # the child's own start: Python, torch, Hypothesis
+OUTPUT_LINES = 30  # of the child's output, quoted in an error
+KEPT_LINES = 400  # of the child's output, kept to find the crashed thread's stack in
+
+
+class Unavailable(Exception):
+    """The check cannot run in a child process (the target does not import there, or no child starts)."""
+
+
+# --- the parent -------------------------------------------------------------------------------------------------
+
+
+class ChildProcess:
+    """One child: its process, a thread reading its messages and one keeping its recent output."""
+
+    def __init__(self):
+        bootstrap = (f"import sys; sys.path[:] = {json.dumps(sys.path)}; "
+                     "from forkcheck.isolation import serve; serve()")
+        self.proc = subprocess.Popen([sys.executable, "-c", bootstrap, str(os.getpid())], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.messages: queue.Queue = queue.Queue()
+        self.output: collections.deque[str] = collections.deque(maxlen=KEPT_LINES)
+        self.captured: list[str] = []  # the output of the check under way
+        self.ready = False
+        self.served = 0
+        self._readers = [threading.Thread(target=self._read_messages, name="forkcheck-child-messages", daemon=True),
+                         threading.Thread(target=self._read_output, name="forkcheck-child-output", daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_messages(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.messages.put(json.loads(line))
+            except ValueError:
+                self.output.append(line.decode(errors="replace"))
+        self.messages.put(None)
+
+    def _read_output(self) -> None:
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace")
+            self.output.append(line)
+            if len(self.captured) < 2000:
+                self.captured.append(line)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.proc.stdin.write((json.dumps(message) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def receive(self, timeout: float) -> Any:
+        """The next message; ``None`` when the child is gone; raises ``queue.Empty`` after ``timeout`` seconds."""
+        return self.messages.get(timeout=timeout)
+
+    def wait_ready(self) -> None:
+        if self.ready:
+            return
+        try:
+            message = self.receive(START_S)
+        except queue.Empty:
+            self.kill()
+            raise Unavailable(f"the child process did not start within {START_S:g} s") from None
+        if message is None or message.get("event") != "ready":
+            self.kill()
+            raise Unavailable("the child process did not start: " + self.last_output(8).strip())
+        self.ready = True
+
+    def kill(self) -> Optional[int]:
+        """Stop the child (at once); its exit status."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            status = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
+        for reader in self._readers:
+            reader.join(timeout=2)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        return status
+
+    def close(self) -> None:
+        """Ask the child to finish (end of its input), then make sure it did."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            pass
+        self.kill()
+
+    def last_output(self, lines: int = OUTPUT_LINES) -> str:
+        """The last ``lines`` lines; after a fatal error, the lines before it and the crashed thread's stack."""
+        kept = list(self.output)
+        fatal = max((i for i, line in enumerate(kept) if line.startswith("Fatal Python error")), default=None)
+        if fatal is None:
+            return "".join(kept[-lines:])
+        current = next((i for i in range(fatal, len(kept)) if kept[i].startswith("Current thread")), None)
+        stack = []
+        if current is not None:
+            stack = kept[current:current + 1] + [line for line in itertools.takewhile(
+                lambda line: line.startswith("  "), kept[current + 1:])]
+        return "".join(kept[max(0, fatal - lines // 3):fatal + 1] + stack[-lines:])
+
+
+_child: Optional[ChildProcess] = None
+_lock = threading.Lock()
+
+
+def prewarm() -> None:
+    """Start the child now (it imports torch while the parent does other work)."""
+    with _lock:
+        _current()
+
+
+def _current() -> ChildProcess:
+    global _child
+    if _child is None or _child.proc.poll() is not None:
+        if _child is not None:
+            _child.kill()
+        _child = ChildProcess()
+        atexit.register(shutdown)
+    return _child
+
+
+def _retire() -> None:
+    global _child
+    if _child is not None:
+        _child.kill()
+        _child = None
+
+
+def shutdown() -> None:
+    """Stop the child, if any (at exit)."""
+    global _child
+    if _child is not None:
+        _child.close()
+        _child = None
+
+
+def check_in_child(module: Any, attribute: str, target: Any, settings: Any, replay: Optional[str],
+                   nodeid: str) -> Any:
+    """``runner.check`` of ``module.attribute`` in the child; raises ``Unavailable`` when it cannot run there."""
+    request = {"op": "check", "module": module.__name__, "file": getattr(module, "__file__", None) or "",
+               "attribute": attribute, "target": target.name, "settings": _settings_json(settings),
+               "replay": replay, "nodeid": nodeid, "sys_path": [os.path.abspath(p) for p in sys.path],
+               "cwd": os.getcwd()}
+    retried = ""
+    with _lock:
+        for attempt in (1, 2):
+            child = _current()
+            try:
+                child.wait_ready()
+                result = _exchange(child, request, target, settings, nodeid)
+                if retried:
+                    result.stats["isolation"] += f" (a fresh one: in the one before, {retried})"
+                return result
+            except _ImportFailed as failed:
+                _retire()
+                if attempt == 2 or failed.fresh:  # a fresh child cannot import it either
+                    raise Unavailable(f"in a child process, {failed}") from None
+                retried = str(failed)
+            except BaseException:
+                _retire()  # interrupted, or forkcheck's own error: the child's state is unknown
+                raise
+    raise AssertionError("unreachable")
+
+
+class _ImportFailed(Exception):
+    def __init__(self, reason: str, fresh: bool):
+        super().__init__(reason)
+        self.fresh = fresh
+
+
+def _settings_json(settings: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(settings)
+
+
+def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, settings: Any, nodeid: str) -> Any:
+    from .findings import CheckResult
+
+    child.captured = []
+    child.send(request)
+    fresh = child.served == 0
+    child.served += 1
+    started = time.perf_counter()
+    allowed = max(PREPARE_S, settings.timeout)
+    what = "preparing the check (importing the target, scripting it)"
+    engine: dict[str, str] = {}
+    while True:
+        try:
+            message = child.receive(allowed + GRACE_S)
+        except queue.Empty:
+            _retire()
+            _relay(child)
+            return _hang(target, settings, nodeid, what, allowed + GRACE_S, started, engine)
+        if message is None:
+            status = child.kill()
+            _retire()
+            return _crash(target, nodeid, what, status, child, started, engine)
+        event = message.get("event")
+        if event == "run":
+            allowed, what = float(message["timeout"]), message.get("what") or "a run"
+            engine = message.get("engine") or engine
+        elif event == "unavailable":
+            raise _ImportFailed(message.get("reason", ""), fresh)
+        elif event == "result":
+            _relay(child)
+            if message.get("retire"):
+                _retire()
+            result = CheckResult.from_json(message["result"])
+            if message.get("retire"):
+                result.stats["child retired"] = message["retire"]
+            return result
+
+
+def _relay(child: ChildProcess) -> None:
+    """What the check printed goes to this process's stderr, where pytest captures it for the item's report."""
+    if child.captured:
+        sys.stderr.write("".join(child.captured))
+        child.captured = []
+
+
+def _hang(target: Any, settings: Any, nodeid: str, what: str, waited: float, started: float,
+          engine: dict[str, str]) -> Any:
+    from .findings import CheckResult, Finding
+
+    finding = Finding("hang", f"{what} did not finish within {waited:g} s (the timeout, {settings.timeout:g} s, "
+                              "and a grace period): the process checking the target was stopped",
+                      location=target.source_location(),
+                      detail={"timeout_s": settings.timeout, "stopped_after_s": round(waited, 1)})
+    return CheckResult(target=target.name, nodeid=nodeid, kind="target", verdict="fail", findings=[finding],
+                       duration_s=round(time.perf_counter() - started, 3), engine=engine.get("name", ""),
+                       engine_reason=engine.get("reason", ""), stats={"isolation": "child process (stopped)"})
+
+
+def _crash(target: Any, nodeid: str, what: str, status: Optional[int], child: ChildProcess, started: float,
+           engine: dict[str, str]) -> Any:
+    from .findings import CheckResult
+
+    if status is not None and status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        description = signal.strsignal(-status) or ""
+        how = f"was killed by {name}" + (f" ({description.lower()})" if description else "")
+    else:
+        how = f"exited with status {status}"
+    output = child.last_output().rstrip()
+    message = (f"the process checking this target {how} during {what}: the target's code, or torch under it, "
+               "crashed the process. Its last output:\n" + (output or "(none)"))
+    return CheckResult(target=target.name, nodeid=nodeid, kind="target", verdict="error", error=message,
+                       duration_s=round(time.perf_counter() - started, 3), engine=engine.get("name", ""),
+                       engine_reason=engine.get("reason", ""), stats={"isolation": "child process (crashed)"})
+
+
+# --- the child --------------------------------------------------------------------------------------------------
+
+
+class _Server:
+    """The child's side: imports targets, runs ``runner.check``, and says when it is no longer fit to serve."""
+
+    def __init__(self, channel: Any):
+        import torch
+
+        from . import runner
+
+        self.channel = channel
+        self.runner = runner
+        self.torch = torch
+        self.fork, self.wait = torch._C.fork, torch._C.wait
+        self.abandoned = 0
+        self.runs = 0
+        self.loaded: dict[str, float] = {}  # module name -> its file's mtime when imported
+        self.place: Any = None  # (sys.path, cwd) of the last request
+        self.baseline_modules = set(sys.modules)
+        self.baseline_threads = {thread.ident for thread in threading.enumerate()}
+        self.keep = _library_roots()
+        runner.RUN_OBSERVERS.append(self.observe)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.write(json.dumps(message) + "\n")
+        self.channel.flush()
+
+    def observe(self, event: str, timeout: float) -> None:
+        """``runner._with_timeout`` starts a run (a heartbeat to the parent) or abandons one that hung."""
+        if event == "start":
+            self.runs += 1
+            what, engine = _describe_run(self.runs)
+            self.send({"event": "run", "timeout": timeout, "what": what, "engine": engine})
+        elif event == "abandoned":
+            self.abandoned += 1
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        from .settings import Settings
+        from .target import Target
+
+        try:
+            obj = self.load(request)
+        except Exception as err:
+            return {"event": "unavailable", "reason": f"the target did not import: {type(err).__name__}: {err}"}
+        self.runs = 0
+        result = self.runner.check(Target.from_object(obj, request["target"]), Settings(**request["settings"]),
+                                   replay=request["replay"], nodeid=request["nodeid"])
+        result.stats["isolation"] = "child process"
+        return {"event": "result", "result": result.to_json(), "retire": self.unfit()}
+
+    def load(self, request: dict[str, Any]) -> Any:
+        """The target object, imported as the parent imported it; modules of an earlier place are dropped."""
+        sys.path[:] = request["sys_path"]
+        os.chdir(request["cwd"])
+        place = (tuple(request["sys_path"]), request["cwd"])
+        name, path = request["module"], request["file"]
+        if place != self.place or (name in self.loaded and _mtime(path) != self.loaded[name]):
+            self.forget_user_modules()
+            self.place = place
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                module = _import_file(name, path)
+            self.loaded[name] = _mtime(path)
+        if path and not _same_file(getattr(module, "__file__", None), path):
+            raise ImportError(f"module {name} is {getattr(module, '__file__', None)} here, not {path}")
+        return getattr(module, request["attribute"])
+
+    def forget_user_modules(self) -> None:
+        for name, module in list(sys.modules.items()):
+            if name in self.baseline_modules:
+                continue
+            file = getattr(module, "__file__", None)
+            if file is None or not os.path.realpath(file).startswith(self.keep):
+                del sys.modules[name]
+        self.loaded.clear()
+        importlib.invalidate_caches()
+
+    def unfit(self) -> str:
+        """Why this process should not serve another target ("" when it may)."""
+        if self.abandoned:
+            return f"{self.abandoned} run(s) did not finish and may still be running"
+        if self.torch._C.fork is not self.fork or self.torch._C.wait is not self.wait:
+            return "torch._C.fork/wait are still patched"
+        if self.torch._C._len_torch_dispatch_stack():
+            return "a dispatch mode is still active"
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            extra = [t for t in threading.enumerate() if t.ident not in self.baseline_threads]
+            if not extra:
+                return ""
+            time.sleep(0.02)
+        return f"threads still running: {', '.join(t.name for t in extra[:5])}"
+
+
+def _describe_run(number: int) -> tuple[str, dict[str, str]]:
+    """Which run is starting ("example 2, schedule 3: ..."), and the engine, from the checker's frame."""
+    from .runner import Checker
+
+    frame, found = sys._getframe(3), None
+    while frame is not None:
+        checker = frame.f_locals.get("self")
+        if isinstance(checker, Checker):
+            found = checker
+            engine = {"name": checker.engine.name, "reason": checker.engine.reason}
+            if frame.f_code.co_name == "_serial":
+                return f"example {checker.examples}: the serial reference run (forks inline)", engine
+            if frame.f_code.co_name == "_concurrent":
+                return (f"example {checker.examples}, schedule {checker.schedules}: a concurrent run of "
+                        f"{checker.settings.tasks} forked tasks"), engine
+        frame = frame.f_back
+    if found is not None:
+        return f"example {found.examples}: run {number} of the check", engine
+    return f"run {number} of the check", {}
+
+
+def _library_roots() -> tuple[str, ...]:
+    """Where modules that never change between requests live: the interpreter's, site-packages, forkcheck's own."""
+    import site
+
+    import strategies
+
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(__file__),
+             os.path.dirname(strategies.__file__)}
+    try:
+        roots.update(site.getsitepackages())
+    except AttributeError:
+        pass
+    return tuple(os.path.realpath(root) + os.sep for root in roots)
+
+
+def _import_file(name: str, path: str) -> Any:
+    """Import ``path`` as module ``name`` (pytest's ``importlib`` import mode gives names ``sys.path`` cannot find)."""
+    spec = importlib.util.spec_from_file_location(name, path) if path else None
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import module {name} (from {path or 'nowhere'})")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _same_file(a: Optional[str], b: str) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    """End this process when its parent is gone (killed, or crashed without closing our input)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def serve() -> None:
+    """The child's main loop: one request per input line, until the input ends."""
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # the user's prints (and C's stdout) go to stderr, which the parent reads
+    sys.stdout.reconfigure(line_buffering=True)  # a line printed just before a crash is not lost
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
+    faulthandler.enable()  # a crash leaves the Python stacks in the output the parent quotes
+    parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
+    threading.Thread(target=_watch_parent, args=(parent,), name="forkcheck-parent-watch", daemon=True).start()
+    from ._exit import flush_everything
+
+    try:
+        server = _Server(channel)
+        server.send({"event": "ready", "pid": os.getpid()})
+        for line in sys.stdin:
+            request = json.loads(line)
+            try:
+                reply = server.handle(request)
+            except BaseException:
+                reply = _internal_error(request, traceback.format_exc())
+            server.send(reply)
+    except BaseException:
+        traceback.print_exc()
+    flush_everything()
+    os._exit(0)  # never through interpreter finalization: see forkcheck._exit
+
+
+def _internal_error(request: dict[str, Any], trace: str) -> dict[str, Any]:
+    from .findings import CheckResult
+
+    result = CheckResult(target=request.get("target", ""), nodeid=request.get("nodeid", ""), kind="target",
+                         verdict="error", error="internal error in forkcheck (in its child process):\n" + trace)
+    return {"event": "result", "result": result.to_json(), "retire": "forkcheck failed in it"}
