@@ -13,8 +13,9 @@ no longer clean is retired after its answer; the next target gets a fresh one.
 
 Protocol, JSON lines. Parent to child (stdin): ``{"op": "check", ...}``. Child to parent, on its own copy of the
 original stdout (the child's fd 1 then points at its stderr, so what the user's code prints cannot break the
-channel): ``ready``, ``run`` (``timeout``, ``what``), ``result`` (``result``, ``retire``), and ``unavailable``
-(``reason``: the target does not import in a fresh process; the parent checks it in-process instead).
+channel): ``ready``, ``run`` (``timeout``, ``what``, ``engine``), ``result`` (``result``, ``retire``), and
+``unavailable`` (``reason``: the target does not import there; after a fresh child also fails, the parent checks the
+target in-process).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import atexit
 import collections
 import faulthandler
 import importlib
-import itertools
 import importlib.util
+import itertools
 import json
 import os
 import queue
@@ -145,6 +146,7 @@ class ChildProcess:
 
 _child: Optional[ChildProcess] = None
 _lock = threading.Lock()
+_unimportable: dict[tuple[str, str, float], str] = {}  # (module, file, mtime) -> why a fresh child did not import it
 
 
 def prewarm() -> None:
@@ -185,9 +187,12 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
                "attribute": attribute, "target": target.name, "settings": _settings_json(settings),
                "replay": replay, "nodeid": nodeid, "sys_path": [os.path.abspath(p) for p in sys.path],
                "cwd": os.getcwd()}
+    place = (request["module"], request["file"], _mtime(request["file"]))
+    if place in _unimportable:
+        raise Unavailable(_unimportable[place])
     retried = ""
     with _lock:
-        for attempt in (1, 2):
+        for _ in range(2):
             child = _current()
             try:
                 child.wait_ready()
@@ -195,18 +200,21 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
                 if retried:
                     result.stats["isolation"] += f" (a fresh one: in the one before, {retried})"
                 return result
-            except _ImportFailed as failed:
-                _retire()
-                if attempt == 2 or failed.fresh:  # a fresh child cannot import it either
-                    raise Unavailable(f"in a child process, {failed}") from None
-                retried = str(failed)
+            except _Refused as refused:
+                if refused.fresh:  # the module imports only in this process
+                    _unimportable[place] = f"in a child process, {refused}"
+                    raise Unavailable(_unimportable[place]) from None
+                _retire()  # an earlier target may be in the way (torch settings that work once per process)
+                retried = str(refused)
             except BaseException:
                 _retire()  # interrupted, or forkcheck's own error: the child's state is unknown
                 raise
-    raise AssertionError("unreachable")
+    raise Unavailable(f"no child process took the check ({retried})")
 
 
-class _ImportFailed(Exception):
+class _Refused(Exception):
+    """The child did not take the check: the target did not import there, or the child was gone."""
+
     def __init__(self, reason: str, fresh: bool):
         super().__init__(reason)
         self.fresh = fresh
@@ -222,8 +230,11 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
     from .findings import CheckResult
 
     child.captured = []
-    child.send(request)
     fresh = child.served == 0
+    try:
+        child.send(request)
+    except OSError as err:  # it died while idle
+        raise _Refused(f"the child process was gone ({err})", fresh=False) from None
     child.served += 1
     started = time.perf_counter()
     allowed = max(PREPARE_S, settings.timeout)
@@ -245,7 +256,7 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
             allowed, what = float(message["timeout"]), message.get("what") or "a run"
             engine = message.get("engine") or engine
         elif event == "unavailable":
-            raise _ImportFailed(message.get("reason", ""), fresh)
+            raise _Refused(message.get("reason", ""), fresh)
         elif event == "result":
             _relay(child)
             if message.get("retire"):
@@ -267,8 +278,8 @@ def _hang(target: Any, settings: Any, nodeid: str, what: str, waited: float, sta
           engine: dict[str, str]) -> Any:
     from .findings import CheckResult, Finding
 
-    finding = Finding("hang", f"{what} did not finish within {waited:g} s (the timeout, {settings.timeout:g} s, "
-                              "and a grace period): the process checking the target was stopped",
+    finding = Finding("hang", f"{what} did not finish within {waited:g} s (the timeout, or the time allowed to "
+                              "prepare a check, and a grace period); the process checking the target was stopped",
                       location=target.source_location(),
                       detail={"timeout_s": settings.timeout, "stopped_after_s": round(waited, 1)})
     return CheckResult(target=target.name, nodeid=nodeid, kind="target", verdict="fail", findings=[finding],
@@ -340,7 +351,7 @@ class _Server:
 
         try:
             obj = self.load(request)
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             return {"event": "unavailable", "reason": f"the target did not import: {type(err).__name__}: {err}"}
         self.runs = 0
         result = self.runner.check(Target.from_object(obj, request["target"]), Settings(**request["settings"]),
@@ -373,7 +384,8 @@ class _Server:
             if name in self.baseline_modules:
                 continue
             file = getattr(module, "__file__", None)
-            if file is None or not os.path.realpath(file).startswith(self.keep):
+            places = [file] if file else list(getattr(module, "__path__", None) or [])  # a namespace package
+            if places and not all(os.path.realpath(place).startswith(self.keep) for place in places):
                 del sys.modules[name]
         self.loaded.clear()
         importlib.invalidate_caches()
@@ -399,7 +411,7 @@ def _describe_run(number: int) -> tuple[str, dict[str, str]]:
     """Which run is starting ("example 2, schedule 3: ..."), and the engine, from the checker's frame."""
     from .runner import Checker
 
-    frame, found = sys._getframe(3), None
+    frame, found = sys._getframe(1), None
     while frame is not None:
         checker = frame.f_locals.get("self")
         if isinstance(checker, Checker):

@@ -81,8 +81,11 @@ def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
     def body() -> None:
         try:
             box["value"] = call()
-        except BaseException as err:  # handed to the caller's thread
+        except Exception as err:  # handed to the caller's thread
             box["error"] = err
+        except BaseException as err:  # SystemExit from the user's code: raised on, it would end the check's process
+            box["error"] = RuntimeError(f"{type(err).__name__}({err}) raised by the target")
+            box["error"].__cause__ = err
 
     thread = threading.Thread(target=body, name="forkcheck-run", daemon=True)
     thread.start()

@@ -21,6 +21,7 @@ HEADER = """
 import ctypes
 import os
 import re
+import sys
 import pytest
 import torch
 from torch import Tensor
@@ -175,7 +176,7 @@ def test_a_crashing_target_is_an_error_with_its_signal_and_output(fc, pytester, 
     assert set(rows) == {f"test_crash.py::{name}" for name in (
         "scale", "aborts", "segfaults", "add_in_place", *(f"scale_{i}" for i in range(4)),
         *(["test_marked_aborts"] if xdist else []))}
-    assert {outcome(rows[f"test_crash.py::{name}"]) for name in ("scale", "scale_0", "scale_3")} == {("pass", [])}
+    assert [outcome(rows[f"test_crash.py::{name}"]) for name in ("scale", "scale_0", "scale_3")] == [("pass", [])] * 3
     assert outcome(rows["test_crash.py::add_in_place"]) == ("fail", ["input-mutation"])
     aborted, crashed = rows["test_crash.py::aborts"], rows["test_crash.py::segfaults"]
     assert aborted["verdict"] == crashed["verdict"] == "error"
@@ -203,6 +204,12 @@ def raises(x: Tensor) -> Tensor:
     return torch.jit.wait(torch.jit.fork(_check_positive, x))
 """
 
+EXITS = """
+@fork_safe
+def exits(x: Tensor) -> Tensor:
+    sys.exit(3)
+"""
+
 PLANTED_BUG = """
 import forkcheck.runner
 
@@ -217,16 +224,21 @@ forkcheck.runner.differences = _broken_once
 
 
 @pytest.mark.parametrize("isolation", ["child", "inprocess"])
-def test_a_task_exception_is_a_finding_and_a_forkcheck_bug_an_error(fc, pytester, isolation) -> None:
-    pytester.makepyfile(test_raise=source(RAISES), test_zbug=source(PLANTED_BUG, SCALE))
+def test_a_task_exception_is_a_finding_and_a_forkcheck_bug_an_error(fc, pytester, monkeypatch, isolation) -> None:
+    import forkcheck.runner
+
+    monkeypatch.setattr(forkcheck.runner, "differences", forkcheck.runner.differences)  # the bug is planted here too
+    pytester.makepyfile(test_raise=source(RAISES, EXITS), test_zbug=source(PLANTED_BUG, SCALE))
     result = fc.run("--forkcheck-isolation", isolation)
-    result.assert_outcomes(failed=1, errors=1)
+    result.assert_outcomes(failed=2, errors=1)
     rows = fc.rows()
     raised = rows["test_raise.py::raises"]
     assert outcome(raised) == ("fail", ["exception"])
     finding = raised["findings"][0]
     assert "ValueError: negative input" in finding["message"]
     assert 'raise ValueError("negative input")' in finding["detail"]["traceback"]
+    exited = rows["test_raise.py::exits"]
+    assert outcome(exited) == ("fail", ["exception"]) and "SystemExit(3)" in exited["findings"][0]["message"]
     bug = rows["test_zbug.py::scale"]
     assert bug["verdict"] == "error" and bug["error"].startswith("internal error in forkcheck")
     assert "planted bug in forkcheck" in bug["error"] and "Traceback" in bug["error"]
@@ -298,7 +310,8 @@ ALL = {"test_many.py::add_in_place", *(f"test_many.py::scale_{i}" for i in range
 
 def test_x_k_and_lf_under_xdist_keep_every_selected_item_once(fc, pytester, run) -> None:
     pytester.makepyfile(test_many=source(ADD_IN_PLACE, MANY))
-    quick = ("--forkcheck-examples", "1", "--forkcheck-schedules", "1", "-p", "xdist", "-n", "2")
+    quick = ("--forkcheck-examples", "1", "--forkcheck-schedules", "1", "-p", "xdist", "-n", "2",
+             "--forkcheck-isolation", "inprocess")  # bookkeeping is tested here: spare the child processes
     assert run(*quick, "-x", quick=False).ret == pytest.ExitCode.INTERRUPTED
     assert set(fc.rows()) == ALL
     assert outcome(fc.rows()["test_many.py::add_in_place"]) == ("fail", ["input-mutation"])
@@ -490,7 +503,7 @@ def test_ten_runs_with_forks_in_process_all_exit_with_pytest_status(fc, pytester
         monkeypatch.delenv(name, raising=False)
     pytester.makepyfile(test_forks=source(FORKS))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--forkcheck-no-report",
-               "--forkcheck-isolation", "inprocess", "--forkcheck-examples", "1", "--forkcheck-schedules", "2"]
+               "--forkcheck-isolation", "inprocess", "--forkcheck-examples", "1", "--forkcheck-schedules", "1"]
     statuses = []
     for _ in range(5):  # two at a time: a loaded machine is where the abort at exit shows
         pair = [subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
