@@ -17,7 +17,8 @@ KIND = pytest.StashKey[str]()  # on forkcheck's items: "target" or "test"
 RESULT = pytest.StashKey[Any]()  # on forkcheck's items: the CheckResult, once there is one
 MARKER_HELP = (
     "fork_safe(schedules=10, timeout=60): re-run this test under many fork/wait schedules of forkcheck's own "
-    "scheduler; it fails if any schedule fails (its assertions, a forked task's exception, or a hang).")
+    "scheduler; it fails if any schedule fails (its assertions, a race between its tasks, a forked task's "
+    "exception, or a hang).")
 ISOLATION = Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, "
                                 "surviving a crash; default) or inprocess (this process, e.g. to debug forkcheck).",
                    "child|inprocess")
