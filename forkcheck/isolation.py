@@ -185,7 +185,7 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
     """``runner.check`` of ``module.attribute`` in the child; raises ``Unavailable`` when it cannot run there."""
     request = {"op": "check", "module": module.__name__, "file": getattr(module, "__file__", None) or "",
                "attribute": attribute, "target": target.name, "settings": _settings_json(settings),
-               "replay": replay, "nodeid": nodeid, "sys_path": [os.path.abspath(p) for p in sys.path],
+               "replay": replay, "nodeid": nodeid, "sys_path": [_absolute(p) for p in sys.path],
                "cwd": os.getcwd()}
     place = (request["module"], request["file"], _mtime(request["file"]))
     if place in _unimportable:
@@ -456,6 +456,11 @@ def _import_file(name: str, path: str) -> Any:
         del sys.modules[name]
         raise
     return module
+
+
+def _absolute(entry: str) -> str:
+    """A ``sys.path`` entry that names a place, made absolute; others (an editable install's finder) as they are."""
+    return os.path.abspath(entry) if os.path.exists(entry) or not entry else entry
 
 
 def _mtime(path: str) -> float:
