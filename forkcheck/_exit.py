@@ -5,8 +5,8 @@ interpreter state) after the future completed, and takes the GIL to do so. When 
 finalizes, Python ends the thread with ``pthread_exit``, whose unwinding crosses a ``noexcept`` destructor: the process
 aborts ("terminate called without an active exception", SIGABRT) although every task finished: 35 of 200 runs of a
 script that forks up to its last line, on a loaded machine (0 of 200 with the guard). A task stuck forever (a hang
-forkcheck gave up on in this process) makes it certain. The guard runs at exit once forkcheck ran forks in this process. It first releases the GIL for a moment,
-so pool threads finish dropping their references. Then:
+forkcheck gave up on in this process) makes it certain. The guard runs at exit once forkcheck ran forks in this
+process. It first releases the GIL for a moment, so pool threads finish dropping their references. Then:
 
 - When pytest is the main program and its ``pytest_cmdline_main`` returned (its exit status is known), the guard is
   the last ``atexit`` function registered, so it runs first: it runs every other ``atexit`` function (in their usual
