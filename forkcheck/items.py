@@ -260,6 +260,7 @@ def _finding(err: Exception, scheduler: Any, which: str, token: str) -> Any:
     """The one finding of a failed schedule: a hang, a task's exception, or the test's own failure."""
     from .engines.eager import ScheduleError
     from .findings import Finding
+    from .locate import error_location
 
     order = scheduler.order[:24] + (["..."] if len(scheduler.order) > 24 else [])
     where, problem = f"{which} (task order {' '.join(map(str, order))})", f"{type(err).__name__}: {err}"
@@ -271,11 +272,7 @@ def _finding(err: Exception, scheduler: Any, which: str, token: str) -> Any:
         kind = "nondeterminism" if isinstance(err, AssertionError) else "exception"
         message = f"the test failed under {where}: {problem}"
     detail = {"order": scheduler.order[:500], "traceback": "".join(traceback.format_exception(err))[-4000:]}
-    return Finding(kind, message, location=_frame_of(err), tasks=sorted(set(scheduler.order) - {0}), replay=token,
+    return Finding(kind, message, location=error_location(err), tasks=sorted(set(scheduler.order) - {0}), replay=token,
                    detail=detail)
 
 
-def _frame_of(err: BaseException) -> str:
-    frames = traceback.extract_tb(err.__traceback__)
-    user = [f for f in frames if "/forkcheck/" not in f.filename and "/torch/" not in f.filename]
-    return f"{user[-1].filename}:{user[-1].lineno}" if user else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
@@ -15,15 +16,24 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def _is_user_file(filename: str) -> bool:
+    return not filename.startswith((_TORCH_DIR, _OWN_DIR, "<"))
+
+
 def user_location(skip: int = 1) -> str:
     """``file:line`` of the innermost frame that is neither torch's nor forkcheck's."""
     frame: Optional[Any] = sys._getframe(skip)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith((_TORCH_DIR, _OWN_DIR)) and not filename.startswith("<"):
-            return f"{filename}:{frame.f_lineno}"
+        if _is_user_file(frame.f_code.co_filename):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back
     return ""
+
+
+def error_location(err: BaseException) -> str:
+    """``file:line`` of the innermost frame of ``err``'s traceback in the user's code."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if _is_user_file(f.filename)]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def _storage_key(t: torch.Tensor) -> Optional[int]:

@@ -17,7 +17,7 @@ from . import _exit, _warnings
 from .engines import TaskError, choose_engine
 from .engines.eager import ScheduleError
 from .findings import CheckResult, Finding, sort_findings
-from .locate import WriteLocator, user_location
+from .locate import WriteLocator, error_location, user_location
 from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
@@ -108,12 +108,6 @@ def _short_repr(value: Any, limit: int = 400) -> str:
         text = repr(value)
     text = " ".join(text.split())  # one line, whatever the repr's layout
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _user_frame(err: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if "/torch/" not in f.filename
-              and "/forkcheck/" not in f.filename and not f.filename.startswith("<")]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def _describe_error(err: BaseException) -> str:
@@ -234,7 +228,7 @@ class Checker:
             return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
         except Exception as err:
             return [Finding("exception", f"the target raised {_describe_error(err)} (serial run, forks inline)",
-                            location=_user_frame(err) or self.location, tasks=[1],
+                            location=error_location(err) or self.location, tasks=[1],
                             detail={"traceback": "".join(traceback.format_exception(err))[-4000:]})], _NO_OUTPUT
         finally:
             watches[1].restore()
@@ -260,12 +254,12 @@ class Checker:
             return [self._hang(f"a concurrent run of {len(tasks)} forked tasks")]
         except ScheduleError as err:  # forkcheck's scheduler saw a deadlock, or a task that never finished
             return [Finding("hang", f"a concurrent run of {len(tasks)} forked tasks did not finish: {err}",
-                            location=_user_frame(err) or self.location, tasks=tasks,
+                            location=error_location(err) or self.location, tasks=tasks,
                             detail={"timeout_s": self.settings.timeout, "reason": type(err).__name__})]
         except Exception as err:
             cause = err.__cause__ if isinstance(err, TaskError) else err
             return [Finding("exception", f"a forked task raised {_describe_error(cause)} (concurrent run, "
-                                         f"{self.engine.name} engine)", location=_user_frame(cause) or self.location,
+                                         f"{self.engine.name} engine)", location=error_location(cause) or self.location,
                             tasks=tasks, detail={"traceback": "".join(traceback.format_exception(cause))[-4000:]})]
         finally:
             watches[1].restore()
