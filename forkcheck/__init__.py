@@ -11,12 +11,23 @@ from .settings import Settings, SettingsError
 __version__ = "0.1.0"
 
 
-def check(obj, **settings):
-    """Check one marked (or unmarked) function or Module without pytest; returns a ``CheckResult``."""
+def check(obj, *, pool_sizes=None, **settings):
+    """Check one marked (or unmarked) function or Module without pytest; returns a ``CheckResult``.
+
+    In this process by default; ``pool_sizes=(1, 2, 4)`` checks a module-level target in child processes, one per
+    inter-op pool size, and the result says which sizes showed a bug.
+    """
     from .runner import check as run_check
     from .target import Target
 
-    return run_check(Target.from_object(obj), Settings().replace(**settings))
+    target = Target.from_object(obj)
+    if pool_sizes is None:
+        return run_check(target, Settings().replace(**settings))
+    from .pools import check_module_level
+    from .settings import validate
+
+    sizes = validate({"pool_sizes": pool_sizes})["pool_sizes"]
+    return check_module_level(target, Settings().replace(**settings), sizes)
 
 
 __all__ = ["CheckResult", "Finding", "KINDS", "MarkError", "Settings", "SettingsError", "check", "fork_safe",

@@ -51,13 +51,17 @@ class Unavailable(Exception):
 
 
 class ChildProcess:
-    """One child: its process, a thread reading its messages and one keeping its recent output."""
+    """One child: its process, a thread reading its messages and one keeping its recent output.
 
-    def __init__(self):
+    ``pool_size``: the threads of the child's inter-op pool (0: torch's default), set before its first check.
+    """
+
+    def __init__(self, pool_size: int = 0):
         bootstrap = (f"import sys; sys.path[:] = {json.dumps(sys.path)}; "
                      "from forkcheck.isolation import serve; serve()")
-        self.proc = subprocess.Popen([sys.executable, "-c", bootstrap, str(os.getpid())], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.pool_size = pool_size
+        self.proc = subprocess.Popen([sys.executable, "-c", bootstrap, str(os.getpid()), str(pool_size)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.messages: queue.Queue = queue.Queue()
         self.output: collections.deque[str] = collections.deque(maxlen=KEPT_LINES)
         self.captured: list[str] = []  # the output of the check under way
@@ -144,45 +148,44 @@ class ChildProcess:
         return "".join(kept[max(0, fatal - lines // 3):fatal + 1] + stack[-lines:])
 
 
-_child: Optional[ChildProcess] = None
+_children: dict[int, ChildProcess] = {}  # by inter-op pool size (0: torch's default)
 _lock = threading.Lock()
 _unimportable: dict[tuple[str, str, float], str] = {}  # (module, file, mtime) -> why a fresh child did not import it
 
 
-def prewarm() -> None:
-    """Start the child now (it imports torch while the parent does other work)."""
+def prewarm(pool_size: int = 0) -> None:
+    """Start the child for ``pool_size`` now (it imports torch while the parent does other work)."""
     with _lock:
-        _current()
+        _current(pool_size)
 
 
-def _current() -> ChildProcess:
-    global _child
-    if _child is None or _child.proc.poll() is not None:
-        if _child is not None:
-            _child.kill()
-        _child = ChildProcess()
-        atexit.register(shutdown)
-    return _child
+def _current(pool_size: int) -> ChildProcess:
+    child = _children.get(pool_size)
+    if child is None or child.proc.poll() is not None:
+        if child is not None:
+            child.kill()
+        if not _children:
+            atexit.register(shutdown)
+        child = _children[pool_size] = ChildProcess(pool_size)
+    return child
 
 
-def _retire() -> None:
-    global _child
-    if _child is not None:
-        _child.kill()
-        _child = None
+def _retire(pool_size: int) -> None:
+    child = _children.pop(pool_size, None)
+    if child is not None:
+        child.kill()
 
 
 def shutdown() -> None:
-    """Stop the child, if any (at exit)."""
-    global _child
-    if _child is not None:
-        _child.close()
-        _child = None
+    """Stop the children, if any (at exit)."""
+    while _children:
+        _children.popitem()[1].close()
 
 
 def check_in_child(module: Any, attribute: str, target: Any, settings: Any, replay: Optional[str],
-                   nodeid: str) -> Any:
-    """``runner.check`` of ``module.attribute`` in the child; raises ``Unavailable`` when it cannot run there."""
+                   nodeid: str, pool_size: int = 0) -> Any:
+    """``runner.check`` of ``module.attribute`` in the child whose inter-op pool has ``pool_size`` threads (0:
+    torch's default); raises ``Unavailable`` when it cannot run there."""
     request = {"op": "check", "module": module.__name__, "file": getattr(module, "__file__", None) or "",
                "attribute": attribute, "target": target.name, "settings": _settings_json(settings),
                "replay": replay, "nodeid": nodeid, "sys_path": [_absolute(p) for p in sys.path],
@@ -193,7 +196,7 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
     retried = ""
     with _lock:
         for _ in range(2):
-            child = _current()
+            child = _current(pool_size)
             try:
                 child.wait_ready()
                 result = _exchange(child, request, target, settings, nodeid)
@@ -204,10 +207,10 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
                 if refused.fresh:  # the module imports only in this process
                     _unimportable[place] = f"in a child process, {refused}"
                     raise Unavailable(_unimportable[place]) from None
-                _retire()  # an earlier target may be in the way (torch settings that work once per process)
+                _retire(pool_size)  # an earlier target may be in the way (torch settings that work once per process)
                 retried = str(refused)
             except BaseException:
-                _retire()  # interrupted, or forkcheck's own error: the child's state is unknown
+                _retire(pool_size)  # interrupted, or forkcheck's own error: the child's state is unknown
                 raise
     raise Unavailable(f"no child process took the check ({retried})")
 
@@ -244,12 +247,12 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
         try:
             message = child.receive(allowed + GRACE_S)
         except queue.Empty:
-            _retire()
+            _retire(child.pool_size)
             _relay(child)
             return _hang(target, settings, nodeid, what, allowed + GRACE_S, started, engine)
         if message is None:
             status = child.kill()
-            _retire()
+            _retire(child.pool_size)
             return _crash(target, nodeid, what, status, child, started, engine)
         event = message.get("event")
         if event == "run":
@@ -260,7 +263,7 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
         elif event == "result":
             _relay(child)
             if message.get("retire"):
-                _retire()
+                _retire(child.pool_size)
             result = CheckResult.from_json(message["result"])
             if message.get("retire"):
                 result.stats["child retired"] = message["retire"]
@@ -314,12 +317,13 @@ def _crash(target: Any, nodeid: str, what: str, status: Optional[int], child: Ch
 class _Server:
     """The child's side: imports targets, runs ``runner.check``, and says when it is no longer fit to serve."""
 
-    def __init__(self, channel: Any):
+    def __init__(self, channel: Any, pool_size: int = 0):
         import torch
 
         from . import runner
 
         self.channel = channel
+        self.pool_size = pool_size
         self.runner = runner
         self.torch = torch
         self.fork, self.wait = torch._C.fork, torch._C.wait
@@ -354,6 +358,7 @@ class _Server:
         except (Exception, SystemExit) as err:
             return {"event": "unavailable", "reason": f"the target did not import: {type(err).__name__}: {err}"}
         self.runs = 0
+        self.size_pool()
         result = self.runner.check(Target.from_object(obj, request["target"]), Settings(**request["settings"]),
                                    replay=request["replay"], nodeid=request["nodeid"])
         result.stats["isolation"] = "child process"
@@ -379,6 +384,15 @@ class _Server:
             raise ImportError(f"module {name} is {getattr(module, '__file__', None)} here, not {path}")
         return getattr(module, request["attribute"])
 
+    def size_pool(self) -> None:
+        """Give the inter-op pool ``pool_size`` threads, before its first task. A target's module that set the size
+        itself keeps it: the result's ``pool_size`` says which size the check ran with."""
+        if self.pool_size and self.torch.get_num_interop_threads() != self.pool_size:
+            try:
+                self.torch.set_num_interop_threads(self.pool_size)
+            except RuntimeError:  # the pool is fixed once it has run a task or was sized
+                pass
+
     def forget_user_modules(self) -> None:
         for name, module in list(sys.modules.items()):
             if name in self.baseline_modules:
@@ -394,6 +408,9 @@ class _Server:
         """Why this process should not serve another target ("" when it may)."""
         if self.abandoned:
             return f"{self.abandoned} run(s) did not finish and may still be running"
+        size = self.torch.get_num_interop_threads()
+        if self.pool_size and size != self.pool_size:
+            return f"its inter-op pool has {size} threads, not {self.pool_size} (the target's module sized it)"
         if self.torch._C.fork is not self.fork or self.torch._C.wait is not self.wait:
             return "torch._C.fork/wait are still patched"
         if self.torch._C._len_torch_dispatch_stack():
@@ -493,11 +510,12 @@ def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
     faulthandler.enable()  # a crash leaves the Python stacks in the output the parent quotes
     parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
+    pool_size = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     threading.Thread(target=_watch_parent, args=(parent,), name="forkcheck-parent-watch", daemon=True).start()
     from ._exit import flush_everything
 
     try:
-        server = _Server(channel)
+        server = _Server(channel, pool_size)
         server.send({"event": "ready", "pid": os.getpid()})
         for line in sys.stdin:
             request = json.loads(line)

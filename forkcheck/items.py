@@ -62,8 +62,9 @@ class TargetItem(pytest.Item):
             pytest.fail(failure_text(result), pytrace=False)
 
     def _check(self, target: Any, settings: Any) -> Any:
-        """In a child process (``forkcheck.isolation``), unless asked to check in-process or the target does not
-        import there; in-process, a hang is detected but cannot be stopped, and a crash ends the session."""
+        """In child processes, one per inter-op pool size (``forkcheck.pools``), unless asked to check in-process or
+        the target does not import there; in-process, a hang is detected but cannot be stopped, and a crash ends the
+        session."""
         from . import _exit
         from .findings import CheckResult
         from .runner import check
@@ -71,10 +72,12 @@ class TargetItem(pytest.Item):
         state = self.config.stash[STATE]
         replay, where = state.options.replay, "in-process"
         if state.isolation == "child":
-            from .isolation import Unavailable, check_in_child
+            from .isolation import Unavailable
+            from .pools import check_over_pool_sizes
 
             try:
-                return check_in_child(self.parent.obj, self.name, target, settings, replay, self.nodeid)
+                return check_over_pool_sizes(self.parent.obj, self.name, target, settings, state.options.pool_sizes,
+                                             replay, self.nodeid)
             except Unavailable as err:
                 where = f"in-process ({err})"
             except Exception:

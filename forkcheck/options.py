@@ -41,12 +41,15 @@ OPTIONS = (
     Option("replay", "rerun one failing example and schedule from the token a failure printed; other forkcheck "
                      "items are deselected.", "TOKEN"),
     Option("timeout", "seconds one run may take before it is a hang (default 60).", "SECONDS"),
+    Option("pool_sizes", "inter-op pool sizes (threads) to split a scripted target's schedules over, a child process "
+                         "each; the report says which sizes showed a bug (default 1,2,4).", "N,N,..."),
     Option("modules", "comma-separated importable modules whose fork_safe targets are checked too, in every run.",
            "MODS", ini_type="args"),
     Option("report", "directory for forkcheck.json and index.html (default reports).", "DIR"),
     Option("no_report", "write no report files.", flag_only=True),
 )
 
+DEFAULT_POOL_SIZES = (1, 2, 4)
 _SETTING_NAMES = ("examples", "schedules", "tasks", "seed", "strategy", "timeout")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
@@ -61,6 +64,7 @@ class SessionOptions:
     modules: tuple[str, ...] = ()
     report: str = "reports"
     no_report: bool = False
+    pool_sizes: tuple[int, ...] = DEFAULT_POOL_SIZES
 
 
 def _raw(config: pytest.Config, option: Option) -> tuple[Any, str]:
@@ -96,10 +100,17 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
     if isinstance(modules, (list, tuple)):
         modules = ",".join(modules)
     report, _ = raw["report"]
+    pool_sizes, source = raw["pool_sizes"]
+    if pool_sizes is not None:
+        try:
+            pool_sizes = validate({"pool_sizes": pool_sizes})["pool_sizes"]
+        except SettingsError as err:
+            raise pytest.UsageError(f"{source}: {err}") from None
     return SessionOptions(
         settings=settings, seed=seed, replay=replay or None,
         modules=tuple(m.strip() for m in (modules or "").split(",") if m.strip()),
-        report=report or "reports", no_report=_switch(*raw["no_report"]))
+        report=report or "reports", no_report=_switch(*raw["no_report"]),
+        pool_sizes=pool_sizes or DEFAULT_POOL_SIZES)
 
 
 def _switch(value: Any, source: str) -> bool:

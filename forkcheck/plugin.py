@@ -123,7 +123,7 @@ def _prewarm(config: pytest.Config) -> None:
     if state is not None and state.isolation == "child" and not config.option.collectonly:
         from .isolation import prewarm
 
-        prewarm()
+        prewarm(state.options.pool_sizes[0])
 
 
 @pytest.hookimpl(wrapper=True)

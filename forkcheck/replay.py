@@ -27,10 +27,12 @@ class ReplayToken:
     tasks: int
     schedule_seed: int = -1  # a marked test's failing schedule
     strategy: str = "random"  # the schedule strategy the failure was found with
+    schedules: int = 0  # schedules drawn per example (0: unknown, the session's setting)
+    pool_size: int = 0  # threads of the inter-op pool the failure was found with (0: not on the pool)
 
     def encode(self) -> str:
         raw = json.dumps([self.target, self.hypothesis_version, self.blob, self.tasks, self.schedule_seed,
-                          self.strategy], separators=(",", ":"))
+                          self.strategy, self.schedules, self.pool_size], separators=(",", ":"))
         return _PREFIX + base64.urlsafe_b64encode(zlib.compress(raw.encode())).decode().rstrip("=")
 
     @classmethod
@@ -40,10 +42,14 @@ class ReplayToken:
         body = token[len(_PREFIX):]
         try:
             raw = zlib.decompress(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-            target, version, blob, tasks, schedule_seed, strategy = json.loads(raw)
+            target, version, blob, tasks, schedule_seed, strategy, *rest = json.loads(raw)
             if strategy not in ("random", "pct"):
                 raise ValueError(f"unknown schedule strategy {strategy!r}")
-            return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy)
+            schedules, pool_size = (list(map(int, rest)) + [0, 0])[:2]  # older tokens end at the strategy
+            if schedules < 0 or pool_size < 0:
+                raise ValueError("negative schedules or pool size")
+            return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy, schedules,
+                       pool_size)
         except (ValueError, TypeError, zlib.error) as err:
             raise ReplayError(f"corrupt forkcheck replay token ({err}); copy the whole token from the report") from None
 

@@ -44,6 +44,17 @@ def _spread(schedule: Schedule, index: int) -> Schedule:
     return dataclasses.replace(schedule, seed=mixed % 2**64)
 
 
+def schedules_here(settings: Settings, engine: str) -> int:
+    """Concurrent schedules per example in this process. A check split over inter-op pool sizes (one process per
+    size, see ``forkcheck.pools``) runs this size's share here; forkcheck's own scheduler does not use the pool, and
+    a process whose pool size is not one of them (the target's module fixed it), run them all."""
+    size = torch.get_num_interop_threads()
+    if engine != "script" or size not in settings.pool_sizes:
+        return settings.schedules
+    part, parts = settings.pool_sizes.index(size), len(settings.pool_sizes)
+    return max(1, settings.schedules // parts + (part < settings.schedules % parts))
+
+
 def _fail(findings: list[Finding]) -> None:
     """Raise ``_Failed`` from this one place: Hypothesis tells failures apart by where they were raised."""
     raise _Failed(findings)
@@ -143,6 +154,8 @@ class Checker:
         self._raced: Any = None  # the example whose first schedule ran with race detection
         self.interleavings: set[int] = set()
         self.switches = 0
+        self.per_example = schedules_here(settings, self.engine.name)
+        self.wrong_after = 0  # concurrent schedules run until the first whose outcome was wrong (0: none yet)
 
     def _code(self) -> list[Callable]:
         if not self.target.is_module:
@@ -169,10 +182,11 @@ class Checker:
         Every schedule is drawn before any run, so an example draws the same data whatever its runs do, and an
         example seen failing fails again without rerunning: the real runtime does not repeat itself exactly, and
         Hypothesis reruns a failing example to report it. With ``serial_only`` (shrinking a defect the serial run
-        shows) the schedules are drawn but not run.
+        shows) the schedules are drawn but not run. A schedule with only ``race`` findings (predicted, not seen) does
+        not end the example: its other schedules run, to tell whether the race also makes an outcome wrong.
         """
         strategy = self._schedule_strategy(inputs)
-        drawn = [_spread(draw(strategy, f"schedule {i}"), i) for i in range(self.settings.schedules)]
+        drawn = [_spread(draw(strategy, f"schedule {i}"), i) for i in range(self.per_example)]
         key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
         if key in self.memo:
             _fail(self.memo[key])
@@ -183,8 +197,9 @@ class Checker:
         for schedule in drawn if not findings and not self.serial_only else ():
             self.schedules += 1
             found = self._concurrent(inputs, schedule, reference)
-            if found:
-                findings = _merge(findings, found)
+            findings = _merge(findings, found)
+            if any(f.kind != "race" for f in found):
+                self.wrong_after = self.wrong_after or self.schedules
                 break
         if findings:
             self.memo[key] = findings
@@ -327,7 +342,9 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         if token is not None and token.target != target.name:
             raise ReplayError(f"this replay token is for {token.target}, not {target.name}")
         if token is not None:  # replay with what the failure was found with
-            settings = settings.replace(tasks=token.tasks, strategy=token.strategy)
+            settings = dataclasses.replace(settings.replace(
+                tasks=token.tasks, strategy=token.strategy, schedules=token.schedules or settings.schedules),
+                pool_sizes=())
         checker = Checker(target, settings)
     except (TargetError, MarkError, ReplayError, fst.InferenceError) as err:
         return _errored(result, started, f"setup error: {err}")
@@ -388,7 +405,8 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
         return [], ""
     blob = blob_from_notes(failed)
     token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks,
-                        strategy=checker.settings.strategy).encode() if blob else ""
+                        strategy=checker.settings.strategy, schedules=checker.per_example,
+                        pool_size=_pool_size(checker)).encode() if blob else ""
     return failed.findings, token
 
 
@@ -413,18 +431,29 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
 
     replayed = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
     findings: list[Finding] = []
-    reproduced = 0
+    reproduced = wrong = 0
     for _ in range(REPLAYS):
         checker.memo.clear()
         try:
             replayed()
         except _Failed as failed:
             reproduced += 1
+            wrong += any(f.kind != "race" for f in failed.findings)
             findings = findings or failed.findings
         except hypothesis.errors.DidNotReproduce:
             pass
-    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced}
+    # "wrong_outcome": replays whose outcome was wrong, not only predicted by the race oracle
+    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong}
+    size = _pool_size(checker)
+    if token.pool_size and size and size != token.pool_size:
+        result.stats["replay_note"] = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
+                                       f"{size}: the real runtime may not repeat it")
     return findings
+
+
+def _pool_size(checker: Checker) -> int:
+    """The inter-op pool's size, when the tasks run on it (0 under forkcheck's own scheduler)."""
+    return torch.get_num_interop_threads() if checker.engine.name == "script" else 0
 
 
 def _count(result: CheckResult, checker: Optional[Checker], started: float) -> None:
@@ -432,6 +461,12 @@ def _count(result: CheckResult, checker: Optional[Checker], started: float) -> N
         result.examples, result.schedules = checker.examples, checker.schedules
         if checker.interleavings:
             result.stats.update(interleavings=len(checker.interleavings), switches=checker.switches)
+        if _pool_size(checker):
+            result.stats["pool_size"] = _pool_size(checker)
+        if checker.failures:
+            result.stats["found_by"] = "serial run" if checker.serial_failure else "concurrent runs"
+        if checker.wrong_after:
+            result.stats["wrong_outcome_after"] = checker.wrong_after
     result.duration_s = round(time.perf_counter() - started, 3)
 
 

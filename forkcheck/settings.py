@@ -50,6 +50,22 @@ def _seed(name: str, value: Any) -> Optional[int]:
         raise SettingsError(f"{name} must be a whole number, got {value!r}") from None
 
 
+MAX_POOL = 256
+
+
+def _pool_sizes(name: str, value: Any) -> tuple[int, ...]:
+    """``"1,2,4"`` or a sequence of counts: distinct sizes of torch's inter-op thread pool."""
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    try:
+        sizes = tuple(_positive_int(name, part.strip()) for part in text.split(","))
+    except SettingsError:
+        sizes = ()
+    if not sizes or max(sizes) > MAX_POOL or len(set(sizes)) != len(sizes):
+        raise SettingsError(f"{name} must be distinct thread counts from 1 to {MAX_POOL}, comma-separated "
+                            f"(e.g. 1,2,4), got {value!r}")
+    return sizes
+
+
 def _strategy(name: str, value: Any) -> str:
     if value not in STRATEGIES:
         raise SettingsError(f"{name} must be one of {', '.join(STRATEGIES)}, got {value!r}")
@@ -68,6 +84,10 @@ class Settings:
     timeout: float = 60.0  # seconds one schedule may take before it counts as a hang
     seed: Optional[int] = None
     strategy: str = "random"
+    pool_sizes: tuple[int, ...] = ()  # inter-op pool sizes a check is split over, a process each (forkcheck.pools)
+
+    def __post_init__(self):
+        object.__setattr__(self, "pool_sizes", tuple(self.pool_sizes))  # a list after a JSON round trip
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **validate(changes))
@@ -85,6 +105,7 @@ _VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = {
     "timeout": _seconds,
     "seed": _seed,
     "strategy": _strategy,
+    "pool_sizes": _pool_sizes,
 }
 
 

@@ -520,17 +520,20 @@ def test_ten_runs_with_forks_in_process_all_exit_with_pytest_status(fc, pytester
 # -- the child process -------------------------------------------------------------------------------------------
 
 
-def test_one_child_checks_every_target_and_what_it_prints_is_captured(fc, pytester) -> None:
+def test_one_child_per_pool_size_checks_every_target_and_what_it_prints_is_captured(fc, pytester) -> None:
     import forkcheck.isolation
 
     pytester.makepyfile(test_ops=source(MANY, ADD_IN_PLACE.replace("x.add_(1)", "print('adding in place')\n"
                                                                                 "    x.add_(1)")))
-    forkcheck.isolation.prewarm()
-    child = forkcheck.isolation._child
-    served = child.served
-    result = fc.run()
+    for size in (1, 2):
+        forkcheck.isolation.prewarm(size)
+    children = dict(forkcheck.isolation._children)
+    served = {size: children[size].served for size in (1, 2)}
+    result = fc.run("--forkcheck-pool-sizes", "1,2")
     result.assert_outcomes(passed=4, failed=1)
-    assert forkcheck.isolation._child is child and child.served == served + 5
+    assert {size: forkcheck.isolation._children[size] for size in (1, 2)} == {size: children[size] for size in (1, 2)}
+    # every target in the 1-thread child; in the 2-thread one, all but the one whose serial run showed its defect
+    assert {size: children[size].served - served[size] for size in (1, 2)} == {1: 5, 2: 4}
     assert {row["stats"]["isolation"] for row in fc.rows().values()} == {"child process"}
     result.stdout.fnmatch_lines(["*Captured stderr setup*", "adding in place"])
 
@@ -545,8 +548,8 @@ def test_a_target_that_does_not_import_in_a_child_is_checked_in_process(fc, pyte
 
 
 def test_the_child_ends_with_its_parent() -> None:
-    code = ("import forkcheck.isolation as i, os; i.prewarm(); i._child.wait_ready(); print(i._child.proc.pid); "
-            "os._exit(0)")
+    code = ("import forkcheck.isolation as i, os; i.prewarm(); i._children[0].wait_ready(); "
+            "print(i._children[0].proc.pid); os._exit(0)")
     pid = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                              check=True).stdout)
     deadline = time.monotonic() + 10

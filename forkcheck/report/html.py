@@ -19,11 +19,11 @@ import html
 import math
 import os
 import re
-import shlex
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..findings import KINDS, VERDICTS
+from .terminal import pool_shown, replay_command
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _MUTATIONS = ("input-mutation", "attribute-mutation", "global-mutation")
@@ -126,6 +126,7 @@ class _Page:
         tokens = list(dict.fromkeys(f["replay"] for f in findings if f["replay"]))
         engine = str(row.get("engine") or "")
         stats = dict(row.get("stats") or {})
+        pools = stats.pop("pool_sizes", None)
         return {
             "id": anchor, "nodeid": nodeid, "target": str(row.get("target") or ""),
             "kind": str(row.get("kind") or "target"), "verdict": verdict,
@@ -134,6 +135,7 @@ class _Page:
             "examples": _number(row.get("examples")), "schedules": _number(row.get("schedules")),
             "duration": _duration(_number(row.get("duration_s"))),
             "stats": [(str(k), _text(v)) for k, v in stats.items()],
+            "pools": _pools(pools) if isinstance(pools, Mapping) else [],
             "findings": findings,
             "finding_kinds": " ".join(dict.fromkeys(f["kind"] for f in findings)),
             "failing_input": [(str(k), _text(v)) for k, v in (row.get("failing_input") or {}).items()],
@@ -167,15 +169,12 @@ class _Page:
         }
 
 
-def replay_command(nodeid: str, token: str) -> str:
-    """The shell command that reruns exactly the failing example (the node id always quoted)."""
-    quoted = shlex.quote(nodeid)
-    if not quoted.startswith("'"):
-        quoted = f"'{nodeid}'"
-    return f"pytest {quoted} --forkcheck-replay {shlex.quote(token)}"
+def _pools(per_size: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Rows of the per-pool-size table: what each size's share of the schedules showed."""
+    return [{"size": str(size), "verdict": _text(summary.get("verdict", "")),
+             "schedules": _text(summary.get("schedules", "")), "shown": pool_shown(summary)}
+            for size, summary in per_size.items() if isinstance(summary, Mapping)]
 
-
-# --- small formatting helpers ------------------------------------------------------------------------------------
 
 def _number(value: Any) -> float:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0

@@ -37,6 +37,9 @@ def failure_text(result: Any) -> str:
         where, tasks = _get(finding, "location"), _get(finding, "tasks", [])
         if where or tasks:
             lines.append(f"      at {where or '?'}" + (f" (tasks {', '.join(map(str, tasks))})" if tasks else ""))
+    per_size = _get(result, "stats", {}).get("pool_sizes")
+    if per_size:
+        lines.append(f"inter-op pool sizes: {pool_line(per_size)}")
     failing = _get(result, "failing_input", {})
     if failing:
         lines.append("minimal failing input:")
@@ -63,3 +66,27 @@ def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[
     if paths:
         lines.append(f"report: {paths['html']} (machine-readable: {paths['json']})")
     return lines
+
+
+def pool_shown(summary: dict[str, Any]) -> str:
+    """What one size's schedules showed, in words."""
+    verdict = summary.get("verdict")
+    if verdict == "skipped":
+        return str(summary.get("reason", ""))
+    if verdict == "error":
+        return f"error: {summary.get('error', '')}"
+    if verdict != "fail":
+        return f"nothing in {summary.get('schedules', 0)} schedules"
+    kinds = ", ".join(summary.get("kinds", []))
+    after = summary.get("wrong_outcome_after")
+    if summary.get("found_by") == "serial run":
+        return f"{kinds} (serial run)"
+    if after:
+        return f"{kinds}: a wrong outcome after {after} schedule{'s' if after != 1 else ''}"
+    return f"{kinds}: predicted only, no wrong outcome in {summary.get('schedules', 0)} schedules"
+
+
+def pool_line(per_size: dict[str, Any]) -> str:
+    """One line: what each pool size showed, e.g. ``1 thread: nothing in 40 schedules; 2 threads: ...``."""
+    return "; ".join(f"{size} thread{'s' if str(size) != '1' else ''}: {pool_shown(summary)}"
+                     for size, summary in per_size.items())

@@ -1,0 +1,133 @@
+"""A check split over inter-op pool sizes: which sizes show the bug.
+
+How many threads torch's inter-op pool has changes which interleavings the real runtime can take (one thread runs
+sibling forks one after another; more let them overlap), and it is fixed once per process. So a scripted target is
+checked once per size, each in a child process whose pool has that many threads (``forkcheck.isolation``), each
+running its share of the schedules on the same inputs (same seed); the results merge into one whose
+``stats["pool_sizes"]`` says, per size, what the schedules there found. Targets run by forkcheck's own scheduler do
+not use the pool: they are checked once. Later sizes are skipped when they cannot tell more: a defect the serial run
+shows involves no pool, a hang would wait out the timeout again, and a target whose module fixes the pool size gets
+that size whatever is asked.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from .findings import CheckResult, Finding, sort_findings
+from .isolation import Unavailable, check_in_child, prewarm
+from .replay import ReplayToken
+
+
+def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: Any, sizes: tuple[int, ...],
+                          replay: Optional[str], nodeid: str) -> CheckResult:
+    """Check ``module.attribute`` under each pool size in ``sizes``; raises ``Unavailable`` when no child can."""
+    if replay:  # rerun the failure under the pool size it was found with
+        pool_size = ReplayToken.decode(replay).pool_size
+        return check_in_child(module, attribute, target, settings, replay, nodeid, pool_size=pool_size)
+    results: dict[int, CheckResult] = {}
+    skipped: dict[int, str] = {}
+    split = settings.replace(pool_sizes=sizes) if len(sizes) > 1 else settings
+    for index, size in enumerate(sizes):
+        if index + 1 < len(sizes):
+            prewarm(sizes[index + 1])  # it starts while this size checks
+        try:
+            result = check_in_child(module, attribute, target, split, None, nodeid, pool_size=size)
+        except Unavailable as err:
+            if not results:
+                raise
+            skipped[size] = f"not run: {err}"
+            continue
+        if result.engine != "script":  # forkcheck's own scheduler: the pool plays no part
+            return result
+        actual = result.stats.get("pool_size", size)
+        if actual != size:  # the target's module sized the pool itself: every child gets that size
+            results.setdefault(actual, result)
+            skipped.update((later, f"not run: the target's module fixes the pool at {actual} thread(s)")
+                           for later in sizes[index:])
+            break
+        results[size] = result
+        reason = _needless(result, size)
+        if reason:
+            skipped.update((later, f"not run: {reason}") for later in sizes[index + 1:])
+            break
+    return merge(results, skipped) if len(sizes) > 1 else next(iter(results.values()))
+
+
+def check_module_level(target: Any, settings: Any, sizes: tuple[int, ...]) -> CheckResult:
+    """``forkcheck.check(obj, pool_sizes=...)``: the child processes import the target by its module and name."""
+    from .target import TargetError
+
+    module_name, _, attribute = target.name.partition(":")
+    module = sys.modules.get(module_name)
+    if module is None or getattr(module, attribute, None) is not target.obj:
+        raise TargetError(f"{target.name}: pool_sizes checks the target in child processes, which import it: it "
+                          "must be a module-level name of an importable module (or leave pool_sizes out to check "
+                          "it in this process, with this process's pool)")
+    return check_over_pool_sizes(module, attribute, target, settings, sizes, None, "")
+
+
+def _needless(result: CheckResult, size: int) -> str:
+    """Why the other pool sizes need not be checked after ``result`` ("" when they should be)."""
+    stats = result.stats
+    if result.verdict == "error" and "crashed" not in stats.get("isolation", ""):
+        return "the check under the first size ended in an error"
+    if stats.get("found_by") == "serial run":
+        return "the serial run (forks inline, no pool) already shows the defect"
+    if any(finding.kind == "hang" for finding in result.findings):
+        return f"a run under {size} thread(s) hung; each size would wait out the timeout again"
+    return ""
+
+
+def merge(results: dict[int, CheckResult], skipped: dict[int, str]) -> CheckResult:
+    """One result for the target: it fails if any size failed; each finding says which sizes showed it."""
+    first = next(iter(results.values()))
+    failed = [r for r in results.values() if r.verdict == "fail"]
+    errored = [r for r in results.values() if r.verdict == "error"]
+    merged = CheckResult(target=first.target, kind=first.kind, nodeid=first.nodeid, engine=first.engine,
+                         engine_reason=first.engine_reason, stats=dict(first.stats))
+    merged.verdict = "fail" if failed else "error" if errored else "pass"
+    merged.error = errored[0].error if errored and not failed else ""
+    merged.examples = max(r.examples for r in results.values())  # the same inputs under every size
+    merged.schedules = sum(r.schedules for r in results.values())
+    merged.duration_s = round(sum(r.duration_s for r in results.values()), 3)
+    merged.failing_input = failed[0].failing_input if failed else {}
+    for key in ("interleavings", "switches"):
+        if any(key in r.stats for r in results.values()):
+            merged.stats[key] = sum(r.stats.get(key, 0) for r in results.values())
+    for key in ("pool_size", "wrong_outcome_after", "found_by"):
+        merged.stats.pop(key, None)
+    merged.findings = _union({size: r.findings for size, r in results.items()})
+    per_size = {size: _summary(result) for size, result in results.items()}
+    per_size.update((size, {"verdict": "skipped", "reason": reason}) for size, reason in skipped.items())
+    merged.stats["pool_sizes"] = {str(size): per_size[size] for size in sorted(per_size)}
+    return merged
+
+
+def _union(findings: dict[int, list[Finding]]) -> list[Finding]:
+    """Each defect once, listing the sizes that showed it: the first size's sighting (with its replay token), or
+    the first whose outputs went wrong with it (its token replays the wrong outcome too)."""
+    kept: dict[tuple, Finding] = {}
+    for size, found in findings.items():
+        for finding in found:
+            key = finding.kind, finding.detail.get("name", finding.message if finding.kind != "nondeterminism" else "")
+            first = kept.setdefault(key, finding)
+            sizes = first.detail.setdefault("pool_sizes", [])
+            if finding.detail.get("outputs_affected") and not first.detail.get("outputs_affected"):
+                kept[key] = first = finding
+                first.detail["pool_sizes"] = sizes
+            sizes.append(size)
+    return sort_findings(list(kept.values()))
+
+
+def _summary(result: CheckResult) -> dict[str, Any]:
+    """What one size's schedules found, for the report's per-size line."""
+    summary: dict[str, Any] = {"verdict": result.verdict, "examples": result.examples, "schedules": result.schedules,
+                               "kinds": list(dict.fromkeys(f.kind for f in result.findings)),
+                               "duration_s": result.duration_s}
+    for key in ("pool_size", "wrong_outcome_after", "found_by", "interleavings"):
+        if key in result.stats:
+            summary[key] = result.stats[key]
+    if result.verdict == "error":
+        summary["error"] = result.error.splitlines()[0] if result.error else "error"
+    return summary

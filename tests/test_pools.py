@@ -1,0 +1,128 @@
+"""Checks split over inter-op pool sizes: each size in its own child process, the report says which showed a bug."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import forkcheck
+from forkcheck.target import TargetError
+
+import pool_programs
+
+PLUGIN_PROGRAMS = """
+import torch
+from torch import Tensor
+from forkcheck import fork_safe
+import strategies as fst
+
+""" + inspect.getsource(pool_programs._bump) + """
+
+@fork_safe(x=fst.tensors(shape=(16,)))
+def siblings(x: Tensor) -> Tensor:
+    acc = torch.zeros(1)
+    first, second = torch.jit.fork(_bump, acc, x), torch.jit.fork(_bump, acc, x)
+    torch.jit.wait(first)
+    torch.jit.wait(second)
+    return acc
+
+@fork_safe
+def add_in_place(x: Tensor) -> Tensor:
+    x.add_(1)
+    return x
+
+@fork_safe(x=fst.tensors(shape=(2,)))
+def plus_one(x: Tensor) -> Tensor:  # a lambda does not script: forkcheck's own scheduler runs it
+    return torch.jit.wait(torch.jit.fork(lambda t: t + 1, x))
+"""
+
+
+def test_a_sibling_race_goes_wrong_only_with_a_second_pool_thread() -> None:
+    result = forkcheck.check(pool_programs.siblings, pool_sizes=(1, 2), seed=3, examples=3, schedules=4)
+    assert result.verdict == "fail"
+    one, two = result.stats["pool_sizes"]["1"], result.stats["pool_sizes"]["2"]
+    # one thread runs the siblings one after the other: the race is predicted, the outcome stays right
+    assert one["verdict"] == "fail" and one["kinds"] == ["race"] and "wrong_outcome_after" not in one
+    assert one["pool_size"] == 1 and one["schedules"] == 2  # the first example ran all of its share
+    assert two["pool_size"] == 2 and "nondeterminism" in two["kinds"] and two["wrong_outcome_after"] >= 1
+    by_kind = {f.kind: f for f in result.findings}
+    assert by_kind["race"].detail["pool_sizes"] == [1, 2]
+    assert by_kind["nondeterminism"].detail["pool_sizes"] == [2]
+    assert by_kind["race"].detail["outputs_affected"] is True  # the sighting kept is the one that went wrong
+
+
+def test_the_schedules_are_split_over_the_sizes_on_the_same_inputs() -> None:
+    result = forkcheck.check(pool_programs.pure, pool_sizes=(1, 2, 4), seed=1, examples=3, schedules=5)
+    assert result.verdict == "pass", result.findings
+    per_size = result.stats["pool_sizes"]
+    assert list(per_size) == ["1", "2", "4"]
+    assert [per_size[s]["schedules"] for s in per_size] == [3 * 2, 3 * 2, 3 * 1]  # 5 schedules: 2 + 2 + 1
+    assert [per_size[s]["examples"] for s in per_size] == [3, 3, 3] and result.examples == 3
+    assert result.schedules == 15 and [per_size[s]["pool_size"] for s in per_size] == [1, 2, 4]
+
+
+def test_pool_sizes_need_a_target_the_child_can_import() -> None:
+    def local(x):
+        return x
+
+    with pytest.raises(TargetError, match="module-level name"):
+        forkcheck.check(local, pool_sizes=(1, 2))
+    with pytest.raises(forkcheck.SettingsError, match="distinct thread counts"):
+        forkcheck.check(pool_programs.pure, pool_sizes="1,1")
+
+
+def test_the_plugin_reports_which_sizes_showed_each_bug(fc, pytester) -> None:
+    pytester.makepyfile(test_programs=PLUGIN_PROGRAMS)
+    result = fc.run("--forkcheck-pool-sizes", "1,2", "--forkcheck-seed", "3", "--forkcheck-schedules", "4")
+    result.assert_outcomes(passed=1, failed=2)
+    rows = fc.rows()
+    sibling = rows["test_programs.py::siblings"]["stats"]["pool_sizes"]
+    assert sibling["1"]["kinds"] == ["race"] and "nondeterminism" in sibling["2"]["kinds"]
+    result.stdout.fnmatch_lines(["inter-op pool sizes: 1 thread: race: predicted only, no wrong outcome in 2 "
+                                 "schedules; 2 threads: race, nondeterminism: a wrong outcome after * schedule*"])
+    serial = rows["test_programs.py::add_in_place"]["stats"]["pool_sizes"]
+    assert serial["1"]["found_by"] == "serial run"
+    assert serial["2"] == {"verdict": "skipped",
+                           "reason": "not run: the serial run (forks inline, no pool) already shows the defect"}
+    eager = rows["test_programs.py::plus_one"]
+    assert eager["engine"] == "eager" and "pool_sizes" not in eager["stats"]
+    assert eager["schedules"] == 2 * 4  # forkcheck's own scheduler does not use the pool: every schedule, once
+    page = (pytester.path / "reports" / "index.html").read_text()
+    assert page.count('<table class="pools">') == 2
+
+
+def test_a_replay_runs_under_the_pool_size_it_was_found_with(fc, pytester) -> None:
+    pytester.makepyfile(test_programs=PLUGIN_PROGRAMS)
+    fc.run("--forkcheck-pool-sizes", "1,2", "--forkcheck-seed", "3", "--forkcheck-schedules", "4",
+           "-k", "siblings").assert_outcomes(failed=1)
+    race = next(f for f in fc.rows()["test_programs.py::siblings"]["findings"] if f["kind"] == "race")
+    assert race["detail"]["pool_sizes"] == [1, 2]
+    fc.run("--forkcheck-replay", race["replay"], "--forkcheck-pool-sizes", "1").assert_outcomes(failed=1)
+    stats = fc.rows()["test_programs.py::siblings"]["stats"]
+    assert stats["pool_size"] == 2  # the token's size, not the session's
+    assert stats["replays"]["runs"] == 10 and stats["replays"]["reproduced"] == 10  # the race oracle predicts
+    assert 0 <= stats["replays"]["wrong_outcome"] <= 10
+
+
+def test_a_module_that_sizes_the_pool_itself_keeps_its_size(fc, pytester) -> None:
+    pytester.makepyfile(test_sized="import torch\ntorch.set_num_interop_threads(1)\n"
+                                   + PLUGIN_PROGRAMS.split("@fork_safe\ndef add_in_place")[0])
+    # in a pytest subprocess: collecting the module sizes the pool of the process that imports it
+    fc.run("--forkcheck-pool-sizes", "2,4", "--forkcheck-seed", "3", subprocess=True).assert_outcomes(failed=1)
+    per_size = fc.rows()["test_sized.py::siblings"]["stats"]["pool_sizes"]
+    assert per_size["1"]["pool_size"] == 1 and per_size["1"]["kinds"] == ["race"]
+    assert per_size["2"]["reason"] == per_size["4"]["reason"] == (
+        "not run: the target's module fixes the pool at 1 thread(s)")
+
+
+@pytest.mark.parametrize("args, ini, message", [
+    (["--forkcheck-pool-sizes", "0"], "", "--forkcheck-pool-sizes: pool_sizes must be distinct thread counts"),
+    ([], "forkcheck_pool_sizes = 2,2", "ini key forkcheck_pool_sizes: pool_sizes must be distinct thread counts"),
+])
+def test_bad_pool_sizes_are_usage_errors(fc, pytester, args, ini, message) -> None:
+    if ini:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile(test_programs=PLUGIN_PROGRAMS)
+    result = fc.run(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
