@@ -1,4 +1,4 @@
-"""Schedules until a seeded bug first shows: forkcheck's random and PCT schedules against plainly re-running.
+"""Schedules until a seeded bug first shows: forkcheck's random, PCT and portfolio schedules against plain re-running.
 
 Run on demand: ``python benchmarks/bench_schedules.py [--seeds 10] [--cap 5000] [--check-seeds 10] [--only a,b]``.
 Each bug of ``seeded_bugs.BUGS`` (a target with a planted schedule-dependent defect and a ground-truth check) is
@@ -8,12 +8,14 @@ not the run:
 - **forkcheck schedules**: the scripted driver forkcheck builds (``tasks`` instances of the target forked on the same
   inputs) run under schedules drawn from Hypothesis as a check draws them (``examples`` x ``schedules``, each
   example's schedules drawn before its runs, PCT's ``k`` calibrated by one unperturbed run), on the bug's fixed input;
-  the count is runs until the ground truth first sees the wrong answer. Median over ``--seeds`` seeds, per strategy.
+  the count is runs until the ground truth first sees the wrong answer. Median over ``--seeds`` seeds, per strategy
+  (``portfolio`` alternates random and PCT schedules).
 - **plain re-running**: the same scripted driver, not instrumented, re-run ``--cap`` times on fresh inputs. Its median
   runs until the first wrong answer is estimated from the fraction of wrong runs (geometric: ``ln 2 / -ln(1 - p)``).
 - **forkcheck.check**: the whole check with the default budget (inputs drawn by Hypothesis, forkcheck's own oracles):
-  the kinds of the first findings and the median of ``result.schedules``, the concurrent schedules run until the
-  failure (0 when the serial run already showed the defect, as it does for a write to an input or a module).
+  the kinds of the first findings, the median of ``stats["failed_after"]``, the concurrent schedules run until the
+  first finding (0 when the serial run already showed the defect, as it does for a write to an input or a module),
+  and of ``stats["wrong_outcome_after"]``, until one's outcome went wrong (not only a race predicted).
 
 Goals (issue 3): every bug found within the default budget, median <= 3 schedules, >= 50x fewer runs than plain.
 """
@@ -32,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-STRATEGIES = ("random", "pct")
+STRATEGIES = ("random", "pct", "portfolio")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -84,12 +86,11 @@ def schedules_until_found(subject: Subject, strategy: str, seed: int, examples: 
     from hypothesis import HealthCheck, Phase
     from hypothesis import strategies as st
 
-    from forkcheck.schedule import schedules
+    from forkcheck.schedule import draw_schedules, members, with_steps
 
-    pinned = {}
-    if strategy == "pct":
-        pinned["k"] = min(subject.engine.calibrate(subject.bug.make_args()), 100_000)
-    drawn_schedules = schedules(strategy, **pinned)
+    steps = 0
+    if "pct" in members(strategy):
+        steps = min(subject.engine.calibrate(subject.bug.make_args()), 100_000)
     runs, found = 0, None
 
     @hypothesis.settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate],
@@ -100,7 +101,8 @@ def schedules_until_found(subject: Subject, strategy: str, seed: int, examples: 
         nonlocal runs, found
         if found is not None:  # Hypothesis replays a failing example: answer without running again
             _detected()
-        drawn = [data.draw(drawn_schedules, label=f"schedule {i}") for i in range(per_example)]
+        drawn = with_steps(draw_schedules(lambda source, label: data.draw(source, label=label), strategy, per_example),
+                           steps)
         for schedule in drawn:
             runs += 1
             if subject.judge(lambda args: subject.engine.run(args, schedule)):
@@ -131,18 +133,21 @@ def plain_runs(subject: Subject, cap: int) -> dict[str, Any]:
 
 
 def check_runs(bug: Any, seeds: Sequence[int], strategy: str) -> dict[str, Any]:
-    """``forkcheck.check`` with the default budget per seed: schedules run until it failed (None: it passed)."""
+    """``forkcheck.check`` with the default budget per seed: concurrent schedules run until its first finding (0:
+    the serial run showed one; None: it passed), and until one's outcome went wrong (None: none did)."""
     import forkcheck
 
     counts: list[Optional[int]] = []
+    wrong: list[Optional[int]] = []
     kinds: set[str] = set()
     for seed in seeds:
         result = forkcheck.check(bug.target, seed=seed, strategy=strategy)
         if result.verdict == "error":
             raise RuntimeError(f"{bug.name}: forkcheck errored: {result.error}")
-        counts.append(result.schedules if result.verdict == "fail" else None)
+        counts.append(result.stats.get("failed_after") if result.verdict == "fail" else None)
+        wrong.append(0 if result.stats.get("found_by") == "serial run" else result.stats.get("wrong_outcome_after"))
         kinds.update(f.kind for f in result.findings[:1])
-    return {"counts": counts, "kinds": sorted(kinds)}
+    return {"counts": counts, "wrong": wrong, "kinds": sorted(kinds)}
 
 
 def child(options: argparse.Namespace) -> None:
@@ -248,34 +253,36 @@ def main() -> None:
               + (f"; process died: {crashes}" if crashes else ""), file=sys.stderr, flush=True)
 
     print()
-    print("| bug | defect, shared | random median | pct median | random found | pct found | plain: wrong runs "
-          "| plain median | ratio plain / random, pct | check: first findings | check: random / pct median schedules "
-          "| check: ratio plain / random, pct |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    names = " / ".join(STRATEGIES)
+    print(f"| bug | defect, shared | wrong answer after, median schedules ({names}) | seeds found | plain: wrong runs "
+          f"| plain median | ratio plain / forkcheck | check: first finding | check fails after ({names}) "
+          f"| check: wrong outcome after |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|")
     truth, checked = Goals(), Goals()
     notes = []
     for bug, phases, crashes in rows:
         if any(s not in phases for s in STRATEGIES) or "plain" not in phases:
-            print(f"| {bug.name} | {bug.what}, {bug.shared} | measurement incomplete: {crashes} |||||||||")
+            found = " / ".join(_fmt(median(phases[s]["value"]), budget) if s in phases else "?" for s in STRATEGIES)
+            print(f"| {bug.name} | {bug.what}, {bug.shared} | {found} | | measurement incomplete: {crashes} |||||")
             continue
         found = {s: phases[s]["value"] for s in STRATEGIES}
         plain = phases["plain"]["value"]
         plain_med = plain_median(plain["wrong"], plain["runs"])
         ratio = truth.add(found, plain_med, plain["runs"], budget)
-        med = {s: median(found[s]) for s in STRATEGIES}
         cells = ["", "", ""]
         if all(f"check-{s}" in phases for s in STRATEGIES):
-            counts = {s: phases[f"check-{s}"]["value"]["counts"] for s in STRATEGIES}
-            kinds = sorted(set().union(*(phases[f"check-{s}"]["value"]["kinds"] for s in STRATEGIES)))
+            checks = {s: phases[f"check-{s}"]["value"] for s in STRATEGIES}
+            kinds = sorted(set().union(*(c["kinds"] for c in checks.values())))
             # a check that failed after 0 schedules still ran the program once (its serial reference)
-            runs = {s: [None if c is None else max(c, 1) for c in counts[s]] for s in STRATEGIES}
+            checked.add({s: [None if c is None else max(c, 1) for c in checks[s]["counts"]] for s in STRATEGIES},
+                        plain_med, plain["runs"], budget)
             cells = [", ".join(kinds) or "none",
-                     " / ".join(_fmt(median(counts[s]), budget) for s in STRATEGIES),
-                     checked.add(runs, plain_med, plain["runs"], budget)]
+                     " / ".join(_fmt(median(checks[s]["counts"]), budget) for s in STRATEGIES),
+                     " / ".join(_fmt(median(checks[s]["wrong"]), budget) for s in STRATEGIES)]
         first = f" (first: run {plain['first']})" if plain["first"] else ""
-        print(f"| {bug.name} | {bug.what}, {bug.shared} | {_fmt(med['random'], budget)} | {_fmt(med['pct'], budget)} "
-              f"| {sum(v is not None for v in found['random'])}/{options.seeds} "
-              f"| {sum(v is not None for v in found['pct'])}/{options.seeds} "
+        print(f"| {bug.name} | {bug.what}, {bug.shared} "
+              f"| {' / '.join(_fmt(median(found[s]), budget) for s in STRATEGIES)} "
+              f"| {' / '.join(f'{sum(v is not None for v in found[s])}/{options.seeds}' for s in STRATEGIES)} "
               f"| {plain['wrong']} / {plain['runs']}{first} | {_fmt(plain_med, plain['runs'])} | {ratio} "
               f"| {' | '.join(cells)} |")
         if crashes:
@@ -293,14 +300,14 @@ def main() -> None:
 
 
 class Goals:
-    """Tallies of the issue's three goals over bugs, per strategy and for the better one; ``add`` returns a cell."""
+    """Tallies of the issue's three goals over bugs, per strategy and for the best one; ``add`` returns a cell."""
 
     def __init__(self):
         self.bugs = 0
-        self.met = {name: {"found": 0, "fast": 0, "fewer": 0} for name in (*STRATEGIES, "better of the two")}
+        self.met = {name: {"found": 0, "fast": 0, "fewer": 0} for name in (*STRATEGIES, "best of them")}
 
     def add(self, counts: dict[str, list[Optional[int]]], plain_med: float, plain_runs: int, budget: int) -> str:
-        """Count one bug; the cell is the ratio of plain re-runs to each strategy's median, ``random / pct``."""
+        """Count one bug; the cell is the ratio of plain re-runs to each strategy's median, one per strategy."""
         self.bugs += 1
         ratios, better = [], {"found": False, "fast": False, "fewer": False}
         for strategy in STRATEGIES:
@@ -317,7 +324,7 @@ class Goals:
                 better[goal] = better[goal] or ok
             ratios.append(text)
         for goal, ok in better.items():
-            self.met["better of the two"][goal] += ok
+            self.met["best of them"][goal] += ok
         return " / ".join(ratios)
 
     def summary(self, budget: int) -> str:

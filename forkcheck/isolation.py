@@ -3,7 +3,8 @@
 The real runtime cannot interrupt a task stuck on the inter-op pool, and a target that aborts or segfaults takes its
 process with it, so targets are checked in a child process. One child serves many targets (it imports torch once,
 about 1.5 s): the parent names a target by module, file and attribute, the child imports it with the parent's
-``sys.path`` and working directory, runs ``runner.check`` and answers with the result's JSON.
+``sys.path`` and working directory, runs ``runner.check`` and answers with the result's JSON. There is one child per
+inter-op pool size asked for (``forkcheck.pools``); each sizes its pool before its first check.
 
 While it checks, the child announces every run (the serial reference, each concurrent schedule). Each run may take
 the target's ``timeout`` (the child's own watch reports a run over it as a ``hang`` finding); the parent allows each

@@ -185,6 +185,7 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
     from .findings import CheckResult, sort_findings
     from .replay import ReplayToken
     from .report.terminal import replay_command
+    from .schedule import members
 
     replay = item.config.stash[STATE].options.replay
     if replay:  # replay under the strategy the failure was found with
@@ -197,11 +198,12 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
     started = time.perf_counter()
     arguments = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
     names = _argument_names(arguments)
+    kinds = members(settings.strategy)
     for seed in seeds:
         result.schedules += 1
         which = f"schedule {result.schedules} of {len(seeds)}"
-        schedule = SimpleNamespace(seed=seed, strategy=settings.strategy)
-        token = ReplayToken(item.nodeid, "", "", 0, seed, settings.strategy).encode()
+        schedule = SimpleNamespace(seed=seed, strategy=kinds[(result.schedules - 1) % len(kinds)])
+        token = ReplayToken(item.nodeid, "", "", 0, seed, schedule.strategy).encode()
         log = race_log(names)
         scheduler = ControlledScheduler(strategy_for(schedule), timeout=settings.timeout, observer=log)
         try:

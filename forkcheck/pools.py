@@ -95,7 +95,7 @@ def merge(results: dict[int, CheckResult], skipped: dict[int, str]) -> CheckResu
     for key in ("interleavings", "switches"):
         if any(key in r.stats for r in results.values()):
             merged.stats[key] = sum(r.stats.get(key, 0) for r in results.values())
-    for key in ("pool_size", "wrong_outcome_after", "found_by"):
+    for key in ("pool_size", "failed_after", "wrong_outcome_after", "found_by"):
         merged.stats.pop(key, None)
     merged.findings = _union({size: r.findings for size, r in results.items()})
     per_size = {size: _summary(result) for size, result in results.items()}
@@ -125,7 +125,7 @@ def _summary(result: CheckResult) -> dict[str, Any]:
     summary: dict[str, Any] = {"verdict": result.verdict, "examples": result.examples, "schedules": result.schedules,
                                "kinds": list(dict.fromkeys(f.kind for f in result.findings)),
                                "duration_s": result.duration_s}
-    for key in ("pool_size", "wrong_outcome_after", "found_by", "interleavings"):
+    for key in ("pool_size", "failed_after", "wrong_outcome_after", "found_by", "interleavings"):
         if key in result.stats:
             summary[key] = result.stats[key]
     if result.verdict == "error":

@@ -11,6 +11,8 @@ import re
 import zlib
 from dataclasses import dataclass
 
+from .settings import STRATEGIES
+
 _BLOB = re.compile(r"@reproduce_failure\('([^']+)', b'([^']+)'\)")
 _PREFIX = "fc1."
 
@@ -29,10 +31,11 @@ class ReplayToken:
     strategy: str = "random"  # the schedule strategy the failure was found with
     schedules: int = 0  # schedules drawn per example (0: unknown, the session's setting)
     pool_size: int = 0  # threads of the inter-op pool the failure was found with (0: not on the pool)
+    pct_steps: int = 0  # the steps PCT's change points were spread over (0: not counted)
 
     def encode(self) -> str:
         raw = json.dumps([self.target, self.hypothesis_version, self.blob, self.tasks, self.schedule_seed,
-                          self.strategy, self.schedules, self.pool_size], separators=(",", ":"))
+                          self.strategy, self.schedules, self.pool_size, self.pct_steps], separators=(",", ":"))
         return _PREFIX + base64.urlsafe_b64encode(zlib.compress(raw.encode())).decode().rstrip("=")
 
     @classmethod
@@ -43,13 +46,13 @@ class ReplayToken:
         try:
             raw = zlib.decompress(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
             target, version, blob, tasks, schedule_seed, strategy, *rest = json.loads(raw)
-            if strategy not in ("random", "pct"):
+            if strategy not in STRATEGIES:
                 raise ValueError(f"unknown schedule strategy {strategy!r}")
-            schedules, pool_size = (list(map(int, rest)) + [0, 0])[:2]  # older tokens end at the strategy
-            if schedules < 0 or pool_size < 0:
-                raise ValueError("negative schedules or pool size")
+            schedules, pool_size, pct_steps = (list(map(int, rest)) + [0, 0, 0])[:3]  # older tokens: fewer fields
+            if min(schedules, pool_size, pct_steps) < 0:
+                raise ValueError("a negative count")
             return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy, schedules,
-                       pool_size)
+                       pool_size, pct_steps)
         except (ValueError, TypeError, zlib.error) as err:
             raise ReplayError(f"corrupt forkcheck replay token ({err}); copy the whole token from the report") from None
 

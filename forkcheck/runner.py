@@ -8,7 +8,6 @@ import random
 import threading
 import time
 import traceback
-import zlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -23,7 +22,7 @@ from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
 from .oracles.races import outputs_affected
 from .replay import ReplayError, ReplayToken, blob_from_notes
-from .schedule import Schedule, schedules
+from .schedule import Schedule, draw_schedules, members, with_steps
 from .settings import Settings
 from .state import module_state
 from .target import Target, TargetError
@@ -35,13 +34,6 @@ class _Failed(Exception):
     def __init__(self, findings: list[Finding]):
         super().__init__(findings[0].message)
         self.findings = findings
-
-
-def _spread(schedule: Schedule, index: int) -> Schedule:
-    """Mix the schedule's position into its seed: Hypothesis starts from the simplest draw (seed 0), and ten
-    copies of one schedule would test one interleaving ten times."""
-    mixed = zlib.crc32(f"{schedule.seed}:{index}".encode()) | (schedule.seed << 32)
-    return dataclasses.replace(schedule, seed=mixed % 2**64)
 
 
 def schedules_here(settings: Settings, engine: str) -> int:
@@ -150,12 +142,15 @@ class Checker:
         self.memo: dict[Any, list[Finding]] = {}
         self.serial_only = False  # set while shrinking a defect the serial run shows
         self.serial_failure = False  # whether the last example's findings came from its serial run
-        self.pct_steps = 0
+        self.pct_steps = 0  # steps of one run, for PCT (0: not counted yet; -1: the count failed)
         self._raced: Any = None  # the example whose first schedule ran with race detection
         self.interleavings: set[int] = set()
         self.switches = 0
         self.per_example = schedules_here(settings, self.engine.name)
         self.wrong_after = 0  # concurrent schedules run until the first whose outcome was wrong (0: none yet)
+        self.failed_after: Optional[int] = None  # concurrent schedules run until the first finding (0: serial run)
+        self.hold_races = False  # let examples with only predicted races pass (see ``example``)
+        self.predicted: Optional[tuple] = None  # the first such example: its key, races and inputs (shown)
 
     def _code(self) -> list[Callable]:
         if not self.target.is_module:
@@ -183,10 +178,11 @@ class Checker:
         example seen failing fails again without rerunning: the real runtime does not repeat itself exactly, and
         Hypothesis reruns a failing example to report it. With ``serial_only`` (shrinking a defect the serial run
         shows) the schedules are drawn but not run. A schedule with only ``race`` findings (predicted, not seen) does
-        not end the example: its other schedules run, to tell whether the race also makes an outcome wrong.
+        not end the example: its other schedules run, to tell whether the race also makes an outcome wrong. With
+        ``hold_races``, an example with races only passes (the first is kept in ``predicted``), so the search goes on
+        to inputs that may show the wrong outcome.
         """
-        strategy = self._schedule_strategy(inputs)
-        drawn = [_spread(draw(strategy, f"schedule {i}"), i) for i in range(self.per_example)]
+        drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
         key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
         if key in self.memo:
             _fail(self.memo[key])
@@ -194,30 +190,44 @@ class Checker:
             self.examples += 1
         findings, reference = self._serial(inputs)
         self.serial_failure = bool(findings)
+        if findings and self.failed_after is None:
+            self.failed_after = self.schedules
+        if not findings and not self.serial_only:
+            drawn = self._calibrated(drawn, inputs)
         for schedule in drawn if not findings and not self.serial_only else ():
             self.schedules += 1
             found = self._concurrent(inputs, schedule, reference)
             findings = _merge(findings, found)
+            if found and self.failed_after is None:
+                self.failed_after = self.schedules
             if any(f.kind != "race" for f in found):
                 self.wrong_after = self.wrong_after or self.schedules
                 break
+        if findings and self.hold_races and all(f.kind == "race" for f in findings):
+            self.predicted = self.predicted or (key, findings, {n: _short_repr(v) for n, v in inputs.items()})
+            return
         if findings:
             self.memo[key] = findings
             self.failures.append(({name: _short_repr(v) for name, v in inputs.items()}, findings))
             _fail(findings)
 
-    def _schedule_strategy(self, inputs: dict[str, Any]) -> Any:
-        """Schedules to draw; PCT's change points spread over the steps of a run (counted on the first example)."""
-        pinned = {"k": self.pct_steps} if self.pct_steps else {}
-        if self.settings.strategy == "pct" and not self.pct_steps:
+    def _calibrated(self, drawn: list[Schedule], inputs: dict[str, Any]) -> list[Schedule]:
+        """PCT's change points spread over the steps of a run: counted once, after the first serial run that passed
+        (a replay brings the count it was found with). A count that fails leaves PCT's default."""
+        if "pct" in members(self.settings.strategy) and not self.pct_steps:
             watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
+            global_watch = GlobalWatch(self.globals)  # the run may change what a check must leave as it was
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
-                pinned["k"] = self.pct_steps = min(self._call(lambda: self.engine.calibrate(args)), 100_000)
+                steps = self._call(lambda: global_watch.run(lambda: self.engine.calibrate(args)))
+                self.pct_steps = min(steps, 100_000)
+            except Exception:  # it raised or hung where the serial run did not: the concurrent runs will tell
+                self.pct_steps = -1
             finally:
+                global_watch.restore()
                 if watch is not None:
                     watch.restore()
-        return schedules(self.settings.strategy, **pinned)
+        return with_steps(drawn, self.pct_steps)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         with _warnings.quiet_jit():
@@ -346,6 +356,8 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
                 tasks=token.tasks, strategy=token.strategy, schedules=token.schedules or settings.schedules),
                 pool_sizes=())
         checker = Checker(target, settings)
+        if token is not None:
+            checker.pct_steps = token.pct_steps
     except (TargetError, MarkError, ReplayError, fst.InferenceError) as err:
         return _errored(result, started, f"setup error: {err}")
     except Exception:
@@ -394,9 +406,21 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
 
     A defect the serial run shows is deterministic and cheap to rerun, so it is searched again with shrinking (runs
     skipped: the search draws the same schedules) for a minimal input. A defect only concurrent runs show is not
-    shrunk: every rerun would need many perturbed runs, and the real runtime never repeats itself exactly.
+    shrunk: every rerun would need many perturbed runs, and the real runtime never repeats itself exactly. A race
+    that is only predicted does not stop the search, which goes on for an input whose outcome it makes wrong; if
+    none does, the search is replayed up to the first racing example (runs skipped) for its replay token.
     """
-    failed = _first_failure(_search(checker, seed), checker, result)
+    checker.hold_races = True
+    try:
+        failed = _first_failure(_search(checker, seed), checker, result)
+    finally:
+        checker.hold_races = False
+    if failed is None and checker.predicted is not None:
+        key, races, shown = checker.predicted
+        checker.serial_only, checker.memo = True, {key: races}
+        checker.failures.append((shown, races))
+        failed = _first_failure(_search(checker, seed), checker, result)
+        checker.serial_only = False
     if failed is not None and checker.serial_failure:
         checker.serial_only, checker.memo = True, {}
         failed = _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
@@ -406,7 +430,7 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
     blob = blob_from_notes(failed)
     token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks,
                         strategy=checker.settings.strategy, schedules=checker.per_example,
-                        pool_size=_pool_size(checker)).encode() if blob else ""
+                        pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0)).encode() if blob else ""
     return failed.findings, token
 
 
@@ -465,6 +489,8 @@ def _count(result: CheckResult, checker: Optional[Checker], started: float) -> N
             result.stats["pool_size"] = _pool_size(checker)
         if checker.failures:
             result.stats["found_by"] = "serial run" if checker.serial_failure else "concurrent runs"
+        if checker.failed_after is not None:
+            result.stats["failed_after"] = checker.failed_after
         if checker.wrong_after:
             result.stats["wrong_outcome_after"] = checker.wrong_after
     result.duration_s = round(time.perf_counter() - started, 3)

@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from forkcheck.instrument import Instrumentation, Site, hooked
 
@@ -352,3 +352,35 @@ def schedules(strategy: str = "random", **fixed: int) -> Any:
         st.fixed_dictionaries(params),
     )
 
+
+#: The strategies a ``portfolio`` alternates between, schedule by schedule: random finds lost updates fast, PCT
+#: orders that need one task far behind another.
+PORTFOLIO = ("random", "pct")
+
+
+def members(strategy: str) -> tuple[str, ...]:
+    """The policies a strategy's schedules use: itself, or the portfolio's."""
+    return PORTFOLIO if strategy == "portfolio" else (strategy,)
+
+
+def draw_schedules(draw: Callable[[Any, str], Schedule], strategy: str, count: int) -> list[Schedule]:
+    """``count`` schedules as a check draws them for one example; ``draw(hypothesis_strategy, label)`` draws one.
+
+    A portfolio alternates its members by position. Each schedule's position is mixed into its seed: Hypothesis
+    starts from the simplest draw (seed 0), and ten copies of one schedule would test one interleaving ten times.
+    """
+    kinds = members(strategy)
+    sources = {kind: schedules(kind) for kind in kinds}
+    drawn = []
+    for index in range(count):
+        schedule = draw(sources[kinds[index % len(kinds)]], f"schedule {index}")
+        mixed = zlib.crc32(f"{schedule.seed}:{index}".encode()) | (schedule.seed << 32)
+        drawn.append(Schedule(schedule.strategy, mixed % 2**64, schedule.params))
+    return drawn
+
+
+def with_steps(drawn: list[Schedule], steps: int) -> list[Schedule]:
+    """PCT schedules with their change points spread over ``steps`` (the counted steps of a run). Applied after the
+    draw, so that what Hypothesis draws does not depend on the count (its replays must draw the same)."""
+    return [Schedule(s.strategy, s.seed, {**s.params, "k": steps}) if s.strategy == "pct" and steps > 0 else s
+            for s in drawn]

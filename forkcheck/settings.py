@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-STRATEGIES = ("random", "pct")
+STRATEGIES = ("random", "pct", "portfolio")
 
 
 class SettingsError(ValueError):
@@ -83,7 +83,7 @@ class Settings:
     rtol: float = 0.0
     timeout: float = 60.0  # seconds one schedule may take before it counts as a hang
     seed: Optional[int] = None
-    strategy: str = "random"
+    strategy: str = "portfolio"  # random and pct schedules by turns
     pool_sizes: tuple[int, ...] = ()  # inter-op pool sizes a check is split over, a process each (forkcheck.pools)
 
     def __post_init__(self):

@@ -19,11 +19,11 @@ from forkcheck.target import Target
 QUICK = dict(examples=3, schedules=3, seed=1)
 
 
-def check(obj, strategies=None, **settings) -> forkcheck.CheckResult:
+def check(obj, strategies=None, replay=None, **settings) -> forkcheck.CheckResult:
     target = Target.from_object(obj)
     if strategies:
         target = dataclasses.replace(target, mark=Mark(strategies=strategies))
-    return run_check(target, Settings().replace(**{**QUICK, **settings}))
+    return run_check(target, Settings().replace(**{**QUICK, **settings}), replay=replay)
 
 
 # -- programs -------------------------------------------------------------------------------------------------------
@@ -230,3 +230,66 @@ def test_the_users_input_objects_are_never_changed():
     assert {f.detail["name"] for f in result.findings if f.kind == "input-mutation"} == {"x", "xs", "d"}
     assert [snap.changes(value) for snap, value in zip(before, (x, xs, d))] == [[], [], []]
     assert bits_equal(x, torch.arange(12.0).reshape(4, 3))
+
+
+# -- schedule-dependent defects: the search, the strategies, replay ---------------------------------------------------
+
+
+def _count_up(acc: Tensor, x: Tensor) -> Tensor:
+    for _ in range(x.numel()):
+        seen = acc[0].item()
+        acc[0] = seen + 1.0  # read, then write: a lost update when the sibling runs in between
+    return acc
+
+
+def lost_update_eagerly(x: Tensor) -> Tensor:
+    acc = torch.zeros(1)
+    futures = list(map(lambda _: torch.jit.fork(_count_up, acc, x), range(2)))  # a lambda: forkcheck's scheduler
+    return torch.jit.wait(futures[0]) + torch.jit.wait(futures[1]) * 0
+
+
+def _write_scaled(out: Tensor, x: Tensor, k: float) -> Tensor:
+    out.copy_(x * k)
+    return out
+
+
+def last_writer_wins(x: Tensor) -> Tensor:
+    out = torch.empty_like(x)
+    first, second = torch.jit.fork(_write_scaled, out, x, 1.0), torch.jit.fork(_write_scaled, out, x, 2.0)
+    torch.jit.wait(first)
+    torch.jit.wait(second)
+    return out
+
+
+def both_scaled(x: Tensor) -> Tensor:
+    first, second = torch.jit.fork(_scale, x, 1), torch.jit.fork(_scale, x, 2)
+    return torch.jit.wait(first) + torch.jit.wait(second)
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct", "portfolio"])
+def test_a_replay_token_reproduces_a_wrong_outcome_under_forkcheck_s_scheduler_every_time(strategy):
+    strategies = {"x": fst.tensors(shape=(4,))}
+    found = check(lost_update_eagerly, strategies, strategy=strategy, examples=4, schedules=6)
+    assert found.engine == "eager" and {"race", "nondeterminism"} <= {f.kind for f in found.findings}
+    token = next(f.replay for f in found.findings if f.kind == "nondeterminism")
+    replayed = check(lost_update_eagerly, strategies, replay=token, seed=None)  # the token brings the rest
+    assert replayed.stats["replays"] == {"runs": 10, "reproduced": 10, "wrong_outcome": 10}
+    assert {f.kind for f in replayed.findings} == {f.kind for f in found.findings}
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct", "portfolio"])
+def test_every_strategy_finds_a_real_race_and_passes_a_program_without_one(strategy):
+    racy = check(last_writer_wins, {"x": fst.tensors(shape=(3,))}, strategy=strategy, examples=4, schedules=6)
+    assert racy.engine == "script" and racy.verdict == "fail" and racy.findings[0].kind == "race"
+    clean = check(both_scaled, {"x": fst.tensors(shape=(3,))}, strategy=strategy, examples=4, schedules=6)
+    assert (clean.engine, clean.verdict, clean.schedules) == ("script", "pass", 4 * 6)
+
+
+def test_a_predicted_race_does_not_stop_the_search_for_an_input_it_makes_go_wrong():
+    # the first example is all zeros, where both writes agree: only a later input can show the wrong outcome
+    zeros_first = st.just(torch.zeros(3)) | fst.tensors(shape=(3,), elements_min=1, elements_max=9)
+    result = check(last_writer_wins, {"x": zeros_first}, strategy="pct", examples=10, schedules=4)
+    kinds = [f.kind for f in result.findings]
+    assert kinds == ["race", "nondeterminism"] and result.stats["failed_after"] <= 4
+    assert result.stats["wrong_outcome_after"] > result.stats["failed_after"]
+    assert result.failing_input["x"] != repr(torch.zeros(3))

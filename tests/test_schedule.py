@@ -14,7 +14,9 @@ from torch import Tensor
 
 from forkcheck._warnings import quiet_jit
 from forkcheck.instrument import instrument
-from forkcheck.schedule import PARAMS, PCTPolicy, RandomPolicy, Schedule, run_under, schedules
+from forkcheck.replay import ReplayToken
+from forkcheck.schedule import (PARAMS, PCTPolicy, RandomPolicy, Schedule, draw_schedules, run_under, schedules,
+                                with_steps)
 
 RUNS = 40
 
@@ -374,3 +376,18 @@ def test_schedule_values_are_validated_and_build_their_policy():
     pct_policy = Schedule("pct", 5, {"d": 3, "k": 20}).policy()
     assert isinstance(pct_policy, PCTPolicy) and (pct_policy.depth, pct_policy.steps) == (3, 20)
     assert str(Schedule("pct", 5)) == Schedule("pct", 5).token()
+
+
+@given(st.data())
+def test_a_portfolio_alternates_random_and_pct_and_counted_steps_reach_pct_only(data):
+    drawn = draw_schedules(lambda source, label: data.draw(source, label=label), "portfolio", 5)
+    assert [s.strategy for s in drawn] == ["random", "pct", "random", "pct", "random"]
+    assert len({s.seed for s in drawn}) == 5  # each position mixed into its seed
+    counted = with_steps(drawn, 321)
+    assert [s.params.get("k") for s in counted] == [None, 321, None, 321, None]
+    assert [s.seed for s in counted] == [s.seed for s in drawn] and with_steps(drawn, 0) == drawn
+
+
+def test_a_replay_token_round_trips_what_a_replay_needs():
+    token = ReplayToken("mod:f", "6.1", "AAAA", 3, strategy="portfolio", schedules=4, pool_size=2, pct_steps=88)
+    assert ReplayToken.decode(token.encode()) == token
