@@ -22,8 +22,8 @@ from .replay import ReplayToken
 def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: Any, sizes: tuple[int, ...],
                           replay: Optional[str], nodeid: str) -> CheckResult:
     """Check ``module.attribute`` under each pool size in ``sizes``; raises ``Unavailable`` when no child can."""
-    if replay:  # rerun the failure under the pool size it was found with
-        pool_size = ReplayToken.decode(replay).pool_size
+    if replay:  # rerun the failure under the pool size it was found with (any, off the pool)
+        pool_size = ReplayToken.decode(replay).pool_size or sizes[0]
         return check_in_child(module, attribute, target, settings, replay, nodeid, pool_size=pool_size)
     results: dict[int, CheckResult] = {}
     skipped: dict[int, str] = {}
@@ -58,9 +58,9 @@ def check_module_level(target: Any, settings: Any, sizes: tuple[int, ...]) -> Ch
     """``forkcheck.check(obj, pool_sizes=...)``: the child processes import the target by its module and name."""
     from .target import TargetError
 
-    module_name, _, attribute = target.name.partition(":")
-    module = sys.modules.get(module_name)
-    if module is None or getattr(module, attribute, None) is not target.obj:
+    module = sys.modules.get(target.name.partition(":")[0])
+    attribute = next((name for name, value in vars(module).items() if value is target.obj), None) if module else None
+    if attribute is None:
         raise TargetError(f"{target.name}: pool_sizes checks the target in child processes, which import it: it "
                           "must be a module-level name of an importable module (or leave pool_sizes out to check "
                           "it in this process, with this process's pool)")
@@ -71,7 +71,7 @@ def _needless(result: CheckResult, size: int) -> str:
     """Why the other pool sizes need not be checked after ``result`` ("" when they should be)."""
     stats = result.stats
     if result.verdict == "error" and "crashed" not in stats.get("isolation", ""):
-        return "the check under the first size ended in an error"
+        return f"the check under {size} thread(s) ended in an error"
     if stats.get("found_by") == "serial run":
         return "the serial run (forks inline, no pool) already shows the defect"
     if any(finding.kind == "hang" for finding in result.findings):
