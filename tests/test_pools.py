@@ -16,15 +16,7 @@ from torch import Tensor
 from forkcheck import fork_safe
 import strategies as fst
 
-""" + inspect.getsource(pool_programs._bump) + """
-
-@fork_safe(x=fst.tensors(shape=(16,)))
-def siblings(x: Tensor) -> Tensor:
-    acc = torch.zeros(1)
-    first, second = torch.jit.fork(_bump, acc, x), torch.jit.fork(_bump, acc, x)
-    torch.jit.wait(first)
-    torch.jit.wait(second)
-    return acc
+""" + inspect.getsource(pool_programs._bump) + "\n\n" + inspect.getsource(pool_programs.siblings) + """
 
 @fork_safe
 def add_in_place(x: Tensor) -> Tensor:
