@@ -150,6 +150,7 @@ class Checker:
         self.wrong_after = 0  # concurrent schedules run until the first whose outcome was wrong (0: none yet)
         self.failed_after: Optional[int] = None  # concurrent schedules run until the first finding (0: serial run)
         self.hold_races = False  # let examples with only predicted races pass (see ``example``)
+        self.shrink_until: Optional[float] = None  # while shrinking: when to stop running new examples
         self.predicted: Optional[tuple] = None  # the first such example: its key, races and inputs (shown)
 
     def _code(self) -> list[Callable]:
@@ -186,6 +187,8 @@ class Checker:
         key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
         if key in self.memo:
             _fail(self.memo[key])
+        if self.shrink_until is not None and time.monotonic() > self.shrink_until:
+            return  # shrinking ran out of time: no new example fails, the smallest one so far stands
         if not self.serial_only:
             self.examples += 1
         findings, reference = self._serial(inputs)
@@ -404,11 +407,9 @@ def _search(checker: Checker, seed: int, shrink: bool = False) -> Callable[[], N
 def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Finding], str]:
     """Search for a failing example; returns its findings and a replay token.
 
-    A defect the serial run shows is deterministic and cheap to rerun, so it is searched again with shrinking (runs
-    skipped: the search draws the same schedules) for a minimal input. A defect only concurrent runs show is not
-    shrunk: every rerun would need many perturbed runs, and the real runtime never repeats itself exactly. A race
-    that is only predicted does not stop the search, which goes on for an input whose outcome it makes wrong; if
-    none does, the search is replayed up to the first racing example (runs skipped) for its replay token.
+    A race that is only predicted does not stop the search, which goes on for an input whose outcome it makes wrong;
+    if none does, the search is replayed up to the first racing example (runs skipped) for its replay token. The
+    failure is then shrunk where reruns are deterministic: see ``_shrink``.
     """
     checker.hold_races = True
     try:
@@ -421,10 +422,9 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
         checker.failures.append((shown, races))
         failed = _first_failure(_search(checker, seed), checker, result)
         checker.serial_only = False
-    if failed is not None and checker.serial_failure:
-        checker.serial_only, checker.memo = True, {}
-        failed = _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
-        checker.serial_only = False
+    if failed is not None and not any(f.kind == "hang" for f in failed.findings) and (
+            checker.serial_failure or checker.engine.name == "eager"):
+        failed = _shrink(checker, seed, result, failed)
     if failed is None:
         return [], ""
     blob = blob_from_notes(failed)
@@ -432,6 +432,29 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
                         strategy=checker.settings.strategy, schedules=checker.per_example,
                         pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0)).encode() if blob else ""
     return failed.findings, token
+
+
+SHRINK_S = 10.0  # the longest a failure under forkcheck's own scheduler is shrunk; the smallest found so far is kept
+
+
+def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -> _Failed:
+    """Search again with Hypothesis's shrinking for a smaller failing input and schedule.
+
+    Only where a rerun repeats the failure: a defect the serial run shows (concurrent runs skipped: the search draws
+    the same schedules), or any defect under forkcheck's own scheduler, whose schedules replay exactly. The real
+    runtime never repeats itself exactly, so its concurrency-only failures are reported as found. A failure with a
+    wrong outcome shrinks to one with a wrong outcome, not to a race alone. Counts are those of the first search.
+    """
+    kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure)
+    checker.serial_only, checker.memo = checker.serial_failure, {}
+    checker.hold_races = any(f.kind != "race" for f in failed.findings)
+    checker.shrink_until = time.monotonic() + SHRINK_S
+    try:
+        return _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
+    finally:
+        checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
+        (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after,
+         checker.serial_failure) = kept
 
 
 def _first_failure(search: Callable[[], None], checker: Checker, result: CheckResult) -> Optional[_Failed]:

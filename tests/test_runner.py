@@ -293,3 +293,19 @@ def test_a_predicted_race_does_not_stop_the_search_for_an_input_it_makes_go_wron
     assert kinds == ["race", "nondeterminism"] and result.stats["failed_after"] <= 4
     assert result.stats["wrong_outcome_after"] > result.stats["failed_after"]
     assert result.failing_input["x"] != repr(torch.zeros(3))
+
+
+def lost_update_on_long_inputs(x: Tensor) -> Tensor:
+    if x.numel() < 4:
+        return torch.full((1,), 2.0 * x.numel())
+    return lost_update_eagerly(x)
+
+
+def test_a_failure_under_forkcheck_s_scheduler_shrinks_to_a_minimal_input_that_still_goes_wrong():
+    vectors = fst.tensors(min_dims=1, max_dims=1, min_side=1, max_side=12)
+    result = check(lost_update_on_long_inputs, {"x": vectors}, examples=20, schedules=6, seed=3)
+    assert result.engine == "eager" and "nondeterminism" in {f.kind for f in result.findings}
+    assert "shape [4]" in result.failing_input["x"]  # the smallest input that forks at all
+    token = next(f.replay for f in result.findings if f.kind == "nondeterminism")
+    replayed = check(lost_update_on_long_inputs, {"x": vectors}, replay=token, seed=None)
+    assert replayed.stats["replays"]["wrong_outcome"] == 10
