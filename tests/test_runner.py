@@ -278,11 +278,13 @@ def test_a_replay_token_reproduces_a_wrong_outcome_under_forkcheck_s_scheduler_e
 
 
 @pytest.mark.parametrize("strategy", ["random", "pct", "portfolio"])
-def test_every_strategy_finds_a_real_race_and_passes_a_program_without_one(strategy):
+def test_every_strategy_finds_a_real_race_and_passes_programs_without_one(strategy):
     racy = check(last_writer_wins, {"x": fst.tensors(shape=(3,))}, strategy=strategy, examples=4, schedules=6)
     assert racy.engine == "script" and racy.verdict == "fail" and racy.findings[0].kind == "race"
     clean = check(both_scaled, {"x": fst.tensors(shape=(3,))}, strategy=strategy, examples=4, schedules=6)
     assert (clean.engine, clean.verdict, clean.schedules) == ("script", "pass", 4 * 6)
+    eager = check(scale_in_tasks_eagerly, strategy=strategy, examples=4, schedules=6)  # forkcheck's scheduler
+    assert (eager.engine, eager.verdict, eager.schedules) == ("eager", "pass", 4 * 6)
 
 
 def test_a_predicted_race_does_not_stop_the_search_for_an_input_it_makes_go_wrong():
