@@ -1,6 +1,7 @@
 """Schedules until a seeded bug first shows: forkcheck's random, PCT and portfolio schedules against plain re-running.
 
-Run on demand: ``python benchmarks/bench_schedules.py [--seeds 10] [--cap 5000] [--check-seeds 10] [--only a,b]``.
+Run on demand: ``python benchmarks/bench_schedules.py [--seeds 10] [--cap 6000] [--plain-processes 3]
+[--check-seeds 10] [--only a,b]``.
 Each bug of ``seeded_bugs.BUGS`` (a target with a planted schedule-dependent defect and a ground-truth check) is
 measured in a process of its own, so that a bug which corrupts memory (unsynchronised list appends can) costs a retry,
 not the run:
@@ -9,8 +10,9 @@ not the run:
   inputs) run under schedules drawn from Hypothesis as a check draws them (``examples`` x ``schedules``, each
   example's schedules drawn before its runs, PCT's ``k`` calibrated by one unperturbed run), on the bug's fixed input;
   the count is runs until the ground truth first sees the wrong answer. Median over ``--seeds`` seeds, per strategy
-  (``portfolio`` alternates random and PCT schedules).
-- **plain re-running**: the same scripted driver, not instrumented, re-run ``--cap`` times on fresh inputs. Its median
+  (``portfolio`` takes random and PCT schedules by turns, two to one).
+- **plain re-running**: the same scripted driver, not instrumented, re-run ``--cap`` times on fresh inputs, split over
+  ``--plain-processes`` processes (how often it goes wrong differs between processes by more than 10x). Its median
   runs until the first wrong answer is estimated from the fraction of wrong runs (geometric: ``ln 2 / -ln(1 - p)``).
 - **forkcheck.check**: the whole check with the default budget (inputs drawn by Hypothesis, forkcheck's own oracles):
   the kinds of the first findings, the median of ``stats["failed_after"]``, the concurrent schedules run until the
@@ -170,35 +172,54 @@ def child(options: argparse.Namespace) -> None:
             started = time.perf_counter()
             emit(strategy, [schedules_until_found(subject, strategy, seed, defaults.examples, defaults.schedules)
                             for seed in seeds], started)
-    if "plain" not in done:
-        started = time.perf_counter()
-        emit("plain", plain_runs(subject, options.cap), started)
     for strategy in STRATEGIES if options.check_seeds else ():
         if f"check-{strategy}" not in done:
             started = time.perf_counter()
             emit(f"check-{strategy}", check_runs(bug, seeds[: options.check_seeds], strategy), started)
+    plain = next((phase for phase in plain_phases(options) if phase not in done), None)
+    if plain is not None:  # last, one per process: it may corrupt the heap, and its rate differs between processes
+        started = time.perf_counter()
+        emit(plain, plain_runs(subject, options.cap // options.plain_processes), started)
 
 
 # ----------------------------------------------------------------------------------------------- in the parent
 
 
+def plain_phases(options: argparse.Namespace) -> list[str]:
+    return [f"plain-{i}" for i in range(1, options.plain_processes + 1)]
+
+
+def plain_total(phases: dict[str, Any], options: argparse.Namespace) -> Optional[dict[str, Any]]:
+    """Plain re-running summed over its processes (None if none finished), with the wrong runs of each."""
+    done = [phases[p]["value"] for p in plain_phases(options) if p in phases]
+    if not done:
+        return None
+    firsts = [run["first"] + i * run["runs"] for i, run in enumerate(done) if run["first"]]
+    return {"wrong": sum(run["wrong"] for run in done), "runs": sum(run["runs"] for run in done),
+            "first": min(firsts) if firsts else None, "each": [run["wrong"] for run in done]}
+
+
 def measure(name: str, options: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
-    """Run a bug's process; if it dies, run the phases it did not finish once more. Returns (phases, crash notes)."""
+    """Run a bug's processes until every phase finished (one plain phase per process; a process that died is
+    followed by one for the phases it did not finish), within a bounded number of processes."""
+    wanted = [*STRATEGIES, *plain_phases(options), *(f"check-{s}" for s in STRATEGIES if options.check_seeds)]
     phases: dict[str, Any] = {}
     crashes: list[str] = []
-    for _attempt in range(2):
+    for _attempt in range(options.plain_processes + 2):
+        if all(phase in phases for phase in wanted):
+            break
         command = [sys.executable, os.path.abspath(__file__), "--child", name, "--seeds", str(options.seeds),
-                   "--cap", str(options.cap), "--check-seeds", str(options.check_seeds), "--skip", ",".join(phases)]
+                   "--cap", str(options.cap), "--check-seeds", str(options.check_seeds), "--skip", ",".join(phases),
+                   "--plain-processes", str(options.plain_processes)]
         proc = subprocess.run(command, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in proc.stdout.splitlines():
             if line.startswith("{"):
                 record = json.loads(line)
                 phases[record["phase"]] = record
-        if proc.returncode == 0:
-            break
-        tail = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line][-1:]
-        crashes.append(f"exit {proc.returncode} after phases {sorted(phases) or 'none'}"
-                       + (f": {tail[0][:120]}" if tail else ""))
+        if proc.returncode != 0:
+            tail = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line][-1:]
+            crashes.append(f"exit {proc.returncode} after phases {sorted(phases) or 'none'}"
+                           + (f": {tail[0][:120]}" if tail else ""))
     return phases, crashes
 
 
@@ -222,7 +243,8 @@ def _fmt(value: float, budget: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds per bug and strategy (median over them)")
-    parser.add_argument("--cap", type=int, default=5000, help="plain re-runs per bug")
+    parser.add_argument("--cap", type=int, default=6000, help="plain re-runs per bug, split over its processes")
+    parser.add_argument("--plain-processes", type=int, default=3, help="processes plain re-running is split over")
     parser.add_argument("--check-seeds", type=int, default=10, help="seeds for the forkcheck.check columns (0: skip)")
     parser.add_argument("--only", default="", help="comma-separated bug names")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -242,7 +264,7 @@ def main() -> None:
     bugs = [b for b in BUGS if not options.only or b.name in options.only.split(",")]
     print(f"torch {torch.__version__}, inter-op threads {torch.get_num_interop_threads()}, {os.cpu_count()} cores; "
           f"tasks={defaults.tasks}; budget {defaults.examples} examples x {defaults.schedules} schedules; "
-          f"{options.seeds} seeds; plain cap {options.cap} runs; check column over {options.check_seeds} seeds")
+          f"{options.seeds} seeds; plain {options.cap} runs in {options.plain_processes} processes; check column over {options.check_seeds} seeds")
     started = time.perf_counter()
     rows = []
     for bug in bugs:
@@ -254,19 +276,20 @@ def main() -> None:
 
     print()
     names = " / ".join(STRATEGIES)
-    print(f"| bug | defect, shared | wrong answer after, median schedules ({names}) | seeds found | plain: wrong runs "
+    print(f"| bug | defect, shared | wrong answer after, median schedules ({names}) | seeds found "
+          f"| plain: wrong runs (per process) "
           f"| plain median | ratio plain / forkcheck | check: first finding | check fails after ({names}) "
           f"| check: wrong outcome after |")
     print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|")
     truth, checked = Goals(), Goals()
     notes = []
     for bug, phases, crashes in rows:
-        if any(s not in phases for s in STRATEGIES) or "plain" not in phases:
+        plain = plain_total(phases, options)
+        if any(s not in phases for s in STRATEGIES) or plain is None:
             found = " / ".join(_fmt(median(phases[s]["value"]), budget) if s in phases else "?" for s in STRATEGIES)
             print(f"| {bug.name} | {bug.what}, {bug.shared} | {found} | | measurement incomplete: {crashes} |||||")
             continue
         found = {s: phases[s]["value"] for s in STRATEGIES}
-        plain = phases["plain"]["value"]
         plain_med = plain_median(plain["wrong"], plain["runs"])
         ratio = truth.add(found, plain_med, plain["runs"], budget)
         cells = ["", "", ""]
@@ -283,7 +306,8 @@ def main() -> None:
         print(f"| {bug.name} | {bug.what}, {bug.shared} "
               f"| {' / '.join(_fmt(median(found[s]), budget) for s in STRATEGIES)} "
               f"| {' / '.join(f'{sum(v is not None for v in found[s])}/{options.seeds}' for s in STRATEGIES)} "
-              f"| {plain['wrong']} / {plain['runs']}{first} | {_fmt(plain_med, plain['runs'])} | {ratio} "
+              f"| {' + '.join(map(str, plain['each']))} / {plain['runs']}{first} | {_fmt(plain_med, plain['runs'])} "
+              f"| {ratio} "
               f"| {' | '.join(cells)} |")
         if crashes:
             notes.append(f"{bug.name}: the process died and was rerun for the phases left ({'; '.join(crashes)})")

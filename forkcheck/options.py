@@ -37,7 +37,8 @@ OPTIONS = (
     Option("schedules", "concurrent schedules per example (default 10).", "N"),
     Option("tasks", "instances forked together on the same inputs (default 3).", "N"),
     Option("seed", "seed for inputs and schedules (default: random, shown in the header).", "S"),
-    Option("strategy", "schedule strategy: random, pct, or portfolio (the two by turns; default).",
+    Option("strategy", "schedule strategy: random, pct, or portfolio (two random schedules to one pct, by turns; "
+                     "default).",
            "random|pct|portfolio"),
     Option("replay", "rerun one failing example and schedule from the token a failure printed; other forkcheck "
                      "items are deselected.", "TOKEN"),

@@ -353,9 +353,9 @@ def schedules(strategy: str = "random", **fixed: int) -> Any:
     )
 
 
-#: The strategies a ``portfolio`` alternates between, schedule by schedule: random finds lost updates fast, PCT
-#: orders that need one task far behind another.
-PORTFOLIO = ("random", "pct")
+#: The policies a ``portfolio`` takes by turns, schedule by schedule: random finds lost updates fast, PCT the orders
+#: that need one task far behind another; random twice as often, as lost updates need more tries.
+PORTFOLIO = ("random", "pct", "random")
 
 
 def members(strategy: str) -> tuple[str, ...]:
@@ -366,7 +366,7 @@ def members(strategy: str) -> tuple[str, ...]:
 def draw_schedules(draw: Callable[[Any, str], Schedule], strategy: str, count: int) -> list[Schedule]:
     """``count`` schedules as a check draws them for one example; ``draw(hypothesis_strategy, label)`` draws one.
 
-    A portfolio alternates its members by position. Each schedule's position is mixed into its seed: Hypothesis
+    A portfolio takes its members by turns. Each schedule's position is mixed into its seed: Hypothesis
     starts from the simplest draw (seed 0), and ten copies of one schedule would test one interleaving ten times.
     """
     kinds = members(strategy)

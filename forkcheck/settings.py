@@ -83,7 +83,7 @@ class Settings:
     rtol: float = 0.0
     timeout: float = 60.0  # seconds one schedule may take before it counts as a hang
     seed: Optional[int] = None
-    strategy: str = "portfolio"  # random and pct schedules by turns
+    strategy: str = "portfolio"  # random, pct, random, ... (see forkcheck.schedule.PORTFOLIO)
     pool_sizes: tuple[int, ...] = ()  # inter-op pool sizes a check is split over, a process each (forkcheck.pools)
 
     def __post_init__(self):
