@@ -3,31 +3,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-HEADER = """
-import pytest
-import torch
-from torch import Tensor, nn
-from hypothesis import strategies as st
-import strategies as fst
-from forkcheck import fork_safe
-"""
-
-SCALE = """
-@fork_safe
-def scale(x: Tensor) -> Tensor:
-    return x * 2
-"""
-
-ADD_IN_PLACE = """
-@fork_safe
-def add_in_place(x: Tensor) -> Tensor:
-    x.add_(1)
-    return x
-"""
+from sources import ADD_IN_PLACE, SCALE, source
 
 MARKED_TESTS = """
 def _append(out: list, i: int) -> Tensor:
@@ -51,10 +30,6 @@ def test_order_independent():
     _run_forked(out)
     assert sorted(out) == [0, 1, 2, 3]
 """
-
-
-def source(*parts: str) -> str:
-    return textwrap.dedent(HEADER) + "".join(textwrap.dedent(part) for part in parts)
 
 
 def torch_version() -> str:

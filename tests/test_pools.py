@@ -9,24 +9,14 @@ import forkcheck
 from forkcheck.target import TargetError
 
 import pool_programs
+from sources import ADD_IN_PLACE, source
 
-PLUGIN_PROGRAMS = """
-import torch
-from torch import Tensor
-from forkcheck import fork_safe
-import strategies as fst
-
-""" + inspect.getsource(pool_programs._bump) + "\n\n" + inspect.getsource(pool_programs.siblings) + """
-
-@fork_safe
-def add_in_place(x: Tensor) -> Tensor:
-    x.add_(1)
-    return x
-
+PLUGIN_PROGRAMS = source(inspect.getsource(pool_programs._bump), "\n\n", inspect.getsource(pool_programs.siblings),
+                         ADD_IN_PLACE, """
 @fork_safe(x=fst.tensors(shape=(2,)))
 def plus_one(x: Tensor) -> Tensor:  # a lambda does not script: forkcheck's own scheduler runs it
     return torch.jit.wait(torch.jit.fork(lambda t: t + 1, x))
-"""
+""")
 
 
 def test_a_sibling_race_goes_wrong_only_with_a_second_pool_thread() -> None:

@@ -9,39 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from xml.etree import ElementTree
 
 import pytest
 
 from conftest import QUICK
-
-HEADER = """
-import ctypes
-import os
-import re
-import sys
-import pytest
-import torch
-from torch import Tensor
-from hypothesis import strategies as st
-import strategies as fst
-from forkcheck import fork_safe
-"""
-
-SCALE = """
-@fork_safe
-def scale(x: Tensor) -> Tensor:
-    return x * 2
-"""
-
-ADD_IN_PLACE = """
-@fork_safe
-def add_in_place(x: Tensor) -> Tensor:
-    x.add_(1)
-    return x
-"""
+from sources import ADD_IN_PLACE, SCALE, source
 
 SPINS = """
 def _spin(x: Tensor) -> Tensor:
@@ -93,10 +67,6 @@ def segfaults(x: Tensor) -> Tensor:
 """
 
 SHORT_GRACE = "import forkcheck.isolation\nforkcheck.isolation.GRACE_S = 3\n"
-
-
-def source(*parts: str) -> str:
-    return textwrap.dedent(HEADER) + "".join(textwrap.dedent(part) for part in parts)
 
 
 @pytest.fixture
