@@ -36,6 +36,9 @@ class _Failed(Exception):
         self.findings = findings
 
 
+AFTER_A_RACE = 3  # schedules per example once a race is predicted and outcomes stayed right
+
+
 def schedules_here(settings: Settings, engine: str) -> int:
     """Concurrent schedules per example in this process. A check split over inter-op pool sizes (one process per
     size, see ``forkcheck.pools``) runs this size's share here; forkcheck's own scheduler does not use the pool, and
@@ -181,7 +184,8 @@ class Checker:
         shows) the schedules are drawn but not run. A schedule with only ``race`` findings (predicted, not seen) does
         not end the example: its other schedules run, to tell whether the race also makes an outcome wrong. With
         ``hold_races``, an example with races only passes (the first is kept in ``predicted``), so the search goes on
-        to inputs that may show the wrong outcome.
+        to inputs that may show the wrong outcome; once a race is predicted, an example runs at most
+        ``AFTER_A_RACE`` schedules (the first inputs Hypothesis draws, zeros, often hide a race's effect).
         """
         drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
         key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
@@ -197,7 +201,9 @@ class Checker:
             self.failed_after = self.schedules
         if not findings and not self.serial_only:
             drawn = self._calibrated(drawn, inputs)
-        for schedule in drawn if not findings and not self.serial_only else ():
+        for index, schedule in enumerate(drawn if not findings and not self.serial_only else ()):
+            if index >= AFTER_A_RACE and self.hold_races and (findings or self.predicted):
+                break  # a race is predicted and the outcome stayed right: another input is likelier to show it
             self.schedules += 1
             found = self._concurrent(inputs, schedule, reference)
             findings = _merge(findings, found)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import forkcheck
+from forkcheck.runner import AFTER_A_RACE
 import strategies as fst
 from forkcheck._warnings import quiet_jit
 from forkcheck.engines.script import ScriptEngine
@@ -333,12 +334,13 @@ def test_explicit_task_identity_as_an_eager_scheduler_gives_it():
 
 def test_check_reports_a_race_on_the_first_schedule_although_outputs_match():
     target = forkcheck.fork_safe(read_while_parent_writes, x=fst.tensors(shape=(4,), elements_min=-8, elements_max=8))
-    result = forkcheck.check(target, seed=1, examples=2, schedules=2)
+    result = forkcheck.check(target, seed=1, examples=2, schedules=6)
     assert result.verdict == "fail"
     assert [f.kind for f in result.findings] == ["race"]
     (race,) = result.findings
-    # a race only predicted does not end the search: every example's schedules ran, looking for a wrong outcome
-    assert (result.examples, result.schedules, result.stats["failed_after"]) == (2, 4, 1)
+    # a race only predicted does not end the search: every example ran, looking for a wrong outcome, each with
+    # AFTER_A_RACE of its schedules once the race was predicted
+    assert (result.examples, result.schedules, result.stats["failed_after"]) == (2, 2 * AFTER_A_RACE, 1)
     assert "wrong_outcome_after" not in result.stats
     assert race.detail["outputs_affected"] is False
     assert "outputs matched" in race.message
