@@ -92,6 +92,10 @@ class TargetItem(pytest.Item):
                                      "on after a hang")
         result = check(target, settings, replay=replay, nodeid=self.nodeid)
         result.stats["isolation"] = where
+        if "pool_size" in result.stats and not replay:  # one process has one pool size
+            sizes = ",".join(map(str, state.options.pool_sizes))
+            result.stats["pool_sizes_note"] = (f"checked in-process: with this process's pool of "
+                                               f"{result.stats['pool_size']} thread(s) only, not sizes {sizes}")
         if _exit.abandoned():
             state.stuck = target.name
         return result

@@ -98,6 +98,15 @@ def test_a_module_that_sizes_the_pool_itself_keeps_its_size(fc, pytester) -> Non
         "not run: the target's module fixes the pool at 1 thread(s)")
 
 
+def test_in_process_the_report_says_only_the_process_s_pool_size_was_used(fc, pytester) -> None:
+    pytester.makepyfile(test_programs=PLUGIN_PROGRAMS)
+    fc.run("--forkcheck-isolation", "inprocess", "--forkcheck-pool-sizes", "1,4", "-k", "siblings")
+    stats = fc.rows()["test_programs.py::siblings"]["stats"]
+    assert "pool_sizes" not in stats and stats["pool_size"] >= 1
+    assert stats["pool_sizes_note"] == (f"checked in-process: with this process's pool of {stats['pool_size']} "
+                                        "thread(s) only, not sizes 1,4")
+
+
 @pytest.mark.parametrize("args, ini, message", [
     (["--forkcheck-pool-sizes", "0"], "", "--forkcheck-pool-sizes: pool_sizes must be distinct thread counts"),
     ([], "forkcheck_pool_sizes = 2,2", "ini key forkcheck_pool_sizes: pool_sizes must be distinct thread counts"),
