@@ -264,7 +264,8 @@ def main() -> None:
     bugs = [b for b in BUGS if not options.only or b.name in options.only.split(",")]
     print(f"torch {torch.__version__}, inter-op threads {torch.get_num_interop_threads()}, {os.cpu_count()} cores; "
           f"tasks={defaults.tasks}; budget {defaults.examples} examples x {defaults.schedules} schedules; "
-          f"{options.seeds} seeds; plain {options.cap} runs in {options.plain_processes} processes; check column over {options.check_seeds} seeds")
+          f"{options.seeds} seeds; plain {options.cap} runs in {options.plain_processes} processes; "
+          f"check column over {options.check_seeds} seeds")
     started = time.perf_counter()
     rows = []
     for bug in bugs:

@@ -45,6 +45,11 @@ class Finding:
         return cls(**data)
 
 
+def defect_key(finding: Finding) -> tuple:
+    """What makes two findings the same defect: the kind and what was hit (any output, for nondeterminism)."""
+    return finding.kind, finding.detail.get("name", finding.message if finding.kind != "nondeterminism" else "")
+
+
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Most telling first: a crash or hang, then mutations, races, and nondeterminism last."""
     return sorted(findings, key=lambda f: KINDS.index(f.kind))

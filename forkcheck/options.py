@@ -52,7 +52,7 @@ OPTIONS = (
 )
 
 DEFAULT_POOL_SIZES = (1, 2, 4)
-_SETTING_NAMES = ("examples", "schedules", "tasks", "seed", "strategy", "timeout")
+_SETTING_NAMES = ("examples", "schedules", "tasks", "seed", "strategy", "timeout", "pool_sizes")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -95,6 +95,7 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
         except SettingsError as err:
             raise pytest.UsageError(f"{source}: {err}") from None
     seed = settings.pop("seed", None)
+    pool_sizes = settings.pop("pool_sizes", DEFAULT_POOL_SIZES)  # per session: where checks run, not how
     replay, _ = raw["replay"]
     if replay:
         _check_token(replay)
@@ -102,17 +103,11 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
     if isinstance(modules, (list, tuple)):
         modules = ",".join(modules)
     report, _ = raw["report"]
-    pool_sizes, source = raw["pool_sizes"]
-    if pool_sizes is not None:
-        try:
-            pool_sizes = validate({"pool_sizes": pool_sizes})["pool_sizes"]
-        except SettingsError as err:
-            raise pytest.UsageError(f"{source}: {err}") from None
     return SessionOptions(
         settings=settings, seed=seed, replay=replay or None,
         modules=tuple(m.strip() for m in (modules or "").split(",") if m.strip()),
         report=report or "reports", no_report=_switch(*raw["no_report"]),
-        pool_sizes=pool_sizes or DEFAULT_POOL_SIZES)
+        pool_sizes=pool_sizes)
 
 
 def _switch(value: Any, source: str) -> bool:

@@ -14,9 +14,13 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
-from .findings import CheckResult, Finding, sort_findings
+from .findings import CheckResult, Finding, defect_key, sort_findings
 from .isolation import Unavailable, check_in_child, prewarm
 from .replay import ReplayToken
+
+
+#: Result stats that hold for one pool size only: each size's summary keeps them, the merged result does not.
+PER_SIZE = ("pool_size", "failed_after", "wrong_outcome_after", "found_by")
 
 
 def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: Any, sizes: tuple[int, ...],
@@ -95,7 +99,7 @@ def merge(results: dict[int, CheckResult], skipped: dict[int, str]) -> CheckResu
     for key in ("interleavings", "switches"):
         if any(key in r.stats for r in results.values()):
             merged.stats[key] = sum(r.stats.get(key, 0) for r in results.values())
-    for key in ("pool_size", "failed_after", "wrong_outcome_after", "found_by"):
+    for key in PER_SIZE:
         merged.stats.pop(key, None)
     merged.findings = _union({size: r.findings for size, r in results.items()})
     per_size = {size: _summary(result) for size, result in results.items()}
@@ -110,7 +114,7 @@ def _union(findings: dict[int, list[Finding]]) -> list[Finding]:
     kept: dict[tuple, Finding] = {}
     for size, found in findings.items():
         for finding in found:
-            key = finding.kind, finding.detail.get("name", finding.message if finding.kind != "nondeterminism" else "")
+            key = defect_key(finding)
             first = kept.setdefault(key, finding)
             sizes = first.detail.setdefault("pool_sizes", [])
             if finding.detail.get("outputs_affected") and not first.detail.get("outputs_affected"):
@@ -125,7 +129,7 @@ def _summary(result: CheckResult) -> dict[str, Any]:
     summary: dict[str, Any] = {"verdict": result.verdict, "examples": result.examples, "schedules": result.schedules,
                                "kinds": list(dict.fromkeys(f.kind for f in result.findings)),
                                "duration_s": result.duration_s}
-    for key in ("pool_size", "failed_after", "wrong_outcome_after", "found_by", "interleavings"):
+    for key in (*PER_SIZE, "interleavings"):
         if key in result.stats:
             summary[key] = result.stats[key]
     if result.verdict == "error":

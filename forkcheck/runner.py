@@ -15,7 +15,7 @@ import torch
 from . import _exit, _warnings
 from .engines import TaskError, choose_engine
 from .engines.eager import ScheduleError
-from .findings import CheckResult, Finding, sort_findings
+from .findings import CheckResult, Finding, defect_key, sort_findings
 from .locate import WriteLocator, error_location, user_location
 from .marker import MarkError
 from .oracles.determinism import differences
@@ -116,6 +116,16 @@ def _short_repr(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _shown(inputs: dict[str, Any]) -> dict[str, str]:
+    """An example's inputs as a report shows them."""
+    return {name: _short_repr(value) for name, value in inputs.items()}
+
+
+def _wrong_outcome(findings: list[Finding]) -> bool:
+    """Whether a run's outcome went wrong: any finding but a race, which the race oracle only predicts."""
+    return any(f.kind != "race" for f in findings)
+
+
 def _describe_error(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
@@ -209,15 +219,15 @@ class Checker:
             findings = _merge(findings, found)
             if found and self.failed_after is None:
                 self.failed_after = self.schedules
-            if any(f.kind != "race" for f in found):
+            if _wrong_outcome(found):
                 self.wrong_after = self.wrong_after or self.schedules
                 break
-        if findings and self.hold_races and all(f.kind == "race" for f in findings):
-            self.predicted = self.predicted or (key, findings, {n: _short_repr(v) for n, v in inputs.items()})
+        if findings and self.hold_races and not _wrong_outcome(findings):
+            self.predicted = self.predicted or (key, findings, _shown(inputs))
             return
         if findings:
             self.memo[key] = findings
-            self.failures.append(({name: _short_repr(v) for name, v in inputs.items()}, findings))
+            self.failures.append((_shown(inputs), findings))
             _fail(findings)
 
     def _calibrated(self, drawn: list[Schedule], inputs: dict[str, Any]) -> list[Schedule]:
@@ -330,12 +340,9 @@ def _under(mode: Any, callee: Callable, args: list) -> Any:
 def _merge(findings: list[Finding], new: list[Finding]) -> list[Finding]:
     """Add new findings, one per (kind, name): the same defect seen again is not news, but where the first sighting
     lacked the op and line that wrote, its twin's (e.g. the static pre-check's) fill them in."""
-    def key(finding: Finding) -> tuple:
-        return finding.kind, finding.detail.get("name", finding.message if finding.kind != "nondeterminism" else "")
-
-    merged = {key(f): f for f in findings}
+    merged = {defect_key(f): f for f in findings}
     for finding in new:
-        first = merged.setdefault(key(finding), finding)
+        first = merged.setdefault(defect_key(finding), finding)
         if first is not finding and not first.detail.get("op") and finding.detail.get("op") \
                 and "/torch/" not in finding.location:
             first.detail["op"] = finding.detail["op"]
@@ -453,7 +460,7 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     """
     kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure)
     checker.serial_only, checker.memo = checker.serial_failure, {}
-    checker.hold_races = any(f.kind != "race" for f in failed.findings)
+    checker.hold_races = _wrong_outcome(failed.findings)
     checker.shrink_until = time.monotonic() + SHRINK_S
     try:
         return _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
@@ -491,7 +498,7 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
             replayed()
         except _Failed as failed:
             reproduced += 1
-            wrong += any(f.kind != "race" for f in failed.findings)
+            wrong += _wrong_outcome(failed.findings)
             findings = findings or failed.findings
         except hypothesis.errors.DidNotReproduce:
             pass
