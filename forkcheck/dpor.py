@@ -7,8 +7,8 @@ point: the runnable tasks, the one that ran, and a mark in the access log, so th
 (what one task did between two switch points). After the run, :class:`Exploration` replays the log with vector
 clocks over program order, forks, waits and the conflicts already seen; a step that conflicts with an earlier one of
 another task not ordered before it means the other order is a different interleaving: the later task is added to
-the choices to try at the earlier step's switch point (all runnable tasks if it could not run there), unless that
-would take more than ``bound`` preemptions (then it is tried at the latest earlier switch instead). Interleavings
+the choices to try at the earlier step's switch point (all runnable tasks if it could not run there) and at the
+latest switch before it, each within ``bound`` preemptions. Interleavings
 that differ only in the order of independent steps are not tried again. The search is depth first, one run per
 choice, until nothing is left to try (complete) or ``budget`` runs.
 """
@@ -133,17 +133,17 @@ class Exploration:
         return None
 
     def _add(self, at: int, task: int) -> None:
-        """Try ``task`` at switch point ``at`` (every runnable task if it cannot run there), within the bound."""
-        point = self.stack[at]
-        tasks = [task] if task in point.options else list(point.options)
-        for candidate in tasks:
-            if point.cost(candidate) <= self.bound:
-                point.backtrack.add(candidate)
+        """Try ``task`` at switch point ``at`` (every runnable task if it cannot run there), within the bound; and
+        at the latest earlier point where the running task changed, where the same order may cost fewer
+        preemptions (Coons et al.'s conservative backtrack point)."""
+        switch = next((j for j in range(at - 1, -1, -1) if self.stack[j].chosen != self.stack[j].previous), None)
+        for where in (at, switch):
+            if where is None:
                 continue
-            switch = next((j for j in range(at - 1, -1, -1) if self.stack[j].chosen != self.stack[j].previous), None)
-            if switch is not None and candidate in self.stack[switch].options \
-                    and self.stack[switch].cost(candidate) <= self.bound:
-                self.stack[switch].backtrack.add(candidate)
+            point = self.stack[where]
+            for candidate in [task] if task in point.options else list(point.options):
+                if point.cost(candidate) <= self.bound:
+                    point.backtrack.add(candidate)
 
     def _backtrack(self, log: Any) -> None:
         """Replay the log with vector clocks; add a backtrack point for each conflict fork/wait and earlier
