@@ -218,3 +218,18 @@ def test_exhaustive_finds_every_seeded_bug_and_passes_their_fixed_versions() -> 
         result = forkcheck.check(fixed, seed=1, examples=3, strategy="exhaustive")
         assert result.verdict == "pass", name
         assert statement(result.stats["coverage"]).startswith("explored all "), name
+
+
+def test_the_coverage_statement_is_in_the_terminal_summary_and_the_html_report() -> None:
+    from forkcheck.report.html import render_html
+    from forkcheck.report.json import build_report
+    from forkcheck.report.terminal import failure_text, summary_lines
+
+    fixed = forkcheck.fork_safe(update_in_order, x=forkcheck_rows(), tags=empty_sets())
+    row = dict(forkcheck.check(fixed, seed=2, examples=2, strategy="exhaustive").to_json(), nodeid="t.py::fixed")
+    said = statement(row["stats"]["coverage"])
+    assert said.startswith("explored all 1 distinct interleavings with ≤ 2 preemptions of each of 2 inputs")
+    assert f"PASS t.py::fixed: {said}" in summary_lines([row], None)
+    assert f"coverage: {said}" in failure_text(row)
+    page = render_html(build_report({"t.py::fixed": row}, seed=2))
+    assert f'<p class="coverage">{said}</p>' in page.replace("&le;", "≤").replace("&#8804;", "≤")
