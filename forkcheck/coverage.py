@@ -47,7 +47,9 @@ class Coverage:
 
 
 def _span(low: int, high: int) -> str:
-    return str(low) if low == high else f"{low}-{high}"
+    """``4`` or ``4-12`` distinct interleaving(s)."""
+    return f"{low} distinct interleaving" if low == high == 1 else \
+        f"{low if low == high else f'{low}-{high}'} distinct interleavings"
 
 
 def statement(coverage: Mapping[str, Any]) -> str:
@@ -61,13 +63,13 @@ def statement(coverage: Mapping[str, Any]) -> str:
         of = f"of {'the' if inputs == 1 else 'each of'} {inputs} input{'s' * (inputs != 1)}"
         if search["stopped"]:
             return (f"exhaustive (≤ {k} preemptions): stopped at a failing interleaving after {search['runs']} runs "
-                    f"({n} distinct interleavings explored)")
+                    f"({n} explored)")
         if search["complete"] == inputs:
-            return f"explored all {n} distinct interleavings with ≤ {k} preemptions {of} ({search['runs']} runs, DPOR)"
+            return f"explored all {n} with ≤ {k} preemptions {of} ({search['runs']} runs, DPOR)"
         why = search["diverged"] or (f"the budget of {search['budget']} runs per input ran out on "
                                      f"{inputs - search['complete']} of {inputs} inputs, at least {search['pending']} "
                                      f"choices left untried")
-        return f"explored {n} distinct interleavings with ≤ {k} preemptions {of}, not all: {why}"
+        return f"explored {n} with ≤ {k} preemptions {of}, not all: {why}"
     runs = coverage.get("runs", 0)
     return (f"{runs} schedule{'s' * (runs != 1)} covered {coverage.get('interleavings', 0)} distinct interleaving"
             f"{'s' * (coverage.get('interleavings', 0) != 1)} (by {coverage.get('by') or 'conflicting accesses'})")

@@ -148,7 +148,7 @@ def test_a_pass_says_it_explored_every_interleaving_within_the_bound() -> None:
     assert result.verdict == "pass"
     search = result.stats["coverage"]["exhaustive"]
     assert search["complete"] == search["inputs"] == 3 and search["preemptions"] == 1
-    assert statement(result.stats["coverage"]).startswith("explored all 1 distinct interleavings with ≤ 1 preemptions")
+    assert statement(result.stats["coverage"]).startswith("explored all 1 distinct interleaving with ≤ 1 preemptions")
 
 
 def test_a_target_that_scripts_is_explored_under_forkcheck_s_scheduler() -> None:
@@ -228,7 +228,7 @@ def test_the_coverage_statement_is_in_the_terminal_summary_and_the_html_report()
     fixed = forkcheck.fork_safe(update_in_order, x=forkcheck_rows(), tags=empty_sets())
     row = dict(forkcheck.check(fixed, seed=2, examples=2, strategy="exhaustive").to_json(), nodeid="t.py::fixed")
     said = statement(row["stats"]["coverage"])
-    assert said.startswith("explored all 1 distinct interleavings with ≤ 2 preemptions of each of 2 inputs")
+    assert said.startswith("explored all 1 distinct interleaving with ≤ 2 preemptions of each of 2 inputs")
     assert f"PASS t.py::fixed: {said}" in summary_lines([row], None)
     assert f"coverage: {said}" in failure_text(row)
     page = render_html(build_report({"t.py::fixed": row}, seed=2))
