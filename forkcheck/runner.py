@@ -502,6 +502,9 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure,
             checker.coverage)
     checker.coverage = Coverage(checker.engine.name)
+    traced = getattr(checker.engine, "trace", None)
+    if traced is not None:
+        checker.engine.trace = False  # shrinking counts no coverage: its runs go faster unlogged
     checker.serial_only, checker.memo = checker.serial_failure, {}
     checker.hold_races = _wrong_outcome(failed.findings)
     checker.shrink_until = time.monotonic() + SHRINK_S
@@ -509,6 +512,8 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
         return _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
     finally:
         checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
+        if traced is not None:
+            checker.engine.trace = traced
         (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after,
          checker.serial_failure, checker.coverage) = kept
 
