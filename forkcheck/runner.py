@@ -1,8 +1,10 @@
 """One check: Hypothesis examples x schedules through an engine, the oracles over every run. No pytest needed."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import random
 import threading
@@ -15,6 +17,7 @@ import torch
 from . import _exit, _warnings
 from .coverage import Coverage
 from .engines import TaskError, choose_engine
+from .compiled import serial_program
 from .engines.eager import ScheduleError
 from .findings import CheckResult, Finding, defect_key, sort_findings
 from .locate import WriteLocator, error_location, user_location
@@ -38,6 +41,7 @@ class _Failed(Exception):
 
 
 AFTER_A_RACE = 3  # schedules per example once a race is predicted and outcomes stayed right
+WARM_UP_RUNS = 2  # unperturbed runs of the real runtime's program before its first schedule (see ``_calibrated``)
 
 
 def schedules_here(settings: Settings, engine: str) -> int:
@@ -138,11 +142,16 @@ class Checker:
     def __init__(self, target: Target, settings: Settings):
         import strategies as fst
 
+        if target.mark.error:  # fork_safe was used wrongly in a file being collected (``marker.errors_deferred``)
+            raise MarkError(target.mark.error)
         self.target = target
         self.settings = settings
-        self.strategies = fst.for_callable(target.obj, target.strategies, what=target.name)
-        self.param_names = list(self.strategies)
         self.base = target.instance()
+        self.strategies = fst.for_callable(self.base if target.is_compiled else target.obj, target.strategies,
+                                           what=target.name)
+        self.param_names = list(self.strategies)
+        # compiled code's serial reference: its own graph, forks inlined (see ``forkcheck.compiled``)
+        self.serial_program = serial_program(self.base) if target.is_compiled else None
         with _warnings.quiet_jit():
             self.engine = choose_engine(
                 copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
@@ -155,7 +164,7 @@ class Checker:
         self.decisions_of: dict[Any, list[int]] = {}  # a failing example's key -> its interleaving's decisions
         self.failing_decisions: list[int] = []
         self.globals = referenced_globals(self._code())
-        self.location = target.source_location()
+        self.location = target.source_location(self.base)
         self.static = self._static_findings()
         self.examples = 0
         self.schedules = 0
@@ -164,6 +173,7 @@ class Checker:
         self.serial_only = False  # set while shrinking a defect the serial run shows
         self.serial_failure = False  # whether the last example's findings came from its serial run
         self.pct_steps = 0  # steps of one run, for PCT (0: not counted yet; -1: the count failed)
+        self.ran_once = self.engine.name != "script"  # the real runtime's program ran once (see ``_calibrated``)
         self._raced: Any = None  # the example whose first schedule ran with race detection
         self.interleavings: set[int] = set()
         self.switches = 0
@@ -269,16 +279,23 @@ class Checker:
 
     def _calibrated(self, drawn: list[Schedule], inputs: dict[str, Any]) -> list[Schedule]:
         """PCT's change points spread over the steps of a run: counted once, after the first serial run that passed
-        (a replay brings the count it was found with). A count that fails leaves PCT's default."""
-        if "pct" in members(self.settings.strategy) and not self.pct_steps:
+        (a replay brings the count it was found with). A count that fails leaves PCT's default. The real runtime's
+        program also runs so before its first schedule, whatever the strategy: torch profiles a graph's first run
+        and optimizes it at the second, and optimizing a graph with traced scalar constants fails under a dispatch
+        mode (the race oracle's)."""
+        count = "pct" in members(self.settings.strategy) and not self.pct_steps
+        if count or not self.ran_once:
+            runs = 1 if self.ran_once else WARM_UP_RUNS
+            self.ran_once = True
             watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
             global_watch = GlobalWatch(self.globals)  # the run may change what a check must leave as it was
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
-                steps = self._call(lambda: global_watch.run(lambda: self.engine.calibrate(args)))
-                self.pct_steps = min(steps, 100_000)
+                steps = self._call(lambda: global_watch.run(
+                    lambda: [self.engine.calibrate(args) for _ in range(runs)][-1]))
+                self.pct_steps = min(steps, 100_000) if count else self.pct_steps
             except Exception:  # it raised or hung where the serial run did not: the concurrent runs will tell
-                self.pct_steps = -1
+                self.pct_steps = -1 if count else self.pct_steps
             finally:
                 global_watch.restore()
                 if watch is not None:
@@ -290,10 +307,13 @@ class Checker:
             return _with_timeout(fn, self.settings.timeout)
 
     def _serial(self, inputs: dict[str, Any]) -> tuple[list[Finding], Any]:
-        """The reference: the target once, on copies, forks inline (plain eager Python)."""
+        """The reference: the target once, on copies, forks inline (plain eager Python, or the compiled program with
+        its forks inlined: there the Python stack does not say which line wrote, the static pre-check's twin does)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         module = copy.deepcopy(self.base) if self.target.is_module else None
         callee = module if module is not None else self.base
+        if self.serial_program is not None:
+            callee = functools.partial(self.serial_program, module)
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
         if module is not None:
             watches.append(ModuleWatch(module))
@@ -301,10 +321,12 @@ class Checker:
         watched.update(zip(self.param_names, args))
         if module is not None:
             watched.update(module_state(module))
-        locator = WriteLocator(watched)
+        # compiled code runs under no dispatch mode (see ``_calibrated``), and no Python line would tell who wrote
+        locator = WriteLocator(watched) if self.serial_program is None else None
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
             output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)))
-            return [f for w in watches for f in w.findings([1], locator.locate, self.location)], output
+            locate = locator.locate if locator is not None else (lambda name: ("", ""))
+            return [f for w in watches for f in w.findings([1], locate, self.location)], output
         except _Hang:
             return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
         except Exception as err:
@@ -370,8 +392,8 @@ _NO_OUTPUT = object()
 
 
 def _under(mode: Any, callee: Callable, args: list) -> Any:
-    """Call inside ``mode``: dispatch modes are per thread, so enter it on the thread that runs the call."""
-    with mode:
+    """Call inside ``mode`` (if any): dispatch modes are per thread, so enter it on the thread that runs the call."""
+    with mode if mode is not None else contextlib.nullcontext():
         return callee(*args)
 
 
@@ -381,11 +403,12 @@ def _merge(findings: list[Finding], new: list[Finding]) -> list[Finding]:
     merged = {defect_key(f): f for f in findings}
     for finding in new:
         first = merged.setdefault(defect_key(finding), finding)
-        if first is not finding and not first.detail.get("op") and finding.detail.get("op") \
-                and "/torch/" not in finding.location:
+        if first is not finding and not first.detail.get("op") and finding.detail.get("op"):
             first.detail["op"] = finding.detail["op"]
-            first.location = finding.location
-            first.message += f" (written by {finding.detail['op']} at {finding.location})"
+            located = finding.location and "/torch/" not in finding.location  # a traced graph may keep no lines
+            if located:
+                first.location = finding.location
+            first.message += f" (written by {finding.detail['op']}{f' at {finding.location}' if located else ''})"
     return list(merged.values())
 
 
