@@ -4,6 +4,7 @@ Each ``*Watch`` snapshots before a run, turns what changed after it into finding
 """
 from __future__ import annotations
 
+import functools
 import random
 import types
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -237,15 +238,9 @@ _BACKEND_FLAGS = ("cudnn.enabled", "cudnn.benchmark", "cudnn.deterministic", "cu
 
 
 def _backend_flag(path: str) -> tuple[Callable[[], Any], Callable[[Any], Any]]:
-    owner, _, name = f"torch.backends.{path}".rpartition(".")
-
-    def holder() -> Any:
-        value: Any = torch
-        for part in owner.split(".")[1:]:
-            value = getattr(value, part)
-        return value
-
-    return (lambda: getattr(holder(), name)), (lambda value: setattr(holder(), name, value))
+    *owners, name = path.split(".")
+    holder = functools.reduce(getattr, owners, torch.backends)
+    return (lambda: getattr(holder, name)), (lambda value: setattr(holder, name, value))
 
 
 _PROCESS_STATE.update((f"torch.backends.{path}", _backend_flag(path)) for path in _BACKEND_FLAGS)
