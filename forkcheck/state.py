@@ -294,7 +294,7 @@ class ObjectSnapshot:
 
 
 def _class_state(cls: type) -> dict[str, Any]:
-    return {name: value for name, value in vars(cls).items() if not (name.startswith("__") and name.endswith("__"))}
+    return {name: value for name, value in vars(cls).items() if not _dunder(name)}
 
 
 @dataclass
