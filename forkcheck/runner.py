@@ -67,8 +67,9 @@ class _Hang(Exception):
 def _fingerprint(value: Any) -> Any:
     """A hashable value standing for an input example: tensors by dtype, shape, strides and bytes."""
     if isinstance(value, torch.Tensor):
-        data = value.detach().resolve_conj().resolve_neg().contiguous().flatten().view(torch.uint8)
-        digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()
+        flat = value.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+        data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""  # no elements: no bytes to view
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         return ("tensor", str(value.dtype), tuple(value.shape), value.stride(), value.storage_offset(), digest)
     if isinstance(value, dict):
         return ("dict", tuple((k, _fingerprint(v)) for k, v in value.items()))
