@@ -37,8 +37,9 @@ LOCAL_SCHEMES = ("file:", "data:", "about:", "chrome:", "devtools:")
 class Browser:
     """One headless Chromium and one page, spoken to over the DevTools pipe."""
 
-    def __init__(self, *flags: str, timeout: float = 30.0):
+    def __init__(self, *flags: str, timeout: float = 30.0, width: int = 1200):
         self.timeout = timeout
+        self.width = width
         self.profile = tempfile.mkdtemp(prefix="forkcheck-chromium-")
         to_browser, self._out = os.pipe()
         self._in, from_browser = os.pipe()
@@ -61,7 +62,12 @@ class Browser:
         self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
         for domain in ("Page", "Network", "Runtime"):
             self.call(f"{domain}.enable", session=True)
-        self.call("Emulation.setDeviceMetricsOverride", width=1200, height=900, deviceScaleFactor=1, mobile=False,
+        self.resize(width)
+
+    def resize(self, width: int, height: int = 900) -> None:
+        """The viewport's size in CSS pixels (a phone is about 390 wide)."""
+        self.width = width
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False,
                   session=True)
 
     def _read(self, deadline: float) -> dict:
@@ -123,12 +129,10 @@ class Browser:
             if now == height:
                 break
             height = now
-            self.call("Emulation.setDeviceMetricsOverride", width=1200, height=height, deviceScaleFactor=1,
-                      mobile=False, session=True)
+            self.resize(self.width, height)
             time.sleep(0.2)  # a few frames (animation frames never come with JavaScript off)
         shot = self.call("Page.captureScreenshot", format="png", session=True)
-        self.call("Emulation.setDeviceMetricsOverride", width=1200, height=900, deviceScaleFactor=1, mobile=False,
-                  session=True)
+        self.resize(self.width)
         path.write_bytes(base64.b64decode(shot["data"]))
         keep = os.environ.get("FORKCHECK_BROWSER_ARTIFACTS")
         if keep:
