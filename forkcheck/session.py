@@ -23,10 +23,11 @@ def now() -> str:
 
 
 def merge_rows(previous: Iterable[Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]], rootdir: Path,
-               seen: set[str], replay: bool) -> dict[str, dict[str, Any]]:
+               seen: set[str], replay: bool, partly: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """The report's rows after this run: ``new`` over the ``previous`` rows of items that still exist (``seen``:
-    the node ids collected in this run, deselected ones too); under ``replay`` a new row joins the one it replays."""
-    files = {nodeid.split("::")[0] for nodeid in seen}
+    the node ids collected in this run, deselected ones too; ``partly``: files only some of whose items were asked
+    for, as in ``file.py::name``); under ``replay`` a new row joins the one it replays."""
+    files = {nodeid.split("::")[0] for nodeid in seen} - set(partly)
     rows: dict[str, dict[str, Any]] = {}
     for row in previous:
         nodeid = row.get("nodeid") if isinstance(row, Mapping) else None
@@ -89,11 +90,24 @@ class ResultCollector:
         rows = self.state.results
         if not options.fresh_report:
             previous = previous_report(Path(options.report)).get("results", [])
-            rows = merge_rows(previous, rows, self.rootdir, self.state.seen | set(rows), bool(options.replay))
+            rows = merge_rows(previous, rows, self.rootdir, self.state.seen | set(rows), bool(options.replay),
+                              self._partly(session.config))
         run = {"run_at": self.run_at, "wall_s": round(time.monotonic() - self.started, 3),
                "rootdir": str(self.rootdir), "command": self.state.invocation}
         self.state.report_paths = write_reports(options.report, rows, self.state.seed,
                                                 complete=exitstatus != pytest.ExitCode.INTERRUPTED, run=run)
+
+    def _partly(self, config: pytest.Config) -> set[str]:
+        """Files named with a node id on the command line (``file.py::name``): their other items were not asked for."""
+        partly = set()
+        for arg in config.args:
+            if "::" in arg:
+                path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+                try:
+                    partly.add(path.relative_to(self.rootdir.resolve()).as_posix())
+                except ValueError:
+                    pass
+        return partly
 
     def _complete(self) -> None:
         """Every selected item gets its row: one whose worker crashed is an error, one never run is skipped."""

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from forkcheck.report.html import render_html
+from forkcheck.report.terminal import relative
 from test_html_report import synthetic_report
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
@@ -184,9 +185,11 @@ def test_synthetic_report_in_the_browser(browser, tmp_path):
     assert browser.js("document.querySelector('.tile.v-fail .num').textContent") == "4"
     assert browser.js("document.getElementById('filters').hidden") is False
     assert browser.js("[...document.querySelectorAll('button.copy')].every(b => !b.hidden)") is True
-    assert browser.js("document.querySelectorAll('figure.timeline svg').length") == 12
+    assert browser.js("document.querySelectorAll('figure.timeline .scroll svg').length") == 12
     labels = browser.js("[...document.querySelectorAll('.mark.conflict text')].map(t => t.textContent)")
-    assert "aten::add_ · line 20" in labels and "aten::add_ · line 21" in labels
+    assert "aten::add_ · line 20" in labels and "1 writes" in labels and "2 writes" in labels
+    arrows = browser.js("[...document.querySelectorAll('.arrow-label')].map(t => t.textContent)")
+    assert "fork" in arrows and "wait" in arrows
     message = browser.js("document.querySelector('article.finding .message').textContent")
     assert "<script>window.__pwned = 1</script>" in message  # shown as text, never run
     browser.screenshot(tmp_path / "synthetic.png")
@@ -280,6 +283,27 @@ EXAMPLE = textwrap.dedent('''
 ''')
 
 
+def _fits(browser: Browser) -> None:
+    """Nothing wider than the window: no sideways scrolling (a timeline or source line scrolls in its own box)."""
+    wide = browser.js("document.documentElement.scrollWidth")
+    assert wide <= browser.js("document.documentElement.clientWidth"), f"the page is {wide} px wide"
+
+
+def test_the_page_fits_a_phone(tmp_path):
+    report = synthetic_report(12)
+    report["results"][0]["nodeid"] = "tests/models/test_a_rather_long_module_name.py::TransformerEncoderLayer"
+    page = _write(tmp_path, report)
+    for flags in ((), ("--blink-settings=scriptEnabled=false",)):
+        phone = Browser(NO_NETWORK, *flags, width=390)
+        try:
+            phone.open(page)
+            _fits(phone)
+            assert phone.js("document.querySelector('article.finding .message').getBoundingClientRect().width") > 250
+            phone.screenshot(tmp_path / f"phone{'-no-javascript' if flags else ''}.png")
+        finally:
+            phone.close()
+
+
 def test_a_real_report(browser, tmp_path):
     (tmp_path / "test_ops.py").write_text(EXAMPLE)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--forkcheck-seed", "3",
@@ -296,10 +320,28 @@ def test_a_real_report(browser, tmp_path):
     assert "x.add_(1)" in browser.js("document.querySelector('pre.source .hit').textContent")
     assert browser.js("document.querySelector('pre.source .hit .ln').textContent") == "10"
     replay = browser.js("document.querySelector('.replay code').textContent")
-    assert replay.startswith("pytest 'test_ops.py::shift_in_place' --forkcheck-replay fc1.")
+    command = json.loads((tmp_path / "reports" / "forkcheck.json").read_text())["command"]
+    assert command.endswith(" -m pytest")  # as this run was started, by the same interpreter
+    assert replay.startswith(f"{command} 'test_ops.py::shift_in_place' --forkcheck-replay fc1.")
     assert browser.js("document.querySelectorAll('figure.timeline .lane').length") >= 2
     shot = browser.screenshot(tmp_path / "real-report.png")
     print(f"screenshot: {shot}")
+
+    # the replay command as the terminal printed it, run by the shell; its row goes beside the one it replays
+    printed = next(line for line in run.stdout.splitlines() if line.startswith("  replay: ")).removeprefix("  replay: ")
+    assert printed == replay
+    again = subprocess.run(["bash", "-c", printed], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "reproduced 10 of 10" in again.stdout, again.stdout + again.stderr
+    browser.open(page)
+    assert browser.js("document.querySelectorAll('details.item').length") == 2  # merged, not overwritten
+    replayed = browser.js("document.querySelector('details.item.v-fail .replayed').innerText")
+    assert "reproduced 10 of 10 (10 with a wrong outcome)" in replayed
+    browser.resize(390)
+    try:
+        _fits(browser)
+        browser.screenshot(tmp_path / "merged-report-phone.png")
+    finally:
+        browser.resize(1200)
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +353,9 @@ def test_the_examples_report(browser, tmp_path):
     subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "examples"), "-q", "-p", "no:cacheprovider",
                     "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"), "--forkcheck-seed", "1",
                     "--forkcheck-report", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, timeout=600)
-    rows = json.loads((tmp_path / "forkcheck.json").read_text())["results"]
+    report = json.loads((tmp_path / "forkcheck.json").read_text())
+    rows = report["results"]
+    assert report["command"].endswith(" -m pytest")
     browser.open(tmp_path / "index.html")
     _only_local(browser.requested())
     assert browser.js("document.querySelectorAll('details.item').length") == len(rows)
@@ -324,11 +368,20 @@ def test_the_examples_report(browser, tmp_path):
         item = f"[...document.querySelectorAll('details.item')].find(d => d.querySelector('.nodeid').textContent " \
                f"=== {json.dumps(row['nodeid'])})"
         first = row["findings"][0]
-        assert browser.js(f"{item}.querySelector('article.finding .message').textContent") == first["message"]
+        assert browser.js(f"{item}.querySelector('article.finding .message').textContent") == relative(
+            first["message"], report["rootdir"])
         assert browser.js(f"{item}.querySelector('.replay code').textContent").startswith(
-            f"pytest '{row['nodeid']}' --forkcheck-replay fc1.")
+            f"{report['command']} '{row['nodeid']}' --forkcheck-replay fc1.")
         if first.get("location"):
             assert browser.js(f"!!{item}.querySelector('pre.source .hit')") is True
         if first.get("tasks"):
             assert browser.js(f"{item}.querySelectorAll('figure.timeline .mark.conflict').length") >= 1
+    text = browser.js("document.body.innerText")
+    assert report["rootdir"] + "/" not in text  # paths relative to the rootdir
     browser.screenshot(tmp_path / "examples-report.png")
+    browser.resize(390)
+    try:
+        _fits(browser)
+        browser.screenshot(tmp_path / "examples-report-phone.png")
+    finally:
+        browser.resize(1200)

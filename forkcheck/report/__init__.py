@@ -6,7 +6,7 @@ forkcheck writes only into a directory it may write, and never over a file it di
 """
 from __future__ import annotations
 
-import json
+import json as _json  # (not ``json``: the submodule forkcheck.report.json takes that name here)
 import os
 import tempfile
 from pathlib import Path
@@ -82,7 +82,7 @@ def previous_report(directory: Path, strict: bool = False) -> dict[str, Any]:
     a file that is not one)."""
     path = Path(directory) / FILES["json"]
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = _json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):

@@ -238,7 +238,7 @@ class _Page:
             "traceback": self.rel(detail.get("traceback", "")),
             "heatmap": _heatmap(detail.get("diff")),
             "timeline": self._paths_relative(_timeline(kind, tasks, detail, line)),
-            "accesses": self._accesses(detail.get("accesses")),
+            "accesses": self._accesses(_conflicts(detail) or detail.get("accesses")),
             "details": self._details(detail),
         }
 
@@ -256,8 +256,7 @@ class _Page:
             if isinstance(access, Mapping):
                 task = access.get("task")
                 rows.append({"task": task_name(task) if isinstance(task, int) else self.rel(task),
-                             "verb": {"write": "writes", "read": "reads"}.get(str(access.get("kind")),
-                                                                              self.rel(access.get("kind") or "")),
+                             "verb": _VERBS.get(str(access.get("kind")), self.rel(access.get("kind") or "")),
                              "op": self.rel(access.get("op") or ""),
                              "where": self.rel(access.get("location") or "")})
         return rows
@@ -278,8 +277,8 @@ class _Page:
                                                          isinstance(pair, list) else self.rel(pair) for pair in others)))
         sizes = detail.get("pool_sizes")
         if isinstance(sizes, list) and sizes:
-            shown.append(("shown with", "inter-op pools of " + _and([str(s) for s in sizes]) +
-                          (" thread" if sizes == [1] else " threads")))
+            shown.append(("shown with", "an inter-op pool of 1 thread" if sizes == [1] else
+                          f"inter-op pools of {_and([str(s) for s in sizes])} threads"))
         if detail.get("via"):
             shown.append(("via", f"{self.rel(detail['via'])}, which can return its input itself"))
         if detail.get("timeout_s") is not None:
@@ -293,6 +292,13 @@ class _Page:
                                                "order"):
                 shown.append((key.replace("_", " "), self.rel(value)))
         return shown
+
+
+def _conflicts(detail: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The conflicting accesses in the order the timeline draws (and numbers) them."""
+    events = detail.get("events")
+    return [e for e in events[:_MAX_EVENTS] if isinstance(e, Mapping) and e.get("conflict")] \
+        if isinstance(events, list) else []
 
 
 def _counts(row: Mapping[str, Any], stats: Mapping[str, Any]) -> str:
@@ -495,6 +501,9 @@ _TOP = 26
 _LEFT = 76
 
 
+_VERBS = {"write": "writes", "read": "reads"}
+
+
 def _lane_label(task: int) -> str:
     return task_name(task)
 
@@ -536,13 +545,13 @@ def _lane_timeline(kind: str, tasks: list[int], detail: Mapping[str, Any], line:
                        "label": "wait" if first else "", "lx": x_wait - 4, "ly": (y_main + y) // 2 + 4})
         if task in involved:
             x = (x_fork + x_wait) // 2 if kind != "nondeterminism" else x_wait - 60
-            marks.append({"x": x, "y": y, "kind": "conflict", "label": label, "label_y": y - 10,
+            marks.append({"x": x, "y": y, "kind": "conflict", "label": label, "label_y": y + 18,
                           "title": f"{_lane_label(task)}: {label}"})
     if 0 in involved:
         marks.append({"x": width // 2, "y": y_main, "kind": "conflict", "label": label, "label_y": y_main - 10,
                       "title": f"main: {label}"})
     hidden = max(tasks) - count
-    return {"width": width, "height": _TOP + count * _LANE_GAP + 12, "lanes": lanes, "arrows": arrows,
+    return {"width": width, "height": _TOP + count * _LANE_GAP + 26, "lanes": lanes, "arrows": arrows,
             "marks": marks, "note": f"{hidden} more task(s) not drawn" if hidden > 0 else "", "recorded": False}
 
 
@@ -561,6 +570,7 @@ def _event_timeline(events: list[Mapping[str, Any]]) -> dict[str, Any]:
     span: dict[int, list[int]] = {}
     arrows, marks = [], []
     last_label: dict[int, int] = {}
+    numbered = 0
     forked: set[int] = set()  # lanes that start at their fork arrow (the others get a little lead)
 
     def reach(task: int, x: int) -> None:
@@ -592,10 +602,10 @@ def _event_timeline(events: list[Mapping[str, Any]]) -> dict[str, Any]:
         shape = "conflict" if conflict else kind if kind in ("write", "fork", "wait") else "read"
         mark = {"x": x, "y": y, "kind": shape, "label": "", "label_y": y - 10,
                 "title": " · ".join(p for p in (_lane_label(task), kind, op, location) if p)}
-        if conflict:
-            verb = {"write": "writes", "read": "reads"}.get(kind, kind)
-            mark["label"] = " · ".join(p for p in (f"{verb} {op}".strip(), f"line {line}" if line else "") if p)
-            if x - last_label.get(task, -1000) < 150:  # two labels close on one lane: the second goes below
+        if conflict:  # numbered as the finding lists the accesses: "1 writes", "2 reads"
+            numbered += 1
+            mark["label"] = f"{numbered} {_VERBS.get(kind, kind)}"
+            if x - last_label.get(task, -1000) < 80:  # two labels close on one lane: the second goes below
                 mark["label_y"] = y + 18
             last_label[task] = x
         marks.append(mark)
