@@ -98,7 +98,10 @@ class ResultCollector:
                                                 complete=exitstatus != pytest.ExitCode.INTERRUPTED, run=run)
 
     def _partly(self, config: pytest.Config) -> set[str]:
-        """Files named with a node id on the command line (``file.py::name``): their other items were not asked for."""
+        """Files only some of whose items were asked for: named with a node id on the command line (``file.py::name``),
+        or every file under ``--lf`` (which leaves the passing items out of the collection itself)."""
+        if config.getoption("lf", False):
+            return {nodeid.split("::")[0] for nodeid in self.state.seen}
         partly = set()
         for arg in config.args:
             if "::" in arg:

@@ -141,7 +141,7 @@ def test_pure_target_passes_and_a_mutating_one_fails_with_finding_input_and_repl
         "*[[]input-mutation[]] input 'x' changed*",
         "minimal failing input:",
         "  x = tensor(*",
-        "replay: pytest 'test_ops.py::add_in_place' --forkcheck-replay fc1.*",
+        "replay: * -m pytest 'test_ops.py::add_in_place' --forkcheck-replay fc1.*",  # as this pytest was started
     ])
     assert fc.rows()["test_ops.py::add_in_place"]["findings"][0]["kind"] == "input-mutation"
 

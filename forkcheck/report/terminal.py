@@ -104,7 +104,7 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
     if replays:
         lines.append(f"replayed {replay_what(replays)}, {replays.get('runs', 0)} times: {replay_outcome(replays)}")
     lines.append(f"not safe to fork: {kinds} in {target} "
-                 f"({_get(result, 'engine')} engine: {reason(_get(result, 'engine_reason'))})")
+                 f"({_get(result, 'engine')} engine; {reason(_get(result, 'engine_reason'))})")
     for finding in findings:
         lines.append(f"  [{_get(finding, 'kind')}] {_get(finding, 'message')}")
         where, tasks = _get(finding, "location"), task_names(_get(finding, "tasks", []))
