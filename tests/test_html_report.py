@@ -195,7 +195,8 @@ def test_timelines_draw_recorded_events_or_task_lanes():
     text = render_html(synthetic_report(1))
     page = Page(text)
     assert text.count('<figure class="timeline">') == 2  # the mutation (task lanes) and the race (events)
-    assert "aten::add_ · line 20</text>" in text and "aten::add_ · line 21</text>" in text
+    assert "aten::add_ · line 20</text>" in text  # the mutation's lanes: the op and its line
+    assert ">1 writes</text>" in text and ">2 writes</text>" in text  # the race's accesses, numbered as listed
     conflicts = [a for a in page.all("g") if "conflict" in (a.get("class") or "")]
     assert len(conflicts) == 3 + 2  # three task lanes marked for the mutation, two accesses for the race
     lanes = [a for a in page.all("g") if (a.get("class") or "").startswith("lane")]

@@ -159,7 +159,8 @@ class _Page:
             "replays": replays,
             "replayed": self._replayed(replay_run) if isinstance(replay_run, Mapping) else None,
             "run_at": _when(run_at),
-            "earlier": _when(run_at) if run_at and self.run_at and run_at < self.run_at else "",
+            "earlier": _when(run_at) if run_at and self.run_at and run_at < self.run_at and not (
+                isinstance(replay_run, Mapping) and replay_run.get("run_at") == self.run_at) else "",
         }
 
     def _replays(self, nodeid: str, findings: list[dict]) -> list[dict[str, str]]:
@@ -228,7 +229,8 @@ class _Page:
         tensor, changes = _tensor_facts(kind, detail, row) if kind in _MUTATIONS else ([], detail.get("changes"))
         return {
             "id": anchor, "kind": kind, "message": self.rel(data.get("message") or ""),
-            "location": location, "location_short": self.rel(_short_path(path, self.root)) + (f":{line}" if line else ""),
+            "location": location,
+            "location_short": self.rel(_short_path(path, self.root)) + (f":{line}" if line else ""),
             "snippet": self.sources.snippet(path, line) if line else None,
             "tasks": [task_name(t) for t in tasks], "replay": str(data.get("replay") or ""),
             "static": detail.get("source") == "static",
@@ -273,8 +275,9 @@ class _Page:
                                                        for pair in pairs if isinstance(pair, list))))
         others = detail.get("other_pairs")
         if isinstance(others, list) and others:
-            shown.append(("other racing ops", "; ".join(" and ".join(self.rel(o) for o in pair) if
-                                                         isinstance(pair, list) else self.rel(pair) for pair in others)))
+            shown.append(("other racing ops", "; ".join(
+                " and ".join(self.rel(o) for o in pair) if isinstance(pair, list) else self.rel(pair)
+                for pair in others)))
         sizes = detail.get("pool_sizes")
         if isinstance(sizes, list) and sizes:
             shown.append(("shown with", "an inter-op pool of 1 thread" if sizes == [1] else
