@@ -193,7 +193,7 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
     from .engines.eager import ControlledScheduler, ScheduleError, race_log
     from .findings import CheckResult, sort_findings
     from .replay import ReplayToken
-    from .report.terminal import replay_command
+    from .report.terminal import relative, replay_command
     from .schedule import members
 
     replay = item.config.stash[STATE].options.replay
@@ -224,21 +224,23 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
             result.verdict = "fail"
             result.duration_s = round(time.perf_counter() - started, 3)
             item.stash[RESULT] = result
-            raced = "".join(f"\n  - {race.message}" for race in races)
+            invocation, rootdir = _shown_as(item.config)
+            raced = relative("".join(f"\n  - {race.message}" for race in races), rootdir)
             err.add_note(f"forkcheck: failed under {which} ({settings.strategy})"
                          + (f", which also showed {len(races)} race{'s' * (len(races) > 1)}:{raced}\n" if races
                             else "; ")
-                         + f"replay it with\n  {replay_command(item.nodeid, token, _shown_as(item.config)[0])}")
+                         + f"replay it with\n  {replay_command(item.nodeid, token, invocation)}")
             raise
         races = _races(log, token, failed=False)
         if races:
             result.findings, result.verdict = races, "fail"
             result.duration_s = round(time.perf_counter() - started, 3)
             item.stash[RESULT] = result
-            listed = "\n".join(f"  - {race.message}" for race in races)
+            invocation, rootdir = _shown_as(item.config)
+            listed = relative("\n".join(f"  - {race.message}" for race in races), rootdir)
             pytest.fail(f"forkcheck: {len(races)} race{'s' * (len(races) > 1)} under {which} ({settings.strategy}), "
                         f"although the test's assertions passed:\n{listed}\nreplay it with\n  "
-                        f"{replay_command(item.nodeid, token, _shown_as(item.config)[0])}", pytrace=False)
+                        f"{replay_command(item.nodeid, token, invocation)}", pytrace=False)
     result.duration_s = round(time.perf_counter() - started, 3)
     item.stash[RESULT] = result
 
