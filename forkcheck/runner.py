@@ -166,6 +166,7 @@ class Checker:
         self.failing_decisions: list[int] = []
         self.globals = referenced_globals(self._code())
         self.location = target.source_location(self.base)
+        self.return_location = target.return_location()  # where a differing output is returned
         self.static = self._static_findings()
         self.examples = 0
         self.schedules = 0
@@ -379,7 +380,7 @@ class Checker:
                     "nondeterminism",
                     f"task {task} of {len(tasks)} returned a different output than the serial reference: "
                     + "; ".join(diffs[:3]),
-                    location=self.location, tasks=[task], detail={"differences": diffs[:10]}))
+                    location=self.return_location, tasks=[task], detail={"differences": diffs[:10]}))
                 break
         findings += [outputs_affected(race, affected) for race in getattr(self.engine, "last_races", ())]
         return findings
@@ -560,6 +561,7 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
 def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, result: CheckResult) -> list[Finding]:
     """Rerun the token's example ``REPLAYS`` times; the result says how many reproduced the failure."""
     import hypothesis
+    from hypothesis.reporting import with_reporter
 
     replayed = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
     findings: list[Finding] = []
@@ -567,7 +569,8 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
     for _ in range(REPLAYS):
         checker.memo.clear()
         try:
-            replayed()
+            with with_reporter(lambda _text: None):  # the report says what was replayed, once, not each run
+                replayed()
         except _Failed as failed:
             reproduced += 1
             wrong += _wrong_outcome(failed.findings)
@@ -575,7 +578,9 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
         except hypothesis.errors.DidNotReproduce:
             pass
     # "wrong_outcome": replays whose outcome was wrong, not only predicted by the race oracle
-    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong}
+    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong,
+                               "schedules": checker.per_example, "strategy": token.strategy,
+                               "pool_size": _pool_size(checker)}
     size = _pool_size(checker)
     if token.pool_size and size and size != token.pool_size:
         result.stats["replay_note"] = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
