@@ -13,6 +13,7 @@ numpy's OpenBLAS pool, which shuts down at a fork and restarts in the child). A 
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from torch import Tensor
@@ -26,6 +27,14 @@ def _threads() -> int:
 
 
 IMPORTED_THREADS = _threads()
+
+
+def _settled_threads(wait_s: float = 5.0) -> int:
+    """The thread count once the warm-up's run threads are gone: a joined thread's OS thread ends a moment later."""
+    deadline = time.monotonic() + wait_s
+    while _threads() > IMPORTED_THREADS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _threads()
 
 
 def _tiny(x: Tensor) -> Tensor:
@@ -51,4 +60,4 @@ try:
     WARM_ERROR = ""
 except Exception as err:  # a colder template still serves: each child then pays what the warm-up did not
     WARM_ERROR = f"{type(err).__name__}: {err}"
-THREADS = (IMPORTED_THREADS, _threads())
+THREADS = (IMPORTED_THREADS, _settled_threads())
