@@ -242,6 +242,8 @@ def _current(pool_size: int) -> ChildProcess:
         if child is not None:
             child.kill()
         if not _children:
+            import multiprocessing.util  # registers an exit handler that joins live children: ours must run first
+
             atexit.register(shutdown)
         child = _children[pool_size] = ChildProcess(pool_size)
     return child
