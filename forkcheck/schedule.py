@@ -14,6 +14,7 @@ the same task whatever order the threads reach it in.
 """
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -371,13 +372,20 @@ def draw_schedules(draw: Callable[[Any, str], Schedule], strategy: str, count: i
     starts from the simplest draw (seed 0), and ten copies of one schedule would test one interleaving ten times.
     """
     kinds = members(strategy)
-    sources = {kind: schedules(kind) for kind in kinds}
+    sources = {kind: _drawn_schedules(kind) for kind in kinds}
     drawn = []
     for index in range(count):
         schedule = draw(sources[kinds[index % len(kinds)]], f"schedule {index}")
         mixed = zlib.crc32(f"{schedule.seed}:{index}".encode()) | (schedule.seed << 32)
         drawn.append(Schedule(schedule.strategy, mixed % 2**64, schedule.params))
     return drawn
+
+
+@functools.lru_cache(maxsize=None)
+def _drawn_schedules(kind: str) -> Any:
+    """``schedules(kind)``, built once: Hypothesis validates a new strategy (and describes its lambda from the
+    source) on its first draw, which cost more than the runs of an example whose serial run is all it runs."""
+    return schedules(kind)
 
 
 def with_steps(drawn: list[Schedule], steps: int) -> list[Schedule]:

@@ -537,6 +537,15 @@ def test_the_child_ends_with_its_parent() -> None:
     assert not _alive(pid)
 
 
+def test_a_process_that_started_a_child_exits_as_usual() -> None:
+    # nothing imported multiprocessing before the first child: its exit handler, which joins live children, must not
+    # run before forkcheck's own stops them
+    code = ("import sys, forkcheck.isolation as i; i.prewarm(); i._children[0].wait_ready(); "
+            "print('torch' in sys.modules)")
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert (finished.returncode, finished.stdout.strip()) == (0, "False")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
