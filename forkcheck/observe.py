@@ -151,6 +151,7 @@ class AccessLog(TorchDispatchMode):
         self._seq = itertools.count(1)  # ``next`` and ``list.append`` are atomic: no lock on the hot path
         self._entered = 0
         self._lock = threading.Lock()
+        self._nested = itertools.count(1)  # tasks and fork subgraphs absorbed from nested runs: -1, -2, ...
 
     # -- task identity (engines without scheduling ops call these) ----------------------------------------------
 
@@ -272,6 +273,58 @@ class AccessLog(TorchDispatchMode):
         pinned, self._pinned = self._pinned, {}
         for handle in pinned.values():
             torch.UntypedStorage._free_weak_ref(handle)
+
+    def absorb(self, nested: "AccessLog") -> None:
+        """Append the log of a nested run (a scripted call) that ran, on the calling thread, entirely between this
+        log's last event and its next: its root becomes the task running on this thread, its forked tasks (and fork
+        subgraphs) get new ids, negative until :meth:`number_nested`; its storages stay pinned here."""
+        caller = self._current.get(threading.get_ident(), (0, ""))[0]
+        tasks: dict[Optional[int], Optional[int]] = {None: None, 0: caller}
+        statics: dict[Optional[int], Optional[int]] = {None: None}
+
+        def task(t: Optional[int]) -> Optional[int]:
+            if t not in tasks:
+                tasks[t] = -next(self._nested)
+            return tasks[t]
+
+        def static(s: Optional[int]) -> Optional[int]:
+            if s not in statics:
+                statics[s] = -next(self._nested)
+            return statics[s]
+
+        for event in nested.events():
+            if isinstance(event, Access):
+                self.accesses.append(event._replace(seq=next(self._seq), task=task(event.task)))
+            else:
+                self.syncs.append(event._replace(seq=next(self._seq), task=task(event.task), child=task(event.child),
+                                                 static=static(event.static),
+                                                 waits=tuple(static(w) for w in event.waits)))
+        for key, (op, location, made_by) in nested.created.items():
+            self.created.setdefault(key, (op, location, task(made_by)))
+        for key, name in nested.names.items():
+            self.names.setdefault(key, name)
+        self.unattributed += nested.unattributed
+        pinned, nested._pinned = nested._pinned, {}
+        for key, handle in pinned.items():
+            if self._pinned.setdefault(key, handle) != handle:
+                torch.UntypedStorage._free_weak_ref(handle)
+
+    def number_nested(self) -> None:
+        """Number the tasks absorbed from nested runs after the others (1, 2, ... -> n + 1, n + 2, ...), in the order
+        they were absorbed. Called once the run is over."""
+        known = [s.task for s in self.syncs] + [s.child for s in self.syncs if s.child is not None]
+        first = max([t for t in known if t >= 0] + [a.task for a in self.accesses if a.task >= 0] + [0])
+        nested = sorted({t for t in known if t < 0}, reverse=True)
+        ids = {t: first + i for i, t in enumerate(nested, start=1)}
+        if not ids:
+            return
+
+        def renamed(t: Optional[int]) -> Optional[int]:
+            return ids.get(t, t)
+
+        self.accesses = [a._replace(task=renamed(a.task)) for a in self.accesses]
+        self.syncs = [s._replace(task=renamed(s.task), child=renamed(s.child)) for s in self.syncs]
+        self.created = {key: (op, where, renamed(t)) for key, (op, where, t) in self.created.items()}
 
     def __enter__(self) -> "AccessLog":
         with self._lock:

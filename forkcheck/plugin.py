@@ -202,10 +202,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
     if pyfuncitem.stash.get(KIND, None) != "test":
         return None
-    from . import _exit
     from .items import SETTINGS, run_marked_test
 
-    _exit.forks_ran()
     run_marked_test(pyfuncitem, pyfuncitem.stash[SETTINGS])
     return True
 
