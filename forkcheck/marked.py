@@ -13,8 +13,9 @@ the body itself, a call holding the GIL) is a ``hang`` once the copy is stopped;
 """
 from __future__ import annotations
 
-import pickle
+import os
 import random
+import sys
 import time
 import traceback
 import weakref
@@ -53,7 +54,9 @@ def check_test(body: Callable[[], Any], settings: Settings = Settings(), name: s
         return _result(name, started, verdict="error", error=f"setup error: {err}")
     run = _Schedules(body, settings, name, token, arguments, describe_failure)
     where = "in-process"
-    if forked and pool_started():
+    if forked and not hasattr(os, "fork"):
+        where = "in-process (this platform cannot fork)"
+    elif forked and pool_started():
         where = ("in-process (torch's inter-op pool already has threads in this process, started by earlier code: "
                  "a forked copy could not run scripted forks)")
     elif forked:
@@ -75,11 +78,8 @@ def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float,
             return {"result": run.check().to_json()}
         except Exception:
             raise
-        except BaseException as err:  # not a failure of the body: raised again in the parent, if it pickles
-            try:
-                return {"raise": pickle.dumps(err).hex()}
-            except Exception:  # noqa: BLE001
-                raise err from None
+        except BaseException as err:  # not a failure of the body (pytest.skip, SystemExit): raised in the parent
+            return {"raise": [id(type(err)), type(err).__qualname__, str(err)]}
 
     try:
         answer = run_forked(work, settings.timeout, keep_python_streams=keep)
@@ -103,7 +103,7 @@ def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float,
         return _result(name, started, verdict="error", error=f"internal error in forkcheck (in the forked copy):\n"
                                                              f"{failed}")
     if "raise" in answer:
-        raise pickle.loads(bytes.fromhex(answer["raise"]))
+        raise _rebuilt(*answer["raise"])
     result = CheckResult.from_json(answer["result"])
     result.stats["isolation"] = "forked"
     return result
@@ -193,6 +193,21 @@ class _Schedules:
                                         kind="nondeterminism" if isinstance(err, AssertionError) else "exception")
         finding.detail["order"] = scheduler.order[:500]
         return finding
+
+
+def _rebuilt(kind_id: int, qualname: str, text: str) -> BaseException:
+    """The exception a forked copy raised that was no failure of the body, made again here from its text and its
+    type: the copy's type is this process's, at the same address (it was made before the fork; pytest's outcome
+    types say their module is ``builtins``, so a name cannot find them)."""
+    name = qualname.rsplit(".", 1)[-1]
+    for module in list(sys.modules.values()):
+        kind = getattr(module, name, None)
+        if id(kind) == kind_id and isinstance(kind, type) and issubclass(kind, BaseException):
+            try:
+                return kind(text)
+            except Exception:  # noqa: BLE001 - a constructor of another shape: said, not rebuilt
+                break
+    return RuntimeError(f"the test raised {qualname}: {text}")
 
 
 def _argument_names(arguments: Mapping[str, Any]) -> dict[int, str]:

@@ -17,10 +17,11 @@ KIND = pytest.StashKey[str]()  # on forkcheck's items: "target" or "test"
 RESULT = pytest.StashKey[Any]()  # on forkcheck's items: the CheckResult, once there is one
 MARKER_HELP = (
     "fork_safe(schedules=10, timeout=60): re-run this test under many fork/wait schedules of forkcheck's own "
-    "scheduler; it fails if any schedule fails (its assertions, a race between its tasks, a forked task's "
-    "exception, or a hang).")
+    "scheduler (forks inside scripted code it calls too), in a forked copy of pytest's process; it fails if any "
+    "schedule fails (its assertions, a race between its tasks, a forked task's exception, or a hang).")
 ISOLATION = Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, "
-                                "surviving a crash; default) or inprocess (this process, e.g. to debug forkcheck).",
+                                "surviving a crash; marked tests in a forked copy of this process; default) or "
+                                "inprocess (this process, e.g. to debug forkcheck).",
                    "child|inprocess")
 ISOLATIONS = ("child", "inprocess")
 NOT_RUN = "not run: the session stopped before this item (-x, --maxfail, an interrupt or a crash)"

@@ -6,9 +6,10 @@ module's method (``forward`` or any other: ``torch.ScriptMethod``) whose graph f
 instead (``forkcheck.instrument``, made once per compiled object, the user's object untouched), under PCT priorities
 (``forkcheck.schedule.PCTPolicy``): the calling task first, until it waits, then the tasks it forked in a drawn order,
 not the order they were forked in (which the pool keeps, unperturbed, in most runs). The priorities are drawn from
-the test's schedule seed and the call's position in the schedule, so a schedule replays. Its tasks' accesses go to an access log of their own, absorbed into the test's when the call returns: the
-call is one step of forkcheck's scheduler (no other task of the test runs meanwhile), so races between its tasks and
-the test's other tasks are predicted too. Only entry calls are routed: scripted code calling scripted code is inlined
+the test's schedule seed and the call's position in the schedule, so a schedule replays. The call's accesses go to
+an access log of its own, absorbed into the test's when it returns: the call is one step of forkcheck's scheduler
+(no other task of the test runs meanwhile), so races between its tasks and the test's other tasks are predicted
+too (by happens-before, ``forkcheck.oracles.races``). Only entry calls are routed: scripted code calling scripted code is inlined
 into the caller's graph. A graph without forks runs as it is, its ops seen by forkcheck's scheduler like any other.
 """
 from __future__ import annotations

@@ -93,6 +93,17 @@ def test_asserts():
     assert got == [1, 2]
 
 
+@pytest.mark.fork_safe(schedules=2)
+def test_skips():
+    pytest.skip("not today")
+
+
+@pytest.mark.fork_safe(schedules=2)
+def test_reads_its_output(capsys):
+    print("hello")
+    assert capsys.readouterr().out == "hello\\n"
+
+
 def test_plain_after():
     pass
 """
@@ -122,8 +133,10 @@ def test_a_crash_or_hang_in_a_marked_test_is_that_items_and_the_session_goes_on(
     pytester.makepyfile(test_ends=source(ENDS_ITS_PROCESS))
     result = run()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stderr.str()[-2000:]
-    result.assert_outcomes(failed=3, passed=1)
+    result.assert_outcomes(failed=3, passed=2, skipped=1)
     rows = fc.rows()
+    assert rows["test_ends.py::test_skips"]["verdict"] == "skipped"
+    assert rows["test_ends.py::test_reads_its_output"]["verdict"] == "pass"
     exited = rows["test_ends.py::test_exits"]
     assert (exited["kind"], exited["verdict"]) == ("test", "error")
     assert "exited with status 3 during schedule 1 of 2" in exited["error"] and "about to exit" in exited["error"]
