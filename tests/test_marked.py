@@ -275,3 +275,32 @@ def test_a_forked_child_that_dies_or_stays_silent_is_reported() -> None:
         run_forked(silent, timeout=60)
     assert stopped.value.last["what"] == "schedule 1" and "in silent" in stopped.value.output
     assert run_forked(lambda send: {"answer": 42}, timeout=60) == {"answer": 42}
+
+
+class _Bump(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("count", torch.zeros(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.count.add_(x)
+        return self.count
+
+
+class _Heads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bump = _Bump()
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = torch.jit.fork(self.bump, x)
+        b = torch.jit.fork(self.bump, x)
+        return torch.jit.wait(a) + torch.jit.wait(b)
+
+
+def test_a_scripted_modules_forks_racing_on_its_buffer_are_named_after_it() -> None:
+    heads = torch.jit.script(_Heads())
+    result = check_test(lambda: heads(torch.ones(3)), Settings(seed=1, schedules=2), "heads")
+    [race] = result.findings
+    assert race.kind == "race" and race.tasks == [1, 2] and race.detail["storage"] == "_Heads.bump.count"
+    assert race.location.endswith(f"test_marked.py:{_Bump.forward.__code__.co_firstlineno + 1}")
