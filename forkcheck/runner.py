@@ -1,8 +1,10 @@
 """One check: Hypothesis examples x schedules through an engine, the oracles over every run. No pytest needed."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import random
 import threading
@@ -13,7 +15,9 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import _exit, _warnings
+from .coverage import Coverage
 from .engines import TaskError, choose_engine
+from .compiled import serial_program
 from .engines.eager import ScheduleError
 from .findings import CheckResult, Finding, defect_key, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, error_location, user_location
@@ -37,6 +41,7 @@ class _Failed(Exception):
 
 
 AFTER_A_RACE = 3  # schedules per example once a race is predicted and outcomes stayed right
+WARM_UP_RUNS = 2  # unperturbed runs of the real runtime's program before its first schedule (see ``_calibrated``)
 
 
 def schedules_here(settings: Settings, engine: str) -> int:
@@ -132,17 +137,29 @@ class Checker:
     def __init__(self, target: Target, settings: Settings):
         import strategies as fst
 
+        if target.mark.error:  # fork_safe was used wrongly in a file being collected (``marker.errors_deferred``)
+            raise MarkError(target.mark.error)
         self.target = target
         self.settings = settings
-        self.strategies = fst.for_callable(target.obj, target.strategies, what=target.name)
-        self.param_names = list(self.strategies)
         self.base = target.instance()
+        self.strategies = fst.for_callable(self.base if target.is_compiled else target.obj, target.strategies,
+                                           what=target.name)
+        self.param_names = list(self.strategies)
+        # compiled code's serial reference: its own graph, forks inlined (see ``forkcheck.compiled``)
+        self.serial_program = serial_program(self.base) if target.is_compiled else None
         with _warnings.quiet_jit():
             self.engine = choose_engine(
                 copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
-                settings.timeout)
+                settings.timeout, controlled=settings.strategy == "exhaustive")
+        # ``exhaustive``: each input's interleavings are searched (``forkcheck.dpor``), not drawn; a compiled target
+        # runs on TorchScript's runtime, where its schedules are the portfolio's (``forkcheck.schedule.members``)
+        self.exhaustive = settings.strategy == "exhaustive" and self.engine.name == "eager"
+        self.coverage = Coverage(self.engine.name)
+        self.replay_decisions: Optional[list[int]] = None  # ``exhaustive`` replay: the interleaving to rerun
+        self.decisions_of: dict[Any, list[int]] = {}  # a failing example's key -> its interleaving's decisions
+        self.failing_decisions: list[int] = []
         self.globals = referenced_globals(self._code())
-        self.location = target.source_location()
+        self.location = target.source_location(self.base)
         self.static = self._static_findings()
         self.examples = 0
         self.schedules = 0
@@ -151,6 +168,7 @@ class Checker:
         self.serial_only = False  # set while shrinking a defect the serial run shows
         self.serial_failure = False  # whether the last example's findings came from its serial run
         self.pct_steps = 0  # steps of one run, for PCT (0: not counted yet; -1: the count failed)
+        self.ran_once = self.engine.name != "script"  # the real runtime's program ran once (see ``_calibrated``)
         self._raced: Any = None  # the example whose first schedule ran with race detection
         self.interleavings: set[int] = set()
         self.switches = 0
@@ -192,9 +210,14 @@ class Checker:
         to inputs that may show the wrong outcome; once a race is predicted, an example runs at most
         ``AFTER_A_RACE`` schedules (the first inputs Hypothesis draws, zeros, often hide a race's effect).
         """
-        drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
-        key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
+        if self.exhaustive:
+            drawn: Any = self._interleavings()
+            key = (_fingerprint(inputs), "exhaustive")
+        else:
+            drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
+            key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
         if key in self.memo:
+            self.failing_decisions = self.decisions_of.get(key, [])
             _fail(self.memo[key])
         if self.shrink_until is not None and time.monotonic() > self.shrink_until:
             return  # shrinking ran out of time: no new example fails, the smallest one so far stands
@@ -204,39 +227,70 @@ class Checker:
         self.serial_failure = bool(findings)
         if findings and self.failed_after is None:
             self.failed_after = self.schedules
-        if not findings and not self.serial_only:
+        if not findings and not self.serial_only and not self.exhaustive:
             drawn = self._calibrated(drawn, inputs)
-        for index, schedule in enumerate(drawn if not findings and not self.serial_only else ()):
-            if index >= AFTER_A_RACE and self.hold_races and (findings or self.predicted):
+        searched = not findings and not self.serial_only
+        decisions: Optional[list[int]] = None  # the interleaving of the first run with findings (or a wrong outcome)
+        stopped = False
+        for index, schedule in enumerate(drawn if searched else ()):
+            if index >= AFTER_A_RACE and self.hold_races and (findings or self.predicted) and not self.exhaustive:
                 break  # a race is predicted and the outcome stayed right: another input is likelier to show it
             self.schedules += 1
             found = self._concurrent(inputs, schedule, reference)
+            if getattr(schedule, "diverged", False):  # the program did not repeat the replayed prefix: not its bug
+                self.schedules -= 1
+                continue
             findings = _merge(findings, found)
             if found and self.failed_after is None:
                 self.failed_after = self.schedules
+            if found and (decisions is None or _wrong_outcome(found)):
+                decisions = list(self.engine.last_run.get("decisions", [])) if self.exhaustive else None
             if _wrong_outcome(found):
                 self.wrong_after = self.wrong_after or self.schedules
+                stopped = True
                 break
+        if searched and self.exhaustive and hasattr(drawn, "pending"):
+            self.coverage.explored(drawn, stopped)
+        if findings and decisions is not None:
+            self.decisions_of[key] = decisions
         if findings and self.hold_races and not _wrong_outcome(findings):
             self.predicted = self.predicted or (key, findings, _shown(inputs))
             return
         if findings:
             self.memo[key] = findings
             self.failures.append((_shown(inputs), findings))
+            self.failing_decisions = self.decisions_of.get(key, [])
             _fail(findings)
+
+    def _interleavings(self) -> Any:
+        """``exhaustive``: this input's search, or the one interleaving a replay token names."""
+        if self.replay_decisions is not None:
+            from types import SimpleNamespace
+
+            return [SimpleNamespace(decisions=self.replay_decisions)]
+        from .dpor import Exploration
+
+        return Exploration(self.settings.preemptions, self.settings.budget)
 
     def _calibrated(self, drawn: list[Schedule], inputs: dict[str, Any]) -> list[Schedule]:
         """PCT's change points spread over the steps of a run: counted once, after the first serial run that passed
-        (a replay brings the count it was found with). A count that fails leaves PCT's default."""
-        if "pct" in members(self.settings.strategy) and not self.pct_steps:
+        (a replay brings the count it was found with). A count that fails leaves PCT's default. The real runtime's
+        program also runs so before its first schedule, whatever the strategy: torch profiles a graph's first run
+        and optimizes it at the second, and optimizing a graph with traced scalar constants fails under a dispatch
+        mode (the race oracle's)."""
+        count = "pct" in members(self.settings.strategy) and not self.pct_steps
+        if count or not self.ran_once:
+            runs = 1 if self.ran_once else WARM_UP_RUNS
+            self.ran_once = True
             watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
             global_watch = GlobalWatch(self.globals)  # the run may change what a check must leave as it was
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
-                steps = self._call(lambda: global_watch.run(lambda: self.engine.calibrate(args)))
-                self.pct_steps = min(steps, 100_000)
+                steps = self._call(lambda: global_watch.run(
+                    lambda: [self.engine.calibrate(args) for _ in range(runs)][-1]))
+                self.pct_steps = min(steps, 100_000) if count else self.pct_steps
             except Exception:  # it raised or hung where the serial run did not: the concurrent runs will tell
-                self.pct_steps = -1
+                self.pct_steps = -1 if count else self.pct_steps
             finally:
                 global_watch.restore()
                 if watch is not None:
@@ -248,10 +302,13 @@ class Checker:
             return _with_timeout(fn, self.settings.timeout)
 
     def _serial(self, inputs: dict[str, Any]) -> tuple[list[Finding], Any]:
-        """The reference: the target once, on copies, forks inline (plain eager Python)."""
+        """The reference: the target once, on copies, forks inline (plain eager Python, or the compiled program with
+        its forks inlined: there the Python stack does not say which line wrote, the static pre-check's twin does)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         module = copy.deepcopy(self.base) if self.target.is_module else None
         callee = module if module is not None else self.base
+        if self.serial_program is not None:
+            callee = functools.partial(self.serial_program, module)
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
         if module is not None:
             watches.append(ModuleWatch(module))
@@ -259,10 +316,12 @@ class Checker:
         watched.update(zip(self.param_names, args))
         if module is not None:
             watched.update(module_state(module))
-        locator = WriteLocator(watched)
+        # compiled code runs under no dispatch mode (see ``_calibrated``), and no Python line would tell who wrote
+        locator = WriteLocator(watched) if self.serial_program is None else None
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
             output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)))
-            return [f for w in watches for f in w.findings([1], locator.locate, self.location)], output
+            locate = locator.locate if locator is not None else (lambda name: ("", ""))
+            return [f for w in watches for f in w.findings([1], locate, self.location)], output
         except _Hang:
             return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
         except Exception as err:
@@ -285,6 +344,7 @@ class Checker:
             if module_watch is not None:
                 findings += module_watch.findings(tasks, default_location=self.location)
             run = getattr(self.engine, "last_run", {})
+            self.coverage.saw(run)
             if "interleaving" in run:
                 self.interleavings.add(hash(run["interleaving"]))
                 self.switches += run["switches"]
@@ -324,8 +384,8 @@ _NO_OUTPUT = object()
 
 
 def _under(mode: Any, callee: Callable, args: list) -> Any:
-    """Call inside ``mode``: dispatch modes are per thread, so enter it on the thread that runs the call."""
-    with mode:
+    """Call inside ``mode`` (if any): dispatch modes are per thread, so enter it on the thread that runs the call."""
+    with mode if mode is not None else contextlib.nullcontext():
         return callee(*args)
 
 
@@ -335,11 +395,12 @@ def _merge(findings: list[Finding], new: list[Finding]) -> list[Finding]:
     merged = {defect_key(f): f for f in findings}
     for finding in new:
         first = merged.setdefault(defect_key(finding), finding)
-        if first is not finding and not first.detail.get("op") and finding.detail.get("op") \
-                and "/torch/" not in finding.location:
+        if first is not finding and not first.detail.get("op") and finding.detail.get("op"):
             first.detail["op"] = finding.detail["op"]
-            first.location = finding.location
-            first.message += f" (written by {finding.detail['op']} at {finding.location})"
+            located = finding.location and "/torch/" not in finding.location  # a traced graph may keep no lines
+            if located:
+                first.location = finding.location
+            first.message += f" (written by {finding.detail['op']}{f' at {finding.location}' if located else ''})"
     return list(merged.values())
 
 
@@ -366,6 +427,8 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         checker = Checker(target, settings)
         if token is not None:
             checker.pct_steps = token.pct_steps
+            if checker.exhaustive:
+                checker.replay_decisions = list(token.decisions)
     except (TargetError, MarkError, ReplayError, fst.InferenceError) as err:
         return _errored(result, started, f"setup error: {err}")
     except Exception:
@@ -435,7 +498,8 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
     blob = blob_from_notes(failed)
     token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks,
                         strategy=checker.settings.strategy, schedules=checker.per_example,
-                        pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0)).encode() if blob else ""
+                        pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0),
+                        decisions=tuple(checker.failing_decisions)).encode() if blob else ""
     return failed.findings, token
 
 
@@ -450,7 +514,12 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     runtime never repeats itself exactly, so its concurrency-only failures are reported as found. A failure with a
     wrong outcome shrinks to one with a wrong outcome, not to a race alone. Counts are those of the first search.
     """
-    kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure)
+    kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure,
+            checker.coverage)
+    checker.coverage = Coverage(checker.engine.name)
+    traced = getattr(checker.engine, "trace", None)
+    if traced is not None:
+        checker.engine.trace = False  # shrinking counts no coverage: its runs go faster unlogged
     checker.serial_only, checker.memo = checker.serial_failure, {}
     checker.hold_races = _wrong_outcome(failed.findings)
     checker.shrink_until = time.monotonic() + SHRINK_S
@@ -458,8 +527,10 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
         return _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
     finally:
         checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
+        if traced is not None:
+            checker.engine.trace = traced
         (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after,
-         checker.serial_failure) = kept
+         checker.serial_failure, checker.coverage) = kept
 
 
 def _first_failure(search: Callable[[], None], checker: Checker, result: CheckResult) -> Optional[_Failed]:
@@ -513,6 +584,11 @@ def _count(result: CheckResult, checker: Optional[Checker], started: float) -> N
         result.examples, result.schedules = checker.examples, checker.schedules
         if checker.interleavings:
             result.stats.update(interleavings=len(checker.interleavings), switches=checker.switches)
+        if checker.coverage.runs:
+            result.stats["coverage"] = checker.coverage.stats(checker.settings.preemptions, checker.settings.budget)
+        if checker.settings.strategy == "exhaustive" and not checker.exhaustive:
+            result.stats["strategy_note"] = ("exhaustive search needs forkcheck's own scheduler, and this compiled "
+                                             "target runs on TorchScript's runtime: its schedules were the portfolio's")
         if _pool_size(checker):
             result.stats["pool_size"] = _pool_size(checker)
         if checker.failures:

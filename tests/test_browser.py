@@ -276,6 +276,7 @@ EXAMPLE = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_a_real_report(browser, tmp_path):
     (tmp_path / "test_ops.py").write_text(EXAMPLE)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--forkcheck-seed", "3",
@@ -301,6 +302,7 @@ def test_a_real_report(browser, tmp_path):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_examples_report(browser, tmp_path):
     """What a newcomer opens first: each failing example says what went wrong, where, and how to replay it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # e.g. an outer xdist worker's

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections import Counter
 from html.parser import HTMLParser
 
@@ -241,18 +240,7 @@ def test_rendering_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def _render(report: dict) -> tuple[float, int]:
-    """The best of two renders' seconds, and the page's size."""
-    best = float("inf")
-    for _ in range(2):
-        started = time.perf_counter()
-        page = render_html(report)
-        best = min(best, time.perf_counter() - started)
-    return best, len(page)
-
-
-def test_a_thousand_targets_render_in_linear_time_and_size():
-    render_html(synthetic_report(5))  # templates compiled
-    (small_time, small_size), (large_time, large_size) = _render(synthetic_report(200)), _render(synthetic_report(1000))
-    assert 4.5 < large_size / small_size < 5.5  # five times the targets
-    assert large_time / small_time < 12  # linear is 5; generous for a busy machine
+def test_a_thousand_targets_render_in_linear_size():
+    """Size grows linearly with the targets (render time is measured by benchmarks/bench_report.py)."""
+    small, large = len(render_html(synthetic_report(200))), len(render_html(synthetic_report(1000)))
+    assert 4.5 < large / small < 5.5  # five times the targets

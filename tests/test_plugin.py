@@ -245,6 +245,7 @@ forkcheck.report.write_reports = write_reports
 """
 
 
+@pytest.mark.slow
 def test_xdist_controller_writes_every_item_once(fc, pytester, monkeypatch) -> None:
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         monkeypatch.delenv(name, raising=False)  # when this suite itself runs under xdist

@@ -87,6 +87,7 @@ def test_a_replay_runs_under_the_pool_size_it_was_found_with(fc, pytester) -> No
     assert 0 <= stats["replays"]["wrong_outcome"] <= 10
 
 
+@pytest.mark.slow
 def test_a_module_that_sizes_the_pool_itself_keeps_its_size(fc, pytester) -> None:
     pytester.makepyfile(test_sized="import torch\ntorch.set_num_interop_threads(1)\n"
                                    + PLUGIN_PROGRAMS.split("@fork_safe\ndef add_in_place")[0])

@@ -612,12 +612,13 @@ def _op_location() -> str:
     return _user_line(sys._getframe(1))
 
 
-def race_log(names: Optional[dict[int, str]] = None) -> Any:
-    """An access log to observe one controlled schedule; ``names`` (``forkcheck.observe.storage_names``) name
-    storages in its race reports."""
+def race_log(names: Optional[dict[int, str]] = None, containers: Optional[dict[int, str]] = None) -> Any:
+    """An access log to observe one controlled schedule, lists and dicts included; ``names``
+    (``forkcheck.observe.storage_names``) and ``containers`` (``forkcheck.containers.container_names``) name
+    storages and containers in its race reports."""
     from ..observe import AccessLog
 
-    return AccessLog(names=names, locate=_op_location)
+    return AccessLog(names=names, locate=_op_location, containers=containers or {})
 
 
 class EagerEngine:
@@ -638,6 +639,7 @@ class EagerEngine:
         self.param_names = list(param_names)
         self.module = instance if isinstance(instance, torch.nn.Module) else None
         self.races = True
+        self.trace = True  # log every run, races or not: ``last_run["trace"]`` is its interleaving's signature
         self.last_races: list[Any] = []  # ``race`` findings of the last run (``outputs_affected`` left to fill)
         self.last: Optional[ControlledScheduler] = None  # the last run's scheduler: order, decisions, events
         self.last_order: list[int] = []
@@ -661,16 +663,24 @@ class EagerEngine:
     def _run(self, args: Sequence[Any], strategy: Strategy, timeout: Optional[float], count: bool = True) -> list:
         self.last_races = []
         log = None
-        if self.races and count:
-            from ..observe import storage_names
+        searched = hasattr(strategy, "observe")  # an exhaustive search's run (``forkcheck.dpor.Probe``) reads the log
+        if (self.races or self.trace or searched) and count:
+            from ..containers import container_names
+            from ..observe import AccessLog, storage_names
 
-            log = race_log(storage_names(dict(zip(self.param_names, args)), self.module))
+            named = dict(zip(self.param_names, args))
+            if self.races or searched:
+                log = race_log(storage_names(named, self.module), container_names(named, self.module))
+            else:  # only the run's signature: tensor accesses, no lines (a third of a full log's cost, measured)
+                log = AccessLog()
+            if searched:
+                strategy.observe(log)
         scheduler = self.last = ControlledScheduler(strategy, timeout=timeout, observer=log)
         try:
             with scheduler:
                 futures = [torch._C.fork(self.instance, *args) for _ in range(self.tasks)]
                 outputs = [torch._C.wait(future) for future in futures]
-            if log is not None:
+            if log is not None and self.races:
                 from ..oracles.races import race_findings
 
                 self.last_races = race_findings(log)
@@ -679,6 +689,10 @@ class EagerEngine:
             self.last_order = scheduler.order
             self.last_run = {"interleaving": tuple(scheduler.order), **scheduler.stats,
                              "decisions": list(scheduler.decisions)}
+            if log is not None:
+                from ..interleavings import signature
+
+                self.last_run["trace"] = signature(log)
             if count:
                 self._interleavings.add(tuple(scheduler.order))
                 self._totals["schedules"] += 1

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..coverage import statement
 from ..findings import KINDS, VERDICTS
 from .terminal import pool_shown, replay_command
 
@@ -127,6 +128,7 @@ class _Page:
         engine = str(row.get("engine") or "")
         stats = dict(row.get("stats") or {})
         pools = stats.pop("pool_sizes", None)
+        coverage = statement(stats.pop("coverage", None) or {})
         return {
             "id": anchor, "nodeid": nodeid, "target": str(row.get("target") or ""),
             "kind": str(row.get("kind") or "target"), "verdict": verdict,
@@ -136,6 +138,7 @@ class _Page:
             "duration": _duration(_number(row.get("duration_s"))),
             "stats": [(str(k), _text(v)) for k, v in stats.items()],
             "pools": _pools(pools) if isinstance(pools, Mapping) else [],
+            "coverage": coverage,
             "findings": findings,
             "finding_kinds": " ".join(dict.fromkeys(f["kind"] for f in findings)),
             "failing_input": [(str(k), _text(v)) for k, v in (row.get("failing_input") or {}).items()],

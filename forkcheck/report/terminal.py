@@ -4,6 +4,8 @@ from __future__ import annotations
 import shlex
 from typing import Any, Iterable, Mapping, Optional
 
+from ..coverage import statement
+
 
 def replay_command(nodeid: str, token: str) -> str:
     """The shell command that reruns the failing example; the node id is always quoted (``[`` is a glob)."""
@@ -37,6 +39,9 @@ def failure_text(result: Any) -> str:
         where, tasks = _get(finding, "location"), _get(finding, "tasks", [])
         if where or tasks:
             lines.append(f"      at {where or '?'}" + (f" (tasks {', '.join(map(str, tasks))})" if tasks else ""))
+    covered = statement(_get(result, "stats", {}).get("coverage") or {})
+    if covered:
+        lines.append(f"coverage: {covered}")
     per_size = _get(result, "stats", {}).get("pool_sizes")
     if per_size:
         lines.append(f"inter-op pool sizes: {pool_line(per_size)}")
@@ -58,6 +63,8 @@ def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[
     for result in results:
         if result["verdict"] == "error":
             lines.append(f"ERROR {result['nodeid']}: {_first_line(result.get('error') or 'error')}")
+        elif result["verdict"] == "pass" and statement((result.get("stats") or {}).get("coverage") or {}):
+            lines.append(f"PASS {result['nodeid']}: {statement(result['stats']['coverage'])}")
         elif result["verdict"] == "fail" and result["findings"]:
             first = result["findings"][0]
             lines.append(f"FAIL {result['nodeid']} [{first['kind']}] {_first_line(first['message'])}")
