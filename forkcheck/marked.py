@@ -169,6 +169,9 @@ class _Schedules:
                 break
         if notes:
             result.stats["scripted_calls"] = notes
+        if self.strategy == "exhaustive":
+            result.stats["strategy_note"] = ("exhaustive search does not drive a marked test's body: its schedules "
+                                             "were the portfolio's")
         result.duration_s = round(time.perf_counter() - started, 3)
         return result
 
