@@ -230,7 +230,7 @@ def test_check_test_without_pytest_finds_a_race_inside_a_scripted_call_and_repla
     assert (result.kind, result.verdict, result.schedules) == ("test", "fail", 1)
     [race] = result.findings
     assert race.kind == "race" and race.tasks == [1, 2] and race.location.endswith(
-        f"test_marked.py:{_acc.__code__.co_firstlineno + 1}")
+        f"test_marked_checks.py:{_acc.__code__.co_firstlineno + 1}")
     replayed = check_test(lambda: _two_accumulations(x), Settings(), "accumulates", replay=race.replay)
     assert [f.kind for f in replayed.findings] == ["race"] and replayed.schedules == 1
     assert _two_accumulations(x).tolist() == [3.0] * 100
@@ -303,4 +303,4 @@ def test_a_scripted_modules_forks_racing_on_its_buffer_are_named_after_it() -> N
     result = check_test(lambda: heads(torch.ones(3)), Settings(seed=1, schedules=2), "heads")
     [race] = result.findings
     assert race.kind == "race" and race.tasks == [1, 2] and race.detail["storage"] == "_Heads.bump.count"
-    assert race.location.endswith(f"test_marked.py:{_Bump.forward.__code__.co_firstlineno + 1}")
+    assert race.location.endswith(f"test_marked_checks.py:{_Bump.forward.__code__.co_firstlineno + 1}")
