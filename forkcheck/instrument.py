@@ -33,11 +33,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .task_names import FANOUT, OVERFLOW_BASE as _OVERFLOW_BASE  # ids encode the fork path
+
 Hook = Callable[[int, int], None]
 
-#: Task ids encode the fork path in base ``FANOUT``: the k-th task forked by task ``p`` is ``p * FANOUT + k``.
-FANOUT = 1000
-_OVERFLOW_BASE = 2**62  # ids past the deterministic encoding (more than FANOUT - 1 forks, or too deep)
 
 #: Nodes that only build or take apart values: no scheduling point before them.
 _STRUCTURAL = frozenset(

@@ -35,6 +35,11 @@ def forkcheck_name(item: pytest.Item) -> Optional[str]:
     return item.nodeid if item.stash.get(KIND, None) == "test" else None
 
 
+def _shown_as(config: pytest.Config) -> tuple[str, str]:
+    """How this session's texts show commands and paths: the invocation that started pytest, and its rootdir."""
+    return config.stash[STATE].invocation, str(config.rootpath)
+
+
 class TargetItem(pytest.Item):
     """Checks one marked function, closure or Module; the check runs at setup, so a setup problem is an ERROR."""
 
@@ -57,7 +62,7 @@ class TargetItem(pytest.Item):
         result = self._check(target, settings)
         self.stash[RESULT] = result
         if result.verdict == "error":
-            pytest.fail(failure_text(result), pytrace=False)
+            pytest.fail(failure_text(result, *_shown_as(self.config)), pytrace=False)
 
     def _check(self, target: Any, settings: Any) -> Any:
         """In child processes, one per inter-op pool size (``forkcheck.pools``), unless asked to check in-process or
@@ -106,7 +111,7 @@ class TargetItem(pytest.Item):
         if isinstance(excinfo.value, TargetFailed):
             from .report.terminal import failure_text
 
-            return failure_text(self.stash[RESULT])
+            return failure_text(self.stash[RESULT], *_shown_as(self.config))
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Any, Optional[int], str]:
@@ -199,10 +204,10 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
                         keep_python_streams=bool(CAPTURE_FIXTURES & set(item.fixturenames)))
     item.stash[RESULT] = result
     if result.verdict == "error":
-        pytest.fail(f"forkcheck: {failure_text(result)}", pytrace=False)
+        pytest.fail(f"forkcheck: {failure_text(result, *_shown_as(item.config))}", pytrace=False)
     if result.verdict != "fail":
         return
-    note = _failure_note(result)
+    note = _failure_note(result, *_shown_as(item.config))
     if raised:  # in-process: the exception the schedule ended with, as pytest reports it, and the note
         raised[-1].add_note(note)
         raise raised[-1]
@@ -211,16 +216,16 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
     pytest.fail((shown.rstrip() + "\n\n" if shown else "") + note, pytrace=False)
 
 
-def _failure_note(result: Any) -> str:
+def _failure_note(result: Any, invocation: str, rootdir: str) -> str:
     """forkcheck's words after a failure: the schedule, the races it showed, the replay command."""
-    from .report.terminal import replay_command
+    from .report.terminal import relative, replay_command
 
     races = [f for f in result.findings if f.kind == "race"]
-    listed = "".join(f"\n  - {race.message}" for race in races)
+    listed = relative("".join(f"\n  - {race.message}" for race in races), rootdir)
     plural = "s" * (len(races) > 1)
     under = result.stats.get("failed_under", "")
     token = result.findings[0].replay
-    replay = f"replay it with\n  {replay_command(result.nodeid, token)}" if token else ""
+    replay = f"replay it with\n  {replay_command(result.nodeid, token, invocation)}" if token else ""
     if len(races) == len(result.findings):
         return f"forkcheck: {len(races)} race{plural} under {under}, although the test's assertions passed:" \
                f"{listed}\n{replay}"

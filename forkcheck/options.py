@@ -53,6 +53,8 @@ OPTIONS = (
            "MODS", ini_type="args"),
     Option("report", "directory for forkcheck.json and index.html (default reports).", "DIR"),
     Option("no_report", "write no report files.", flag_only=True),
+    Option("fresh_report", "start the report over: without it, a run's rows are merged into the forkcheck.json "
+                           "there by node id (for -k, --lf and replays).", flag_only=True),
 )
 
 DEFAULT_POOL_SIZES = (1, 2, 4)
@@ -70,6 +72,7 @@ class SessionOptions:
     modules: tuple[str, ...] = ()
     report: str = "reports"
     no_report: bool = False
+    fresh_report: bool = False
     pool_sizes: tuple[int, ...] = DEFAULT_POOL_SIZES
 
 
@@ -111,7 +114,7 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
         settings=settings, seed=seed, replay=replay or None,
         modules=tuple(m.strip() for m in (modules or "").split(",") if m.strip()),
         report=report or "reports", no_report=_switch(*raw["no_report"]),
-        pool_sizes=pool_sizes)
+        fresh_report=_switch(*raw["fresh_report"]), pool_sizes=pool_sizes)
 
 
 def _switch(value: Any, source: str) -> bool:

@@ -67,8 +67,9 @@ class _Hang(Exception):
 def _fingerprint(value: Any) -> Any:
     """A hashable value standing for an input example: tensors by dtype, shape, strides and bytes."""
     if isinstance(value, torch.Tensor):
-        data = value.detach().resolve_conj().resolve_neg().contiguous().flatten().view(torch.uint8)
-        digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()
+        flat = value.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+        data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""  # no elements: no bytes to view
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         return ("tensor", str(value.dtype), tuple(value.shape), value.stride(), value.storage_offset(), digest)
     if isinstance(value, dict):
         return ("dict", tuple((k, _fingerprint(v)) for k, v in value.items()))
@@ -160,6 +161,7 @@ class Checker:
         self.failing_decisions: list[int] = []
         self.globals = referenced_globals(self._code())
         self.location = target.source_location(self.base)
+        self.return_location = target.return_location()  # where a differing output is returned
         self.static = self._static_findings()
         self.examples = 0
         self.schedules = 0
@@ -371,7 +373,7 @@ class Checker:
                     "nondeterminism",
                     f"task {task} of {len(tasks)} returned a different output than the serial reference: "
                     + "; ".join(diffs[:3]),
-                    location=self.location, tasks=[task], detail={"differences": diffs[:10]}))
+                    location=self.return_location, tasks=[task], detail={"differences": diffs[:10]}))
                 break
         findings += [outputs_affected(race, affected) for race in getattr(self.engine, "last_races", ())]
         return findings
@@ -551,6 +553,7 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
 def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, result: CheckResult) -> list[Finding]:
     """Rerun the token's example ``REPLAYS`` times; the result says how many reproduced the failure."""
     import hypothesis
+    from hypothesis.reporting import with_reporter
 
     replayed = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
     findings: list[Finding] = []
@@ -558,7 +561,8 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
     for _ in range(REPLAYS):
         checker.memo.clear()
         try:
-            replayed()
+            with with_reporter(lambda _text: None):  # the report says what was replayed, once, not each run
+                replayed()
         except _Failed as failed:
             reproduced += 1
             wrong += _wrong_outcome(failed.findings)
@@ -566,7 +570,9 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
         except hypothesis.errors.DidNotReproduce:
             pass
     # "wrong_outcome": replays whose outcome was wrong, not only predicted by the race oracle
-    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong}
+    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong,
+                               "schedules": checker.per_example, "strategy": token.strategy,
+                               "pool_size": _pool_size(checker)}
     size = _pool_size(checker)
     if token.pool_size and size and size != token.pool_size:
         result.stats["replay_note"] = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "

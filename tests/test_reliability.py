@@ -285,10 +285,14 @@ def test_x_k_and_lf_under_xdist_keep_every_selected_item_once(fc, pytester, run)
     assert run(*quick, "-x", quick=False).ret == pytest.ExitCode.INTERRUPTED
     assert set(fc.rows()) == ALL
     assert outcome(fc.rows()["test_many.py::add_in_place"]) == ("fail", ["input-mutation"])
+    before = fc.rows()
     run(*quick, "-k", "scale_1 or scale_2", quick=False).assert_outcomes(passed=2)
-    assert sorted(fc.rows()) == ["test_many.py::scale_1", "test_many.py::scale_2"]
+    rows, ran_at = fc.rows(), fc.report()["run_at"]  # merged into the report: the others keep their rows
+    assert set(rows) == ALL and rows["test_many.py::add_in_place"] == before["test_many.py::add_in_place"]
+    assert {rows[f"test_many.py::scale_{i}"]["run_at"] for i in (1, 2)} == {ran_at}
     run(*quick, "--lf", quick=False).assert_outcomes(failed=1)
-    assert list(fc.rows()) == ["test_many.py::add_in_place"]
+    rows = fc.rows()
+    assert set(rows) == ALL and rows["test_many.py::add_in_place"]["run_at"] == fc.report()["run_at"]
 
 
 @pytest.mark.slow
