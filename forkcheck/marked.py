@@ -178,10 +178,11 @@ class _Schedules:
     def _finding(self, err: Exception, scheduler: Any, which: str, kind: str) -> Finding:
         """The finding of a failed schedule: a hang, a forked task's exception, or the body's own failure."""
         from .engines.eager import ScheduleError
+        from .task_names import task_name
 
         order = scheduler.order[:ORDER_SHOWN] + (["..."] if len(scheduler.order) > ORDER_SHOWN else [])
         where = f"{which}, task order {' '.join(map(str, order))}"
-        tasks = sorted(set(scheduler.order) - {0})
+        tasks = sorted({scheduler.tree_id(task) for task in scheduler.order} - {0})
         described = self.describe_failure(err) if self.describe_failure is not None else ""
         if isinstance(err, ScheduleError):
             from .locate import error_location
@@ -189,7 +190,7 @@ class _Schedules:
             finding = hang_finding(where, self.timeout, because=str(err), tasks=tasks, location=error_location(err),
                                    reason=type(err).__name__, traceback=described[-4000:])
         elif scheduler.failed_task is not None:
-            finding = exception_finding(f"forked task {scheduler.failed_task}", err, where, tasks=tasks,
+            finding = exception_finding(f"forked {task_name(scheduler.failed_task)}", err, where, tasks=tasks,
                                         traceback_text=described)
         else:
             finding = exception_finding("the test", err, where, tasks=tasks, traceback_text=described,

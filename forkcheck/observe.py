@@ -365,12 +365,23 @@ class AccessLog(TorchDispatchMode):
                 torch.UntypedStorage._free_weak_ref(handle)
 
     def number_nested(self) -> None:
-        """Number the tasks absorbed from nested runs after the others (1, 2, ... -> n + 1, n + 2, ...), in the order
-        they were absorbed. Called once the run is over."""
-        known = [s.task for s in self.syncs] + [s.child for s in self.syncs if s.child is not None]
-        first = max([t for t in known if t >= 0] + [a.task for a in self.accesses if a.task >= 0] + [0])
-        nested = sorted({t for t in known if t < 0}, reverse=True)
-        ids = {t: first + i for i, t in enumerate(nested, start=1)}
+        """Give the tasks absorbed from nested runs their places in the task tree (``forkcheck.task_names``): the
+        k-th such task forked by task ``p`` is ``p * FANOUT + n + k``, after the ``n`` tasks ``p`` forked itself.
+        Called once the run is over."""
+        from .task_names import FANOUT, OVERFLOW_BASE
+
+        forks = sorted((s for s in self.syncs if s.kind == FORK and s.child is not None), key=lambda s: s.seq)
+        children: dict[int, int] = {}
+        for sync in forks:
+            if sync.child >= 0:
+                children[sync.task] = children.get(sync.task, 0) + 1
+        ids: dict[int, int] = {}
+        for sync in forks:  # in the order they happened: a task's parent has its place before it
+            if sync.child < 0:
+                parent = ids.get(sync.task, sync.task)
+                k = children[parent] = children.get(parent, 0) + 1
+                ids[sync.child] = parent * FANOUT + k if k < FANOUT and parent * FANOUT + k < OVERFLOW_BASE \
+                    else OVERFLOW_BASE - sync.child
         if not ids:
             return
 
