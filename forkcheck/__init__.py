@@ -1,6 +1,7 @@
 """forkcheck: make races and nondeterminism in ``torch.jit.fork``/``wait`` code show up, explained and replayable.
 
-Layout: ``marker`` (``fork_safe``), ``target`` (what is checked), ``runner`` (one check), ``engines/`` (real runtime,
+Layout: ``marker`` (``fork_safe``), ``target`` (what is checked), ``strategies/`` (inputs: tensors, inference from
+annotations; the top-level ``strategies`` package re-exports it), ``runner`` (one check), ``engines/`` (real runtime,
 own scheduler), ``oracles/`` (mutation, determinism, static), ``findings`` (results), ``report/`` (JSON, HTML),
 ``plugin`` (the thin pytest layer).
 """

@@ -135,7 +135,7 @@ class Checker:
     """Everything fixed for one target: its strategies, engine, globals and static findings."""
 
     def __init__(self, target: Target, settings: Settings):
-        import strategies as fst
+        from . import strategies as fst
 
         self.target = target
         self.settings = settings
@@ -357,7 +357,7 @@ REPLAYS = 10  # a replay token reruns its example this many times and says how m
 def check(target: Target, settings: Settings = Settings(), *, replay: Optional[str] = None,
           nodeid: str = "") -> CheckResult:
     """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict."""
-    import strategies as fst
+    from . import strategies as fst
 
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
