@@ -44,3 +44,30 @@ def test_the_public_strategies_package_is_forkchecks_own() -> None:
     assert strategies.InferenceError is forkcheck.strategies.InferenceError
     assert strategies.tensors is forkcheck.strategies.tensors
     assert sorted(strategies.__all__) == sorted(forkcheck.strategies.__all__)
+
+
+# -- item 9: the user's mistakes named as theirs -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["flag", "ini"])
+def test_a_timeout_too_long_to_wait_for_is_a_usage_error(fc, pytester, how) -> None:
+    pytester.makepyfile(test_ops=source(SCALE))
+    if how == "ini":
+        pytester.makeini("[pytest]\nforkcheck_timeout = 1e10\n")
+        result = fc.run()
+    else:
+        result = fc.run("--forkcheck-timeout", "1e10")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    where = "ini key forkcheck_timeout" if how == "ini" else "--forkcheck-timeout"
+    assert f"{where}: timeout must be at most" in result.stderr.str() and "1e10" in result.stderr.str()
+
+
+def test_a_fork_safe_timeout_too_long_fails_at_import_naming_it(fc, pytester) -> None:
+    pytester.makepyfile(test_ops=source("""
+        @fork_safe(timeout=1e10)
+        def slow(x: Tensor) -> Tensor:
+            return x
+    """))
+    result = fc.run()
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error
+    result.stdout.fnmatch_lines(["*fork_safe: timeout must be at most *seconds*"])
