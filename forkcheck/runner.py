@@ -21,10 +21,11 @@ from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
 from .oracles.races import outputs_affected
-from .replay import ReplayError, ReplayToken, blob_from_notes
+from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedule import Schedule, draw_schedules, members, with_steps
 from .settings import Settings
 from .state import module_state
+from .strategies.inputs import Inputs, StrategyError
 from .target import Target, TargetError
 
 
@@ -140,8 +141,9 @@ class Checker:
         self.target = target
         self.settings = settings
         self.strategies = fst.for_callable(target.obj, target.strategies, what=target.name)
+        self.inputs = Inputs(self.strategies, target.strategies, target.name)
         self.param_names = list(self.strategies)
-        self.base = target.instance()
+        self.base = _instance(target)
         with _warnings.quiet_jit():
             self.engine = choose_engine(
                 copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
@@ -331,6 +333,24 @@ class Checker:
 _NO_OUTPUT = object()
 
 
+def _instance(target: Target) -> Any:
+    """The object to run; a Module that cannot be built or copied is the user's setup error, named as such."""
+    try:
+        return target.instance()
+    except TargetError:
+        raise
+    except Exception as err:
+        where = error_location(err)
+        where = f" at {where}" if where else ""
+        if isinstance(target.obj, type):
+            name = target.obj.__name__
+            raise TargetError(f"{target.name}: fork_safe on a Module class builds it with no arguments, and "
+                              f"{name}() raised {_describe_error(err)}{where}. Make {name}() work, or mark an "
+                              f"instance built as it should be: checked = fork_safe({name}(...))") from None
+        raise TargetError(f"{target.name}: forkcheck runs copies of the marked Module, and copy.deepcopy of it "
+                          f"raised {_describe_error(err)}{where}; make it copyable") from None
+
+
 def _under(mode: Any, callee: Callable, args: list) -> Any:
     """Call inside ``mode``: dispatch modes are per thread, so enter it on the thread that runs the call."""
     with mode:
@@ -368,13 +388,15 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         if token is not None and token.target != target.name:
             raise ReplayError(f"this replay token is for {token.target}, not {target.name}")
         if token is not None:  # replay with what the failure was found with
+            token.check_hypothesis()
             settings = dataclasses.replace(settings.replace(
                 tasks=token.tasks, strategy=token.strategy, schedules=token.schedules or settings.schedules),
                 pool_sizes=())
         checker = Checker(target, settings)
         if token is not None:
+            token.check_fits(target.name, checker.param_names, checker.inputs.fingerprint)
             checker.pct_steps = token.pct_steps
-    except (TargetError, MarkError, ReplayError, fst.InferenceError) as err:
+    except (TargetError, MarkError, ReplayError, fst.InferenceError, StrategyError) as err:
         return _errored(result, started, f"setup error: {err}")
     except Exception:
         return _errored(result, started, "internal error in forkcheck while preparing the check:\n"
@@ -385,6 +407,8 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
             findings, replay_token = _explore(checker, seed, result)
         else:
             findings, replay_token = _replay(_search(checker, seed), checker, token, result), replay
+    except (ReplayError, StrategyError) as err:
+        return _errored(result, started, f"setup error: {err}", checker)
     except Exception:
         return _errored(result, started, "internal error in forkcheck:\n" + traceback.format_exc(), checker)
     findings = _merge(findings, checker.static)
@@ -410,7 +434,7 @@ def _search(checker: Checker, seed: int, shrink: bool = False) -> Callable[[], N
                          derandomize=False, report_multiple_bugs=False, phases=phases,
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.seed(seed)
-    @hypothesis.given(inputs=st.fixed_dictionaries(checker.strategies), data=st.data())
+    @hypothesis.given(inputs=checker.inputs.strategy, data=st.data())
     def search(inputs: dict[str, Any], data: Any) -> None:
         checker.example(inputs, lambda strategy, label: data.draw(strategy, label=label))
 
@@ -443,8 +467,9 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
     blob = blob_from_notes(failed)
     token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks,
                         strategy=checker.settings.strategy, schedules=checker.per_example,
-                        pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0)).encode() if blob else ""
-    return failed.findings, token
+                        pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0),
+                        parameters=tuple(checker.param_names), inputs=checker.inputs.fingerprint) if blob else None
+    return failed.findings, token.encode() if token else ""
 
 
 SHRINK_S = 10.0  # the longest a failure under forkcheck's own scheduler is shrunk; the smallest found so far is kept
@@ -477,6 +502,11 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
         search()
     except _Failed as failed:
         return failed
+    except hypothesis.errors.Unsatisfiable:
+        blamed = checker.inputs.unsatisfiable()
+        if blamed is None:
+            raise
+        raise blamed from None
     except hypothesis.errors.HypothesisException as err:
         if not checker.failures:
             raise
@@ -502,6 +532,10 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
             findings = findings or failed.findings
         except hypothesis.errors.DidNotReproduce:
             pass
+    if not checker.examples:  # the choices did not even draw the inputs: never a pass
+        raise ReplayError(f"this replay token no longer fits {checker.target.name}: its choices draw none of the "
+                          f"target's inputs (its parameters or their strategies changed since the token was made); "
+                          f"{FRESH}")
     # "wrong_outcome": replays whose outcome was wrong, not only predicted by the race oracle
     result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong}
     size = _pool_size(checker)

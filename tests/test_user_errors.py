@@ -4,8 +4,9 @@ against the input replayed, inferred inputs, broken strategies and options, a sh
 from __future__ import annotations
 
 import pytest
+import torch
 
-from sources import SCALE, source
+from sources import ADD_IN_PLACE, SCALE, source
 
 PLAIN = """
 import torch
@@ -71,3 +72,139 @@ def test_a_fork_safe_timeout_too_long_fails_at_import_naming_it(fc, pytester) ->
     result = fc.run()
     assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error
     result.stdout.fnmatch_lines(["*fork_safe: timeout must be at most *seconds*"])
+
+
+BROKEN_SETUPS = """
+def _boom(value):
+    raise ValueError("no such value")
+
+@fork_safe(x=st.integers().map(_boom))
+def strategy_raises(x: int) -> int:
+    return x
+
+@fork_safe(x=st.nothing())
+def strategy_empty(x: int) -> int:
+    return x
+
+@fork_safe(k=st.integers().filter(lambda v: False))
+def filter_rejects_all(x: Tensor, k: int) -> Tensor:
+    return x * k
+
+@fork_safe(x=st.integers(5, 1))
+def strategy_invalid(x: int) -> int:
+    return x
+
+@fork_safe
+class NeedsWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        raise FileNotFoundError("weights.pt")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+"""
+
+SETUP_ERRORS = {  # target -> what its error must say
+    "strategy_raises": ["parameter 'x'", "raised ValueError: no such value", "test_setup.py:"],
+    "strategy_empty": ["parameter 'x'", "can never give a value"],
+    "filter_rejects_all": ["parameter 'k'", "rejects", ".filter"],
+    "strategy_invalid": ["parameter 'x'", "InvalidArgument", "max_value=1 < min_value=5"],
+    "NeedsWeights": ["NeedsWeights()", "FileNotFoundError: weights.pt", "test_setup.py:", "fork_safe(NeedsWeights("],
+}
+
+
+def test_broken_strategies_and_constructors_are_setup_errors_naming_the_culprit(fc, pytester) -> None:
+    pytester.makepyfile(test_setup=source(BROKEN_SETUPS))
+    result = fc.run()
+    result.assert_outcomes(errors=len(SETUP_ERRORS))
+    rows = fc.rows()
+    for name, says in SETUP_ERRORS.items():
+        row = rows[f"test_setup.py::{name}"]
+        assert row["verdict"] == "error" and row["error"].startswith("setup error: "), row["error"]
+        assert "internal error" not in row["error"] and "Traceback" not in row["error"], row["error"]
+        for text in says:
+            assert text in row["error"], (name, text, row["error"])
+    result.stdout.fnmatch_lines(["*ERROR at setup of*strategy_raises*", "*setup error: *parameter 'x'*"])
+
+
+def with_hypothesis_version(token: str, version: str) -> str:
+    import dataclasses
+
+    from forkcheck.replay import ReplayToken
+
+    return dataclasses.replace(ReplayToken.decode(token), hypothesis_version=version).encode()
+
+
+def test_a_token_from_another_hypothesis_version_is_a_usage_error_saying_so(fc, pytester) -> None:
+    import hypothesis
+
+    pytester.makepyfile(test_ops=source(ADD_IN_PLACE))
+    (token,) = set(fc.tokens(fc.run()))
+    result = fc.run("--forkcheck-replay", with_hypothesis_version(token, "6.0.0"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    said = result.stderr.str()
+    assert "--forkcheck-replay: " in said and "Traceback" not in said
+    assert f"made with Hypothesis 6.0.0, and this run has {hypothesis.__version__}" in said
+    assert "without --forkcheck-replay" in said
+
+
+# -- item 1: a replay token that no longer fits its target -------------------------------------------------------
+
+EAGER_MUTATION = """
+@fork_safe{marks}
+def bump(x: Tensor{more}) -> Tensor:
+    x.add_(1)
+    return (lambda v: v)(x)  # a lambda: not scriptable, so no static pre-check; only a run shows the mutation
+"""
+
+
+@pytest.mark.parametrize("change", [{"more": ", k: int"}, {"marks": "(x=fst.tensors(shape=(3,)))"}],
+                         ids=["gained-a-parameter", "other-strategy"])
+def test_a_token_taken_before_the_target_changed_is_an_error_not_a_pass(fc, pytester, change) -> None:
+    before = {"marks": "(x=fst.tensors(shape=(2,)))", "more": ""}
+    pytester.makepyfile(test_ops=source(EAGER_MUTATION.format(**before)))
+    (token,) = set(fc.tokens(fc.run()))
+    pytester.makepyfile(test_ops=source(EAGER_MUTATION.format(**{**before, **change})))
+    result = fc.run("--forkcheck-replay", token)
+    result.assert_outcomes(errors=1)
+    row = fc.rows()["test_ops.py::bump"]
+    assert row["verdict"] == "error" and "no longer fits" in row["error"], row["error"]
+    assert "without --forkcheck-replay" in row["error"]
+    result.stdout.fnmatch_lines(["*no longer fits*"])
+
+
+def test_an_older_token_still_decodes_and_replays_only_where_its_choices_draw_an_example() -> None:
+    import base64
+    import json
+    import zlib
+
+    from forkcheck import Settings, fork_safe
+    from forkcheck.replay import ReplayToken
+    from forkcheck.runner import check
+    from forkcheck.target import Target
+
+    @fork_safe
+    def bump(x: torch.Tensor) -> torch.Tensor:
+        x.add_(1)
+        return (lambda v: v)(x)
+
+    @fork_safe
+    def bump2(x: torch.Tensor, k: int) -> torch.Tensor:
+        x.add_(k)
+        return (lambda v: v)(x)
+
+    settings = Settings(examples=2, schedules=2, seed=3)
+    found = check(Target.from_object(bump, "mod:bump"), settings)
+    assert found.verdict == "fail", found.error
+    new = ReplayToken.decode(found.findings[0].replay)
+    assert new.parameters == ("x",) and new.inputs
+    fields = [new.target, new.hypothesis_version, new.blob, new.tasks, new.schedule_seed, new.strategy,
+              new.schedules, new.pool_size, new.pct_steps]  # a token of the form before parameters were carried
+    old = "fc1." + base64.urlsafe_b64encode(zlib.compress(json.dumps(fields).encode())).decode().rstrip("=")
+    assert ReplayToken.decode(old).parameters == () and ReplayToken.decode(old).inputs == ""
+    replayed = check(Target.from_object(bump, "mod:bump"), settings, replay=old)
+    assert replayed.verdict == "fail" and replayed.stats["replays"]["reproduced"] == 10
+    stale = check(Target.from_object(bump2, "mod:bump"), settings, replay=old)
+    assert stale.verdict == "error" and "no longer fits mod:bump" in stale.error, stale.error
+    refused = check(Target.from_object(bump2, "mod:bump"), settings, replay=new.encode())
+    assert refused.verdict == "error" and "it was made when it took (x), and it now takes (x, k)" in refused.error
