@@ -25,6 +25,7 @@ from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedule import Schedule, draw_schedules, members, with_steps
 from .settings import Settings
 from .state import module_state
+from .strategies.inference import InferenceError, inferred_parameters, suggested_strategies
 from .strategies.inputs import Inputs, StrategyError
 from .target import Target, TargetError
 
@@ -273,11 +274,25 @@ class Checker:
         except _Hang:
             return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
         except Exception as err:
-            return [Finding("exception", f"the target raised {_describe_error(err)} (serial run, forks inline)",
+            return [Finding("exception", f"the target raised {_describe_error(err)} (serial run, forks inline)"
+                            + self._inferred_note(inputs),
                             location=error_location(err) or self.location, tasks=[1],
                             detail={"traceback": "".join(traceback.format_exception(err))[-4000:]})], _NO_OUTPUT
         finally:
             watches[1].restore()
+
+    def _inferred_note(self, inputs: dict[str, Any]) -> str:
+        """For inputs forkcheck inferred, that they were, and the strategies to give if the target needs others."""
+        try:
+            names = inferred_parameters(self.target.obj, self.target.strategies)
+        except InferenceError:
+            return ""
+        if not names:
+            return ""
+        one = len(names) == 1
+        return (f"; {'input' if one else 'inputs'} {', '.join(names)} {'was' if one else 'were'} inferred from "
+                f"{'its annotation' if one else 'their annotations'}: if the target needs particular inputs, give "
+                f"their strategies, e.g. {suggested_strategies({name: inputs[name] for name in names})}")
 
     def _concurrent(self, inputs: dict[str, Any], schedule: Any, reference: Any) -> list[Finding]:
         args = copy.deepcopy([inputs[name] for name in self.param_names])

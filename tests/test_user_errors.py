@@ -3,9 +3,14 @@ against the input replayed, inferred inputs, broken strategies and options, a sh
 ``--forkcheck-modules`` found the way pytest finds imports."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from conftest import QUICK
 from sources import ADD_IN_PLACE, SCALE, source
 
 PLAIN = """
@@ -208,3 +213,63 @@ def test_an_older_token_still_decodes_and_replays_only_where_its_choices_draw_an
     assert stale.verdict == "error" and "no longer fits mod:bump" in stale.error, stale.error
     refused = check(Target.from_object(bump2, "mod:bump"), settings, replay=new.encode())
     assert refused.verdict == "error" and "it was made when it took (x), and it now takes (x, k)" in refused.error
+
+
+# -- item 12: --forkcheck-modules finds what the test files import -----------------------------------------------
+
+
+def pytest_script(pytester: pytest.Pytester, *args: str) -> subprocess.CompletedProcess:
+    """pytest as its ``pytest`` script starts it: without the working directory on ``sys.path`` (``-P``; ``python -m
+    pytest`` puts it there) and without the ``PYTHONPATH`` pytester would set."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("PYTEST_XDIST")}
+    return subprocess.run([sys.executable, "-P", "-m", "pytest", *QUICK, *args], cwd=pytester.path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_forkcheck_modules_finds_a_module_beside_the_tests_and_warns_of_one_with_no_target(fc, pytester) -> None:
+    pytester.makepyfile(mylib=source(SCALE), plainlib="def helper():\n    return 1\n",
+                        test_uses_lib=source("from mylib import scale\n\ndef test_plain():\n"
+                                             "    assert scale(torch.ones(1)).item() == 2\n"))
+    ran = pytest_script(pytester, "--forkcheck-modules", "mylib,plainlib", "--forkcheck-pool-sizes", "1")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "2 passed" in ran.stdout
+    assert list(fc.rows()) == ["mylib.py::scale"]
+    assert "--forkcheck-modules: plainlib holds no fork_safe target" in ran.stdout, ran.stdout
+    assert "mylib holds no" not in ran.stdout
+
+
+# -- item 4: inferred inputs --------------------------------------------------------------------------------------
+
+INFERRED = """
+@fork_safe
+def add(x: Tensor, y: Tensor) -> Tensor:
+    return x + y
+
+@fork_safe
+def stacked(xs: List[Tensor], bias: Tensor) -> Tensor:
+    return torch.stack(xs + [bias]).sum(0) if len(xs) else bias
+
+@fork_safe(y=fst.tensors(shape=(7,)))
+def explicit_wins(x: Tensor, y: Tensor) -> Tensor:
+    return x + y
+
+@fork_safe
+def needs_a_matrix(x: Tensor, k: int) -> Tensor:
+    return x.t() @ x * k if x.dim() == 2 else x[0, 0]
+"""
+
+
+def test_inferred_tensors_of_one_example_share_a_shape_and_explicit_strategies_win(fc, pytester) -> None:
+    pytester.makepyfile(test_inferred=source("from typing import List\n", INFERRED))
+    result = fc.run("--forkcheck-seed", "1", "--forkcheck-examples", "6")
+    rows = {nodeid.split("::")[1]: row for nodeid, row in fc.rows().items()}
+    assert rows["add"]["verdict"] == "pass" and rows["stacked"]["verdict"] == "pass", rows
+    explicit = rows["explicit_wins"]  # y is (7,); an inferred x of another shape cannot be added to it
+    assert explicit["verdict"] == "fail" and explicit["findings"][0]["kind"] == "exception"
+    assert "shape [7]" in explicit["failing_input"]["y"]
+    assert "; input x was inferred from its annotation" in explicit["findings"][0]["message"]
+    raised = rows["needs_a_matrix"]["findings"][0]
+    assert raised["kind"] == "exception" and "(serial run" in raised["message"]
+    assert "inputs x, k were inferred from their annotations" in raised["message"], raised["message"]
+    assert "@fork_safe(x=fst.tensors(shape=(" in raised["message"] and "k=st.integers(" in raised["message"]
+    result.stdout.fnmatch_lines(["*[[]exception[]]*were inferred*@fork_safe(x=fst.tensors(shape=(*"])
