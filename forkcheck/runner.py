@@ -31,11 +31,14 @@ from .target import Target, TargetError
 
 
 class _Failed(Exception):
-    """Raised inside a Hypothesis example that has findings, so Hypothesis shrinks it."""
+    """Raised inside a Hypothesis example that has findings, so Hypothesis shrinks it; ``shown`` is that example's
+    inputs as a report shows them: the failure Hypothesis reports carries its replay blob and the input it stands
+    for together."""
 
-    def __init__(self, findings: list[Finding]):
+    def __init__(self, findings: list[Finding], shown: dict[str, str]):
         super().__init__(findings[0].message)
         self.findings = findings
+        self.shown = shown
 
 
 AFTER_A_RACE = 3  # schedules per example once a race is predicted and outcomes stayed right
@@ -52,9 +55,9 @@ def schedules_here(settings: Settings, engine: str) -> int:
     return max(1, settings.schedules // parts + (part < settings.schedules % parts))
 
 
-def _fail(findings: list[Finding]) -> None:
+def _fail(findings: list[Finding], inputs: dict[str, Any]) -> None:
     """Raise ``_Failed`` from this one place: Hypothesis tells failures apart by where they were raised."""
-    raise _Failed(findings)
+    raise _Failed(findings, _shown(inputs))
 
 
 class _Hang(Exception):
@@ -203,7 +206,7 @@ class Checker:
         drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
         key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
         if key in self.memo:
-            _fail(self.memo[key])
+            _fail(self.memo[key], inputs)
         if self.shrink_until is not None and time.monotonic() > self.shrink_until:
             return  # shrinking ran out of time: no new example fails, the smallest one so far stands
         if not self.serial_only:
@@ -231,7 +234,7 @@ class Checker:
         if findings:
             self.memo[key] = findings
             self.failures.append((_shown(inputs), findings))
-            _fail(findings)
+            _fail(findings, inputs)
 
     def _calibrated(self, drawn: list[Schedule], inputs: dict[str, Any]) -> list[Schedule]:
         """PCT's change points spread over the steps of a run: counted once, after the first serial run that passed
@@ -419,20 +422,20 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
     result.engine, result.engine_reason = checker.engine.name, checker.engine.reason
     try:
         if token is None:
-            findings, replay_token = _explore(checker, seed, result)
+            failed, replay_token = _explore(checker, seed, result)
         else:
-            findings, replay_token = _replay(_search(checker, seed), checker, token, result), replay
+            failed, replay_token = _replay(_search(checker, seed), checker, token, result), replay
     except (ReplayError, StrategyError) as err:
         return _errored(result, started, f"setup error: {err}", checker)
     except Exception:
         return _errored(result, started, "internal error in forkcheck:\n" + traceback.format_exc(), checker)
-    findings = _merge(findings, checker.static)
+    findings = _merge(failed.findings if failed is not None else [], checker.static)
     for finding in findings:
         finding.replay = replay_token if finding.detail.get("source") != "static" else ""
     result.findings = sort_findings(findings)
     result.verdict = "fail" if findings else "pass"
-    if checker.failures:
-        result.failing_input = checker.failures[-1][0]
+    if failed is not None:  # the input of the failure the token replays
+        result.failing_input = failed.shown
     _count(result, checker, started)
     return result
 
@@ -456,8 +459,8 @@ def _search(checker: Checker, seed: int, shrink: bool = False) -> Callable[[], N
     return search
 
 
-def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Finding], str]:
-    """Search for a failing example; returns its findings and a replay token.
+def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[Optional[_Failed], str]:
+    """Search for a failing example; returns its failure and replay token.
 
     A race that is only predicted does not stop the search, which goes on for an input whose outcome it makes wrong;
     if none does, the search is replayed up to the first racing example (runs skipped) for its replay token. The
@@ -478,13 +481,13 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
             checker.serial_failure or checker.engine.name == "eager"):
         failed = _shrink(checker, seed, result, failed)
     if failed is None:
-        return [], ""
+        return None, ""
     blob = blob_from_notes(failed)
     token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks,
                         strategy=checker.settings.strategy, schedules=checker.per_example,
                         pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0),
                         parameters=tuple(checker.param_names), inputs=checker.inputs.fingerprint) if blob else None
-    return failed.findings, token.encode() if token else ""
+    return failed, token.encode() if token else ""
 
 
 SHRINK_S = 10.0  # the longest a failure under forkcheck's own scheduler is shrunk; the smallest found so far is kept
@@ -503,7 +506,8 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     checker.hold_races = _wrong_outcome(failed.findings)
     checker.shrink_until = time.monotonic() + SHRINK_S
     try:
-        return _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
+        shrunk = _first_failure(_search(checker, seed, shrink=True), checker, result)
+        return shrunk if shrunk is not None and blob_from_notes(shrunk) else failed  # no blob: no token to show
     finally:
         checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
         (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after,
@@ -526,16 +530,18 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
         if not checker.failures:
             raise
         result.stats["flaky"] = f"{type(err).__name__}: the failure did not show on every rerun"
-        return _Failed(checker.failures[-1][1])
+        shown, findings = checker.failures[-1]
+        return _Failed(findings, shown)
     return None
 
 
-def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, result: CheckResult) -> list[Finding]:
-    """Rerun the token's example ``REPLAYS`` times; the result says how many reproduced the failure."""
+def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
+            result: CheckResult) -> Optional[_Failed]:
+    """Rerun the token's example ``REPLAYS`` times; the first failure, and the result says how many reproduced it."""
     import hypothesis
 
     replayed = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
-    findings: list[Finding] = []
+    first: Optional[_Failed] = None
     reproduced = wrong = 0
     for _ in range(REPLAYS):
         checker.memo.clear()
@@ -544,7 +550,7 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
         except _Failed as failed:
             reproduced += 1
             wrong += _wrong_outcome(failed.findings)
-            findings = findings or failed.findings
+            first = first or failed
         except hypothesis.errors.DidNotReproduce:
             pass
     if not checker.examples:  # the choices did not even draw the inputs: never a pass
@@ -557,7 +563,7 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
     if token.pool_size and size and size != token.pool_size:
         result.stats["replay_note"] = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
                                        f"{size}: the real runtime may not repeat it")
-    return findings
+    return first
 
 
 def _pool_size(checker: Checker) -> int:

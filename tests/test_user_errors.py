@@ -273,3 +273,44 @@ def test_inferred_tensors_of_one_example_share_a_shape_and_explicit_strategies_w
     assert "inputs x, k were inferred from their annotations" in raised["message"], raised["message"]
     assert "@fork_safe(x=fst.tensors(shape=(" in raised["message"] and "k=st.integers(" in raised["message"]
     result.stdout.fnmatch_lines(["*[[]exception[]]*were inferred*@fork_safe(x=fst.tensors(shape=(*"])
+
+
+# -- item 3: the input shown is the input replayed ---------------------------------------------------------------
+
+WRONG_ON_A_POOL_OF_TWO = """
+@torch.jit.ignore
+def _pool_threads() -> int:
+    return torch.get_num_interop_threads()
+
+def _add(total: Tensor, x: Tensor) -> Tensor:
+    total.add_(x)
+    return total
+
+@fork_safe(x=fst.tensors(shape=(3,)))
+def sums_twice(x: Tensor) -> Tensor:
+    total = torch.zeros(3)  # both tasks write it, unordered: a race, predicted on every input
+    first = torch.jit.fork(_add, total, x)
+    second = torch.jit.fork(_add, total, x)
+    torch.jit.wait(first)
+    torch.jit.wait(second)
+    if torch.jit.is_scripting() and _pool_threads() > 1 and bool(x.abs().sum() > 0):
+        return total + 1  # an outcome that goes wrong only on a pool of two, on an input other than zeros
+    return total
+"""
+
+
+def test_the_failing_input_shown_is_the_one_the_replay_token_runs(fc, pytester) -> None:
+    """Pool size 1 only predicts the race (on zeros); size 2 shows a wrong outcome on another input, and its token
+    is the one shown: so must its input be."""
+    pytester.makepyfile(test_pools=source(WRONG_ON_A_POOL_OF_TWO))
+    result = fc.run("--forkcheck-pool-sizes", "1,2", "--forkcheck-seed", "1", "--forkcheck-examples", "4")
+    result.assert_outcomes(failed=1)
+    row = fc.rows()["test_pools.py::sums_twice"]
+    assert row["stats"]["pool_sizes"]["2"]["kinds"] != ["race"], row["stats"]["pool_sizes"]
+    shown, token = row["failing_input"], row["findings"][0]["replay"]
+    assert shown and token
+    result.stdout.fnmatch_lines(["minimal failing input:", f"  x = {shown['x']}", f"replay: *{token}"])
+    fc.run("--forkcheck-replay", token).assert_outcomes(failed=1)
+    replayed = fc.rows()["test_pools.py::sums_twice"]
+    assert replayed["stats"]["replays"]["reproduced"] >= 1
+    assert replayed["failing_input"] == shown
