@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 from conftest import QUICK
 from sources import ADD_IN_PLACE, SCALE, source
@@ -257,6 +258,19 @@ def explicit_wins(x: Tensor, y: Tensor) -> Tensor:
 def needs_a_matrix(x: Tensor, k: int) -> Tensor:
     return x.t() @ x * k if x.dim() == 2 else x[0, 0]
 """
+
+
+@given(data=st.data())
+def test_tensors_take_a_strategy_of_shapes_and_inferred_ones_share_one(data) -> None:
+    from hypothesis.extra import numpy as hnp
+
+    import strategies as fst
+
+    shared = st.shared(hnp.array_shapes(max_dims=2), key="test")
+    x, y = data.draw(fst.tensors(shape=shared)), data.draw(fst.tensors(shape=shared, dtype=torch.int64))
+    assert x.shape == y.shape and y.dtype == torch.int64
+    inferred = [data.draw(fst.from_type(torch.Tensor)) for _ in range(3)]
+    assert len({t.shape for t in inferred}) == 1 and 1 <= inferred[0].dim() <= 3
 
 
 def test_inferred_tensors_of_one_example_share_a_shape_and_explicit_strategies_win(fc, pytester) -> None:
