@@ -25,7 +25,8 @@ from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedule import Schedule, draw_schedules, members, with_steps
 from .settings import Settings
 from .state import module_state
-from .strategies.inference import InferenceError, inferred_parameters, suggested_strategies
+from .strategies import InferenceError, for_callable
+from .strategies.inference import inferred_parameters, suggested_strategies
 from .strategies.inputs import Inputs, StrategyError
 from .target import Target, TargetError
 
@@ -140,11 +141,9 @@ class Checker:
     """Everything fixed for one target: its strategies, engine, globals and static findings."""
 
     def __init__(self, target: Target, settings: Settings):
-        from . import strategies as fst
-
         self.target = target
         self.settings = settings
-        self.strategies = fst.for_callable(target.obj, target.strategies, what=target.name)
+        self.strategies = for_callable(target.obj, target.strategies, what=target.name)
         self.inputs = Inputs(self.strategies, target.strategies, target.name)
         self.param_names = list(self.strategies)
         self.base = _instance(target)
@@ -288,7 +287,7 @@ class Checker:
         """For inputs forkcheck inferred, that they were, and the strategies to give if the target needs others."""
         try:
             names = inferred_parameters(self.target.obj, self.target.strategies)
-        except InferenceError:
+        except Exception:  # a note only: better none than a finding lost
             return ""
         if not names:
             return ""
@@ -395,8 +394,6 @@ REPLAYS = 10  # a replay token reruns its example this many times and says how m
 def check(target: Target, settings: Settings = Settings(), *, replay: Optional[str] = None,
           nodeid: str = "") -> CheckResult:
     """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict."""
-    from . import strategies as fst
-
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
     seed = settings.seed if settings.seed is not None else random.randrange(2**32)
@@ -414,7 +411,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         if token is not None:
             token.check_fits(target.name, checker.param_names, checker.inputs.fingerprint)
             checker.pct_steps = token.pct_steps
-    except (TargetError, MarkError, ReplayError, fst.InferenceError, StrategyError) as err:
+    except (TargetError, MarkError, ReplayError, InferenceError, StrategyError) as err:
         return _errored(result, started, f"setup error: {err}")
     except Exception:
         return _errored(result, started, "internal error in forkcheck while preparing the check:\n"

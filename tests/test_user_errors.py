@@ -24,9 +24,10 @@ from forkcheck import fork_safe
 # -- item 11: a user module named strategies ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("isolation", ["child", "inprocess"])
-def test_a_users_own_strategies_module_does_not_break_forkcheck(fc, pytester, isolation) -> None:
-    """In a subprocess: this suite's own process has the public ``strategies`` imported already."""
+@pytest.mark.slow
+def test_a_users_own_strategies_module_does_not_break_forkcheck(fc, pytester) -> None:
+    """In a subprocess (this suite's own process has the public ``strategies`` imported already), checked in a child
+    process, which runs the check as in-process checks do."""
     pytester.makepyfile(strategies="def positive(x):\n    return x.abs()\n")
     pytester.makepyfile(test_ops=PLAIN + SCALE + """
 import strategies
@@ -38,7 +39,7 @@ def uses_own_helper(x: Tensor) -> Tensor:
 def test_plain():
     assert strategies.positive(torch.tensor([-1.0])).item() == 1.0
 """)
-    result = fc.run("--forkcheck-isolation", isolation, subprocess=True)
+    result = fc.run("--forkcheck-pool-sizes", "1", subprocess=True)
     result.assert_outcomes(passed=3)
     assert {row["verdict"] for row in fc.rows().values()} == {"pass"}
 
@@ -313,18 +314,19 @@ def sums_twice(x: Tensor) -> Tensor:
 """
 
 
+@pytest.mark.slow
 def test_the_failing_input_shown_is_the_one_the_replay_token_runs(fc, pytester) -> None:
     """Pool size 1 only predicts the race (on zeros); size 2 shows a wrong outcome on another input, and its token
     is the one shown: so must its input be."""
-    pytester.makepyfile(test_pools=source(WRONG_ON_A_POOL_OF_TWO))
+    pytester.makepyfile(test_shown=source(WRONG_ON_A_POOL_OF_TWO))
     result = fc.run("--forkcheck-pool-sizes", "1,2", "--forkcheck-seed", "1", "--forkcheck-examples", "4")
     result.assert_outcomes(failed=1)
-    row = fc.rows()["test_pools.py::sums_twice"]
+    row = fc.rows()["test_shown.py::sums_twice"]
     assert row["stats"]["pool_sizes"]["2"]["kinds"] != ["race"], row["stats"]["pool_sizes"]
     shown, token = row["failing_input"], row["findings"][0]["replay"]
     assert shown and token
     result.stdout.fnmatch_lines(["minimal failing input:", f"  x = {shown['x']}", f"replay: *{token}"])
     fc.run("--forkcheck-replay", token).assert_outcomes(failed=1)
-    replayed = fc.rows()["test_pools.py::sums_twice"]
+    replayed = fc.rows()["test_shown.py::sums_twice"]
     assert replayed["stats"]["replays"]["reproduced"] >= 1
     assert replayed["failing_input"] == shown
