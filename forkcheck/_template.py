@@ -42,7 +42,7 @@ def _tiny(x: Tensor) -> Tensor:
 
 
 def _warm() -> None:
-    import strategies as fst
+    from . import strategies as fst
 
     from . import runner
     from .marker import fork_safe

@@ -596,10 +596,7 @@ def _library_roots() -> tuple[str, ...]:
     """Where modules that never change between requests live: the interpreter's, site-packages, forkcheck's own."""
     import site
 
-    import strategies
-
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(__file__),
-             os.path.dirname(strategies.__file__)}
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(__file__)}
     try:
         roots.update(site.getsitepackages())
     except AttributeError:

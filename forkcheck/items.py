@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
+import sys
 import traceback
 import zlib
 from pathlib import Path
@@ -125,25 +127,55 @@ class ModuleTargets(pytest.Collector):
         from .marker import get_mark
 
         self.obj = importlib.import_module(self.name)
-        return [TargetItem.from_object(self, name, obj) for name, obj in vars(self.obj).items()
-                if (mark := get_mark(obj)) is not None and mark.module == self.obj.__name__]
+        items = [TargetItem.from_object(self, name, obj) for name, obj in vars(self.obj).items()
+                 if (mark := get_mark(obj)) is not None and mark.module == self.obj.__name__]
+        if not items:
+            self.warn(pytest.PytestWarning(
+                f"--forkcheck-modules: {self.name} holds no fork_safe target at its top level, so none of it is "
+                f"checked; mark targets in {self.name} itself (one imported into it is checked where it is marked)"))
+        return items
 
 
-def locate_modules(names: tuple[str, ...]) -> dict[str, Optional[Path]]:
-    """Each module's source file, found without importing it; a name that is not importable is a UsageError."""
+def locate_modules(names: tuple[str, ...], config: pytest.Config) -> dict[str, Optional[Path]]:
+    """Each module's source file, found without importing it; a name that is not importable is a UsageError.
+
+    A module that is not on ``sys.path`` yet is looked for where pytest's default import mode puts the test files'
+    directories on it once it collects them (the rootdir, and the directories the run collects from): the ``pytest``
+    script, unlike ``python -m pytest``, starts without the working directory there. That directory is added then.
+    """
     located = {}
     for name in names:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError) as err:  # a parent package is missing, or the name is malformed
-            spec, why = None, str(err)
-        else:
-            why = f"no module named {name!r}"
+        spec, why = _find_spec(name)
+        if spec is None:
+            top = name.partition(".")[0]
+            root = next((root for root in _import_roots(config)
+                         if importlib.machinery.PathFinder.find_spec(top, [str(root)]) is not None), None)
+            if root is not None:
+                sys.path.insert(0, str(root))
+                spec, why = _find_spec(name)
         if spec is None:
             raise pytest.UsageError(f"--forkcheck-modules: cannot import {name!r} ({why}); name an importable "
                                     "module, e.g. mypackage.ops (the ini key pythonpath can add its directory)")
         located[name] = Path(spec.origin) if spec.has_location and spec.origin else None
     return located
+
+
+def _find_spec(name: str) -> tuple[Any, str]:
+    """The module's spec on ``sys.path`` (None when there is none), and why not."""
+    try:
+        return importlib.util.find_spec(name), f"no module named {name!r}"
+    except (ImportError, ValueError) as err:  # a parent package is missing, or the name is malformed
+        return None, str(err)
+
+
+def _import_roots(config: pytest.Config) -> list[Path]:
+    """The rootdir, the invocation directory and the directories of the run's arguments, each once."""
+    here = config.invocation_params.dir
+    roots = [config.rootpath, here]
+    for arg in config.args:
+        path = here / arg.split("::")[0]
+        roots.append(path if path.is_dir() else path.parent)
+    return list(dict.fromkeys(root.resolve() for root in roots if root.is_dir()))
 
 
 def module_collectors(session: pytest.Session, located: dict[str, Optional[Path]]) -> list[ModuleTargets]:

@@ -130,6 +130,6 @@ def _check_token(token: str) -> None:
     from .replay import ReplayError, ReplayToken
 
     try:
-        ReplayToken.decode(token)
+        ReplayToken.decode(token).check_hypothesis()
     except ReplayError as err:
         raise pytest.UsageError(f"--forkcheck-replay: {err}") from None

@@ -78,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if options.modules:
         from .items import locate_modules
 
-        state.module_files = locate_modules(options.modules)
+        state.module_files = locate_modules(options.modules, config)
     config.stash[STATE] = state
     if worker is None:
         from .session import ResultCollector

@@ -140,13 +140,13 @@ def merge(results: dict[int, CheckResult], skipped: dict[int, str]) -> CheckResu
     merged.examples = max(r.examples for r in results.values())  # the same inputs under every size
     merged.schedules = sum(r.schedules for r in results.values())
     merged.duration_s = round(sum(r.duration_s for r in results.values()), 3)
-    merged.failing_input = failed[0].failing_input if failed else {}
     for key in ("interleavings", "switches"):
         if any(key in r.stats for r in results.values()):
             merged.stats[key] = sum(r.stats.get(key, 0) for r in results.values())
     for key in PER_SIZE:
         merged.stats.pop(key, None)
     merged.findings = _union({size: r.findings for size, r in results.items()})
+    merged.failing_input = _replayed_input(merged.findings, failed)
     per_size = {size: _summary(result) for size, result in results.items()}
     per_size.update((size, {"verdict": "skipped", "reason": reason}) for size, reason in skipped.items())
     merged.stats["pool_sizes"] = {str(size): per_size[size] for size in sorted(per_size)}
@@ -167,6 +167,14 @@ def _union(findings: dict[int, list[Finding]]) -> list[Finding]:
                 first.detail["pool_sizes"] = sizes
             sizes.append(size)
     return sort_findings(list(kept.values()))
+
+
+def _replayed_input(findings: list[Finding], failed: list[CheckResult]) -> dict[str, str]:
+    """The failing input to show: that of the size whose replay token is shown (the first finding's), since the
+    union may take a defect from a later size than the first that failed."""
+    token = next((finding.replay for finding in findings if finding.replay), "")
+    by_token = {f.replay: result.failing_input for result in failed for f in result.findings if f.replay}
+    return by_token.get(token) or (failed[0].failing_input if failed else {})
 
 
 def _summary(result: CheckResult) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Replay tokens: one printable string that names a target and the Hypothesis choices of one failing example.
 
 The choices cover the inputs and every schedule drawn for them, so replaying the token reruns exactly that
-example (``hypothesis.reproduce_failure`` does the rest).
+example (``hypothesis.reproduce_failure`` does the rest). Choices fit only the strategies they were drawn from, under
+the Hypothesis version that drew them: a token carries both, and one that no longer fits is refused, never replayed
+as something else.
 """
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ _PREFIX = "fc1."
 
 
 class ReplayError(ValueError):
-    """A replay token is corrupt, or belongs to another target or another Hypothesis version."""
+    """A replay token is corrupt, or belongs to another target, another Hypothesis version, or an older form of its
+    target."""
+
+
+FRESH = "run the check again without --forkcheck-replay for a fresh token"
 
 
 @dataclass(frozen=True)
@@ -33,11 +39,13 @@ class ReplayToken:
     pool_size: int = 0  # threads of the inter-op pool the failure was found with (0: not on the pool)
     pct_steps: int = 0  # the steps PCT's change points were spread over (0: not counted)
     decisions: tuple[int, ...] = ()  # ``exhaustive``: the failing interleaving (``ControlledScheduler.decisions``)
+    parameters: tuple[str, ...] = ()  # the target's parameters when the token was made (older tokens: unknown)
+    inputs: str = ""  # ``forkcheck.strategies.inputs.Inputs.fingerprint`` of them ("": unknown)
 
     def encode(self) -> str:
         raw = json.dumps([self.target, self.hypothesis_version, self.blob, self.tasks, self.schedule_seed,
-                          self.strategy, self.schedules, self.pool_size, self.pct_steps, list(self.decisions)],
-                         separators=(",", ":"))
+                          self.strategy, self.schedules, self.pool_size, self.pct_steps, list(self.decisions),
+                          list(self.parameters), self.inputs], separators=(",", ":"))
         return _PREFIX + base64.urlsafe_b64encode(zlib.compress(raw.encode())).decode().rstrip("=")
 
     @classmethod
@@ -52,12 +60,36 @@ class ReplayToken:
                 raise ValueError(f"unknown schedule strategy {strategy!r}")
             schedules, pool_size, pct_steps = (list(map(int, rest[:3])) + [0, 0, 0])[:3]  # older tokens: fewer fields
             decisions = tuple(map(int, rest[3])) if len(rest) > 3 else ()
+            parameters, inputs = (rest[4:] + [[], ""])[:2]
             if min(schedules, pool_size, pct_steps, *decisions) < 0:
                 raise ValueError("a negative count")
+            if not isinstance(parameters, list):
+                raise ValueError("parameters are not a list")
             return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy, schedules,
-                       pool_size, pct_steps, decisions)
+                       pool_size, pct_steps, decisions, tuple(map(str, parameters)), str(inputs))
         except (ValueError, TypeError, zlib.error) as err:
             raise ReplayError(f"corrupt forkcheck replay token ({err}); copy the whole token from the report") from None
+
+    def check_hypothesis(self) -> None:
+        """Raise ``ReplayError`` when the token was made under another Hypothesis version: its choices are that
+        version's, and ``hypothesis.reproduce_failure`` refuses them."""
+        import hypothesis
+
+        if self.hypothesis_version and self.hypothesis_version != hypothesis.__version__:
+            raise ReplayError(f"this replay token was made with Hypothesis {self.hypothesis_version}, and this run "
+                              f"has {hypothesis.__version__}: a token replays only under the Hypothesis version that "
+                              f"made it. Install hypothesis=={self.hypothesis_version} to replay it, or {FRESH}")
+
+    def check_fits(self, target: str, parameters: list[str], inputs: str) -> None:
+        """Raise ``ReplayError`` when the target's parameters or their strategies changed since the token was made:
+        its choices would draw other inputs, or none."""
+        if self.inputs and self.inputs != inputs:
+            if tuple(parameters) != self.parameters:
+                why = (f"it was made when it took ({', '.join(self.parameters)}), and it now takes "
+                       f"({', '.join(parameters)})")
+            else:
+                why = "the strategies of its parameters changed since the token was made"
+            raise ReplayError(f"this replay token no longer fits {target}: {why}; {FRESH}")
 
 
 def blob_from_notes(error: BaseException) -> tuple[str, str] | None:

@@ -25,19 +25,25 @@ from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
 from .oracles.races import outputs_affected
-from .replay import ReplayError, ReplayToken, blob_from_notes
+from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedule import Schedule, draw_schedules, members, with_steps
 from .settings import Settings
 from .state import module_state
+from .strategies import InferenceError, for_callable
+from .strategies.inference import inferred_parameters, suggested_strategies
+from .strategies.inputs import Inputs, StrategyError
 from .target import Target, TargetError
 
 
 class _Failed(Exception):
-    """Raised inside a Hypothesis example that has findings, so Hypothesis shrinks it."""
+    """Raised inside a Hypothesis example that has findings, so Hypothesis shrinks it; ``shown`` is that example's
+    inputs as a report shows them: the failure Hypothesis reports carries its replay blob and the input it stands
+    for together."""
 
-    def __init__(self, findings: list[Finding]):
+    def __init__(self, findings: list[Finding], shown: dict[str, str]):
         super().__init__(findings[0].message)
         self.findings = findings
+        self.shown = shown
 
 
 AFTER_A_RACE = 3  # schedules per example once a race is predicted and outcomes stayed right
@@ -55,9 +61,9 @@ def schedules_here(settings: Settings, engine: str) -> int:
     return max(1, settings.schedules // parts + (part < settings.schedules % parts))
 
 
-def _fail(findings: list[Finding]) -> None:
+def _fail(findings: list[Finding], inputs: dict[str, Any]) -> None:
     """Raise ``_Failed`` from this one place: Hypothesis tells failures apart by where they were raised."""
-    raise _Failed(findings)
+    raise _Failed(findings, _shown(inputs))
 
 
 class _Hang(Exception):
@@ -136,15 +142,14 @@ class Checker:
     """Everything fixed for one target: its strategies, engine, globals and static findings."""
 
     def __init__(self, target: Target, settings: Settings):
-        import strategies as fst
-
         if target.mark.error:  # fork_safe was used wrongly in a file being collected (``marker.errors_deferred``)
             raise MarkError(target.mark.error)
         self.target = target
         self.settings = settings
-        self.base = target.instance()
-        self.strategies = fst.for_callable(self.base if target.is_compiled else target.obj, target.strategies,
-                                           what=target.name)
+        self.base = _instance(target)
+        self.strategies = for_callable(self.base if target.is_compiled else target.obj, target.strategies,
+                                       what=target.name)
+        self.inputs = Inputs(self.strategies, target.strategies, target.name)
         self.param_names = list(self.strategies)
         # compiled code's serial reference: its own graph, forks inlined (see ``forkcheck.compiled``)
         self.serial_program = serial_program(self.base) if target.is_compiled else None
@@ -220,7 +225,7 @@ class Checker:
             key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
         if key in self.memo:
             self.failing_decisions = self.decisions_of.get(key, [])
-            _fail(self.memo[key])
+            _fail(self.memo[key], inputs)
         if self.shrink_until is not None and time.monotonic() > self.shrink_until:
             return  # shrinking ran out of time: no new example fails, the smallest one so far stands
         if not self.serial_only:
@@ -262,7 +267,7 @@ class Checker:
             self.memo[key] = findings
             self.failures.append((_shown(inputs), findings))
             self.failing_decisions = self.decisions_of.get(key, [])
-            _fail(findings)
+            _fail(findings, inputs)
 
     def _interleavings(self) -> Any:
         """``exhaustive``: this input's search, or the one interleaving a replay token names."""
@@ -327,10 +332,24 @@ class Checker:
         except _Hang:
             return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
         except Exception as err:
-            return [exception_finding("the target", err, "serial run, forks inline", location=self.location,
-                                      tasks=[1])], _NO_OUTPUT
+            found = exception_finding("the target", err, "serial run, forks inline", location=self.location, tasks=[1])
+            found.message += self._inferred_note(inputs)
+            return [found], _NO_OUTPUT
         finally:
             watches[1].restore()
+
+    def _inferred_note(self, inputs: dict[str, Any]) -> str:
+        """For inputs forkcheck inferred, that they were, and the strategies to give if the target needs others."""
+        try:
+            names = inferred_parameters(self.target.obj, self.target.strategies)
+        except Exception:  # a note only: better none than a finding lost
+            return ""
+        if not names:
+            return ""
+        one = len(names) == 1
+        return (f"; {'input' if one else 'inputs'} {', '.join(names)} {'was' if one else 'were'} inferred from "
+                f"{'its annotation' if one else 'their annotations'}: if the target needs particular inputs, give "
+                f"their strategies, e.g. {suggested_strategies({name: inputs[name] for name in names})}")
 
     def _concurrent(self, inputs: dict[str, Any], schedule: Any, reference: Any) -> list[Finding]:
         args = copy.deepcopy([inputs[name] for name in self.param_names])
@@ -385,6 +404,24 @@ class Checker:
 _NO_OUTPUT = object()
 
 
+def _instance(target: Target) -> Any:
+    """The object to run; a Module that cannot be built or copied is the user's setup error, named as such."""
+    try:
+        return target.instance()
+    except TargetError:
+        raise
+    except Exception as err:
+        where = error_location(err)
+        where = f" at {where}" if where else ""
+        if isinstance(target.obj, type):
+            name = target.obj.__name__
+            raise TargetError(f"{target.name}: fork_safe on a Module class builds it with no arguments, and "
+                              f"{name}() raised {_describe_error(err)}{where}. Make {name}() work, or mark an "
+                              f"instance built as it should be: checked = fork_safe({name}(...))") from None
+        raise TargetError(f"{target.name}: forkcheck runs copies of the marked Module, and copy.deepcopy of it "
+                          f"raised {_describe_error(err)}{where}; make it copyable") from None
+
+
 def _under(mode: Any, callee: Callable, args: list) -> Any:
     """Call inside ``mode`` (if any): dispatch modes are per thread, so enter it on the thread that runs the call."""
     with mode if mode is not None else contextlib.nullcontext():
@@ -412,8 +449,6 @@ REPLAYS = 10  # a replay token reruns its example this many times and says how m
 def check(target: Target, settings: Settings = Settings(), *, replay: Optional[str] = None,
           nodeid: str = "") -> CheckResult:
     """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict."""
-    import strategies as fst
-
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
     seed = settings.seed if settings.seed is not None else random.randrange(2**32)
@@ -423,15 +458,17 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         if token is not None and token.target != target.name:
             raise ReplayError(f"this replay token is for {token.target}, not {target.name}")
         if token is not None:  # replay with what the failure was found with
+            token.check_hypothesis()
             settings = dataclasses.replace(settings.replace(
                 tasks=token.tasks, strategy=token.strategy, schedules=token.schedules or settings.schedules),
                 pool_sizes=())
         checker = Checker(target, settings)
         if token is not None:
+            token.check_fits(target.name, checker.param_names, checker.inputs.fingerprint)
             checker.pct_steps = token.pct_steps
             if checker.exhaustive:
                 checker.replay_decisions = list(token.decisions)
-    except (TargetError, MarkError, ReplayError, fst.InferenceError) as err:
+    except (TargetError, MarkError, ReplayError, InferenceError, StrategyError) as err:
         return _errored(result, started, f"setup error: {err}")
     except Exception:
         return _errored(result, started, "internal error in forkcheck while preparing the check:\n"
@@ -439,18 +476,20 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
     result.engine, result.engine_reason = checker.engine.name, checker.engine.reason
     try:
         if token is None:
-            findings, replay_token = _explore(checker, seed, result)
+            failed, replay_token = _explore(checker, seed, result)
         else:
-            findings, replay_token = _replay(_search(checker, seed), checker, token, result), replay
+            failed, replay_token = _replay(_search(checker, seed), checker, token, result), replay
+    except (ReplayError, StrategyError) as err:
+        return _errored(result, started, f"setup error: {err}", checker)
     except Exception:
         return _errored(result, started, "internal error in forkcheck:\n" + traceback.format_exc(), checker)
-    findings = _merge(findings, checker.static)
+    findings = _merge(failed.findings if failed is not None else [], checker.static)
     for finding in findings:
         finding.replay = replay_token if finding.detail.get("source") != "static" else ""
     result.findings = sort_findings(findings)
     result.verdict = "fail" if findings else "pass"
-    if checker.failures:
-        result.failing_input = checker.failures[-1][0]
+    if failed is not None:  # the input of the failure the token replays
+        result.failing_input = failed.shown
     _count(result, checker, started)
     return result
 
@@ -467,15 +506,15 @@ def _search(checker: Checker, seed: int, shrink: bool = False) -> Callable[[], N
                          derandomize=False, report_multiple_bugs=False, phases=phases,
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.seed(seed)
-    @hypothesis.given(inputs=st.fixed_dictionaries(checker.strategies), data=st.data())
+    @hypothesis.given(inputs=checker.inputs.strategy, data=st.data())
     def search(inputs: dict[str, Any], data: Any) -> None:
         checker.example(inputs, lambda strategy, label: data.draw(strategy, label=label))
 
     return search
 
 
-def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Finding], str]:
-    """Search for a failing example; returns its findings and a replay token.
+def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[Optional[_Failed], str]:
+    """Search for a failing example; returns its failure and replay token.
 
     A race that is only predicted does not stop the search, which goes on for an input whose outcome it makes wrong;
     if none does, the search is replayed up to the first racing example (runs skipped) for its replay token. The
@@ -496,13 +535,14 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
             checker.serial_failure or checker.engine.name == "eager"):
         failed = _shrink(checker, seed, result, failed)
     if failed is None:
-        return [], ""
+        return None, ""
     blob = blob_from_notes(failed)
     token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks,
                         strategy=checker.settings.strategy, schedules=checker.per_example,
                         pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0),
-                        decisions=tuple(checker.failing_decisions)).encode() if blob else ""
-    return failed.findings, token
+                        decisions=tuple(checker.failing_decisions), parameters=tuple(checker.param_names),
+                        inputs=checker.inputs.fingerprint) if blob else None
+    return failed, token.encode() if token else ""
 
 
 SHRINK_S = 10.0  # the longest a failure under forkcheck's own scheduler is shrunk; the smallest found so far is kept
@@ -526,7 +566,8 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     checker.hold_races = _wrong_outcome(failed.findings)
     checker.shrink_until = time.monotonic() + SHRINK_S
     try:
-        return _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
+        shrunk = _first_failure(_search(checker, seed, shrink=True), checker, result)
+        return shrunk if shrunk is not None and blob_from_notes(shrunk) else failed  # no blob: no token to show
     finally:
         checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
         if traced is not None:
@@ -542,21 +583,28 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
         search()
     except _Failed as failed:
         return failed
+    except hypothesis.errors.Unsatisfiable:
+        blamed = checker.inputs.unsatisfiable()
+        if blamed is None:
+            raise
+        raise blamed from None
     except hypothesis.errors.HypothesisException as err:
         if not checker.failures:
             raise
         result.stats["flaky"] = f"{type(err).__name__}: the failure did not show on every rerun"
-        return _Failed(checker.failures[-1][1])
+        shown, findings = checker.failures[-1]
+        return _Failed(findings, shown)
     return None
 
 
-def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, result: CheckResult) -> list[Finding]:
-    """Rerun the token's example ``REPLAYS`` times; the result says how many reproduced the failure."""
+def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
+            result: CheckResult) -> Optional[_Failed]:
+    """Rerun the token's example ``REPLAYS`` times; the first failure, and the result says how many reproduced it."""
     import hypothesis
     from hypothesis.reporting import with_reporter
 
     replayed = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
-    findings: list[Finding] = []
+    first: Optional[_Failed] = None
     reproduced = wrong = 0
     for _ in range(REPLAYS):
         checker.memo.clear()
@@ -566,9 +614,13 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
         except _Failed as failed:
             reproduced += 1
             wrong += _wrong_outcome(failed.findings)
-            findings = findings or failed.findings
+            first = first or failed
         except hypothesis.errors.DidNotReproduce:
             pass
+    if not checker.examples:  # the choices did not even draw the inputs: never a pass
+        raise ReplayError(f"this replay token no longer fits {checker.target.name}: its choices draw none of the "
+                          f"target's inputs (its parameters or their strategies changed since the token was made); "
+                          f"{FRESH}")
     # "wrong_outcome": replays whose outcome was wrong, not only predicted by the race oracle
     result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong,
                                "schedules": checker.per_example, "strategy": token.strategy,
@@ -577,7 +629,7 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
     if token.pool_size and size and size != token.pool_size:
         result.stats["replay_note"] = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
                                        f"{size}: the real runtime may not repeat it")
-    return findings
+    return first
 
 
 def _pool_size(checker: Checker) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -44,10 +45,17 @@ def _tolerance(name: str, value: Any) -> float:
     return number
 
 
+#: The longest timeout: every wait for a run must stay within what Python's threads and queues accept, with room
+#: for the grace periods the process running the check adds.
+MAX_TIMEOUT_S = min(1e9, threading.TIMEOUT_MAX / 2)
+
+
 def _seconds(name: str, value: Any) -> float:
     number = _tolerance(name, value)
     if number == 0:
         raise SettingsError(f"{name} must be more than 0 seconds, got {value!r}")
+    if number > MAX_TIMEOUT_S:
+        raise SettingsError(f"{name} must be at most {MAX_TIMEOUT_S:.0f} seconds, got {value!r}")
     return number
 
 

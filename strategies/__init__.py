@@ -1,9 +1,8 @@
-"""Hypothesis strategies for the inputs of code checked by forkcheck: tensors, and inference from annotations.
+"""Hypothesis strategies for the inputs of code checked by forkcheck, for ``import strategies as fst``.
 
-``tensors`` draws tensors; ``from_type`` maps one annotation to a strategy; ``for_callable`` gives every
-parameter of a function or Module its strategy, and raises ``InferenceError`` naming any it cannot infer.
+A facade: they live in ``forkcheck.strategies``, which forkcheck itself uses, so a user's own module named
+``strategies`` shadows only this name, never forkcheck's. Import ``forkcheck.strategies`` where it does.
 """
-from .inference import InferenceError, for_callable, from_type
-from .tensors import tensors
+from forkcheck.strategies import InferenceError, for_callable, from_type, tensors
 
 __all__ = ["InferenceError", "for_callable", "from_type", "tensors"]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Hashable, Mapping
 
 import torch
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from torch import nn
 
 from .tensors import tensors
@@ -28,6 +29,13 @@ _SCALARS = {
 }
 
 
+#: The shape of every tensor inferred for one example (drawn once per example, within ``tensors()``'s default
+#: bounds): code that combines its tensor inputs, like ``x + y``, gets inputs that fit. Explicit strategies choose
+#: their own shapes.
+SHARED_SHAPE = st.shared(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5),
+                         key="forkcheck.inferred-tensor-shape")
+
+
 class InferenceError(Exception):
     """No strategy could be found for an input; ``parameter`` names it when one parameter is to blame."""
 
@@ -39,7 +47,7 @@ class InferenceError(Exception):
 def from_type(annotation: object) -> st.SearchStrategy:
     """A small strategy for a TorchScript-style annotation; anything unsupported raises ``InferenceError``."""
     if annotation is torch.Tensor:
-        return tensors()
+        return tensors(shape=SHARED_SHAPE)
     if isinstance(annotation, Hashable) and annotation in _SCALARS:
         return _SCALARS[annotation]()
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -174,6 +182,48 @@ def _explicit(explicit: Mapping[str, object], name: str, what: str) -> st.Search
             f"Wrap a constant: @fork_safe({name}=st.just({value if len(value) <= 40 else '...'}))", name
         )
     return explicit[name]
+
+
+def inferred_parameters(fn: Callable | nn.Module | type[nn.Module],
+                        explicit: Mapping[str, st.SearchStrategy] | None = None) -> list[str]:
+    """The parameters whose strategy ``for_callable`` infers from their annotation (not given, not a default)."""
+    function, parameters = _parameters(fn)
+    hints, fixed = _hints(function), _partial_keywords(fn)
+    return [name for name, parameter in parameters.items()
+            if name not in (explicit or {}) and name not in fixed and _from_annotation(hints.get(name), function)]
+
+
+def _from_annotation(annotation, function) -> bool:
+    if annotation is None:
+        return False
+    try:
+        from_type(_resolve(annotation, function))
+    except InferenceError:
+        return False
+    return True
+
+
+def suggested_strategies(inputs: Mapping[str, object]) -> str:
+    """``@fork_safe(...)`` with a strategy of the same kind as each input's value, to show what to give."""
+    return "@fork_safe(" + ", ".join(f"{name}={_template(value)}" for name, value in inputs.items()) + ")"
+
+
+def _template(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        dtype = "" if value.dtype == torch.float32 else f", dtype={value.dtype}"
+        return f"fst.tensors(shape=(4, 3){dtype})"
+    if isinstance(value, (list, tuple, dict)) and not value:
+        return {list: "st.lists(...)", tuple: "st.tuples()", dict: "st.dictionaries(...)"}[type(value)]
+    if isinstance(value, list):
+        return f"st.lists({_template(value[0])}, max_size=4)"
+    if isinstance(value, tuple):
+        return f"st.tuples({', '.join(map(_template, value))})"
+    if isinstance(value, dict):
+        key, item = next(iter(value.items()))
+        return f"st.dictionaries({_template(key)}, {_template(item)}, max_size=4)"
+    simple = {bool: "st.booleans()", int: "st.integers(0, 10)", float: "st.floats(0.0, 1.0)",
+              str: "st.text(max_size=8)", type(None): "st.none()"}
+    return simple.get(type(value), "...")
 
 
 def _parameters(fn) -> tuple[Callable, dict[str, inspect.Parameter]]:

@@ -34,7 +34,7 @@ _LAYOUTS = ("contiguous", "transposed", "strided")
 def tensors(
     *,
     dtype: torch.dtype = torch.float32,
-    shape: tuple[int, ...] | None = None,
+    shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]] | None = None,
     min_dims: int = 1,
     max_dims: int = 3,
     min_side: int = 1,
@@ -48,7 +48,8 @@ def tensors(
 ) -> st.SearchStrategy[torch.Tensor]:
     """Strided CPU tensors that own their memory, with finite values in [-10, 10] unless told otherwise.
 
-    A fixed ``shape`` overrides the dims/side bounds. ``elements_min``/``elements_max`` bound the finite values;
+    A fixed ``shape``, or a strategy of shapes (``st.shared(...)`` of one gives several inputs the same shape),
+    overrides the dims/side bounds. ``elements_min``/``elements_max`` bound the finite values;
     ``allow_nan``/``allow_infinity`` add NaN/±inf on top (float dtypes only). ``contiguous=False`` also draws
     transposed and step-sliced views of a larger tensor, which shrink towards the contiguous layout.
     """
@@ -76,6 +77,8 @@ def tensors(
 
 
 def _shapes(shape, min_dims, max_dims, min_side, max_side) -> st.SearchStrategy[tuple[int, ...]]:
+    if isinstance(shape, st.SearchStrategy):
+        return shape
     if shape is not None:
         if not isinstance(shape, (tuple, list)) or not all(_is_int(side) and side >= 0 for side in shape):
             raise ValueError(f"shape={shape!r} must be a tuple of non-negative ints")
