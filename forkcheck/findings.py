@@ -94,6 +94,12 @@ def hang_finding(what: str, timeout: float, *, because: str = "", location: str 
                    detail={"timeout_s": timeout, **detail})
 
 
+def describe_error(err: BaseException) -> str:
+    """``Type: first line of the message``."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def exception_finding(who: str, err: BaseException, where: str, *, location: str = "", tasks: Any = (),
                       kind: str = "exception", traceback_text: str = "") -> Finding:
     """``who`` raised ``err`` (``where``: the run); located at the innermost line of the user's code it passed."""
@@ -101,8 +107,7 @@ def exception_finding(who: str, err: BaseException, where: str, *, location: str
 
     from .locate import error_location
 
-    text = str(err).strip()
-    problem = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    problem = describe_error(err)
     trace = traceback_text or "".join(traceback.format_exception(err))
     return Finding(kind, f"{who} raised {problem} ({where})", location=error_location(err) or location,
                    tasks=list(tasks), detail={"traceback": trace[-4000:]})

@@ -19,7 +19,7 @@ from .coverage import Coverage
 from .engines import TaskError, choose_engine
 from .compiled import serial_program
 from .engines.eager import ScheduleError
-from .findings import CheckResult, Finding, defect_key, exception_finding, hang_finding, sort_findings
+from .findings import CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, error_location, user_location
 from .marker import MarkError
 from .oracles.determinism import differences
@@ -416,10 +416,10 @@ def _instance(target: Target) -> Any:
         if isinstance(target.obj, type):
             name = target.obj.__name__
             raise TargetError(f"{target.name}: fork_safe on a Module class builds it with no arguments, and "
-                              f"{name}() raised {_describe_error(err)}{where}. Make {name}() work, or mark an "
+                              f"{name}() raised {describe_error(err)}{where}. Make {name}() work, or mark an "
                               f"instance built as it should be: checked = fork_safe({name}(...))") from None
         raise TargetError(f"{target.name}: forkcheck runs copies of the marked Module, and copy.deepcopy of it "
-                          f"raised {_describe_error(err)}{where}; make it copyable") from None
+                          f"raised {describe_error(err)}{where}; make it copyable") from None
 
 
 def _under(mode: Any, callee: Callable, args: list) -> Any:
