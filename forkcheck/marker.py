@@ -87,12 +87,17 @@ def _attach(obj: Any, mark: Mark) -> Any:
 
 def _check_parameters(obj: Any, mark: Mark) -> None:
     """Strategies for parameters the target does not have are a mistake worth reporting at import time."""
-    function: Callable = obj.forward if hasattr(obj, "forward") else obj
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return
-    names = [name for name in parameters if name != "self"]
+    from . import compiled
+
+    if compiled.is_compiled(obj):
+        names = compiled.parameter_names(obj)
+    else:
+        function: Callable = obj.forward if hasattr(obj, "forward") else obj
+        try:
+            parameters = inspect.signature(function).parameters
+        except (TypeError, ValueError):
+            return
+        names = [name for name in parameters if name != "self"]
     unknown = [name for name in mark.strategies if name not in names]
     if unknown:
         raise MarkError(

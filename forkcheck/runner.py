@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import random
 import threading
@@ -14,6 +15,7 @@ import torch
 
 from . import _exit, _warnings
 from .engines import TaskError, choose_engine
+from .compiled import serial_program
 from .engines.eager import ScheduleError
 from .findings import CheckResult, Finding, defect_key, sort_findings
 from .locate import WriteLocator, error_location, user_location
@@ -139,15 +141,18 @@ class Checker:
 
         self.target = target
         self.settings = settings
-        self.strategies = fst.for_callable(target.obj, target.strategies, what=target.name)
-        self.param_names = list(self.strategies)
         self.base = target.instance()
+        self.strategies = fst.for_callable(self.base if target.is_compiled else target.obj, target.strategies,
+                                           what=target.name)
+        self.param_names = list(self.strategies)
+        # compiled code's serial reference: its own graph, forks inlined (see ``forkcheck.compiled``)
+        self.serial_program = serial_program(self.base) if target.is_compiled else None
         with _warnings.quiet_jit():
             self.engine = choose_engine(
                 copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
                 settings.timeout)
         self.globals = referenced_globals(self._code())
-        self.location = target.source_location()
+        self.location = target.source_location(self.base)
         self.static = self._static_findings()
         self.examples = 0
         self.schedules = 0
@@ -253,10 +258,13 @@ class Checker:
             return _with_timeout(fn, self.settings.timeout)
 
     def _serial(self, inputs: dict[str, Any]) -> tuple[list[Finding], Any]:
-        """The reference: the target once, on copies, forks inline (plain eager Python)."""
+        """The reference: the target once, on copies, forks inline (plain eager Python, or the compiled program with
+        its forks inlined: there the Python stack does not say which line wrote, the static pre-check's twin does)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         module = copy.deepcopy(self.base) if self.target.is_module else None
         callee = module if module is not None else self.base
+        if self.serial_program is not None:
+            callee = functools.partial(self.serial_program, module)
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
         if module is not None:
             watches.append(ModuleWatch(module))
@@ -264,7 +272,7 @@ class Checker:
         watched.update(zip(self.param_names, args))
         if module is not None:
             watched.update(module_state(module))
-        locator = WriteLocator(watched)
+        locator = WriteLocator(watched if self.serial_program is None else {})
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
             output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)))
             return [f for w in watches for f in w.findings([1], locator.locate, self.location)], output

@@ -1,4 +1,5 @@
-"""What is checked: a marked function, closure or ``nn.Module``, its callable, its name and its inputs."""
+"""What is checked: a marked function, closure, ``nn.Module`` or compiled TorchScript object, its callable, its name
+and its inputs."""
 from __future__ import annotations
 
 import copy
@@ -6,6 +7,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from . import compiled
 from .marker import Mark, get_mark
 
 
@@ -25,7 +27,8 @@ class Target:
     def from_object(cls, obj: Any, name: Optional[str] = None) -> "Target":
         mark = get_mark(obj) or Mark()
         if name is None:
-            qualname = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+            qualname = (compiled.display_name(obj) if compiled.is_compiled(obj) and not isinstance(obj, type)
+                        else getattr(obj, "__qualname__", None) or type(obj).__qualname__)
             module = mark.module or getattr(obj, "__module__", "") or ""
             name = f"{module}:{qualname}"
         return cls(obj=obj, name=name, mark=mark)
@@ -37,6 +40,11 @@ class Target:
         return isinstance(self.obj, torch.nn.Module) or (
             isinstance(self.obj, type) and issubclass(self.obj, torch.nn.Module)
         )
+
+    @property
+    def is_compiled(self) -> bool:
+        """A ScriptFunction or ScriptModule (scripted, frozen, loaded, traced, legacy): run as compiled."""
+        return compiled.is_compiled(self.obj)
 
     def instance(self) -> Any:
         """A fresh object to run: a new Module for a class, a deep copy of a Module instance, else the function."""
@@ -61,13 +69,22 @@ class Target:
     def strategies(self) -> Mapping[str, Any]:
         return self.mark.strategies
 
-    def source_location(self) -> str:
-        """``file:line`` of the definition, for findings that have no better place."""
+    def source_location(self, instance: Any = None) -> str:
+        """``file:line`` of the definition, for findings that have no better place (a compiled target: of the first
+        op its graph locates, from ``instance`` for a legacy ScriptModule class)."""
+        if self.is_compiled and not isinstance(self.obj, type):
+            return compiled.location(self.obj)
+        if self.is_compiled:
+            return compiled.location(instance) if instance is not None else _source_line(self.obj)
         function = self.signature_callable()
-        function = getattr(function, "__func__", function)
-        try:
-            lines, first = inspect.getsourcelines(function)
-        except (TypeError, OSError):
-            return ""
-        offset = next((i for i, line in enumerate(lines) if line.lstrip().startswith(("def ", "async def ", "class "))), 0)
-        return f"{inspect.getsourcefile(function)}:{first + offset}"
+        return _source_line(getattr(function, "__func__", function))
+
+
+def _source_line(function: Any) -> str:
+    """``file:line`` of a function's or class's ``def``/``class`` line, or ``""``."""
+    try:
+        lines, first = inspect.getsourcelines(function)
+    except (TypeError, OSError):
+        return ""
+    offset = next((i for i, line in enumerate(lines) if line.lstrip().startswith(("def ", "async def ", "class "))), 0)
+    return f"{inspect.getsourcefile(function)}:{first + offset}"

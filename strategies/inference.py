@@ -13,7 +13,7 @@ from torch import nn
 
 from .tensors import tensors
 
-__all__ = ["InferenceError", "for_callable", "from_type"]
+__all__ = ["InferenceError", "for_callable", "from_jit_type", "from_type"]
 
 _MAX_SIZE = 4
 _SUPPORTED = "Tensor, int, float, bool, str, List[T], Tuple[...], Dict[str, T], Optional[T]"
@@ -71,15 +71,14 @@ def for_callable(
     """One strategy per parameter of ``fn`` (for a Module, of its ``forward``): explicit ones, else inferred.
 
     Precedence: the explicit strategy, then the annotation, then the default value (``st.just(default)``).
+    A compiled ``ScriptFunction`` or ``ScriptModule`` takes its parameters and types from its TorchScript schema.
     """
+    if isinstance(fn, (torch.jit.ScriptFunction, torch.jit.ScriptModule)):
+        return _for_schema(fn, dict(explicit or {}), what)
     function, parameters = _parameters(fn)
     what = what or f"{getattr(function, '__qualname__', None) or type(fn).__name__}()"
     explicit = dict(explicit or {})
-    unknown = [name for name in explicit if name not in parameters]
-    if unknown:
-        names = ", ".join(repr(name) for name in unknown)
-        real = ", ".join(repr(name) for name in parameters) or "none"
-        raise InferenceError(f"{what} has no parameter {names}; its parameters are {real}", unknown[0])
+    _check_explicit(explicit, list(parameters), what)
     hints, fixed = _hints(function), _partial_keywords(fn)
     strategies = {}
     for name, parameter in parameters.items():
@@ -90,18 +89,90 @@ def for_callable(
                 f"inputs. Replace it with named parameters", name
             )
         if name in explicit:
-            if not isinstance(explicit[name], st.SearchStrategy):
-                value = repr(explicit[name])
-                raise InferenceError(
-                    f"the strategy given for parameter '{name}' of {what} is {value}, not a Hypothesis strategy. "
-                    f"Wrap a constant: @fork_safe({name}=st.just({value if len(value) <= 40 else '...'}))", name
-                )
-            strategies[name] = explicit[name]
+            strategies[name] = _explicit(explicit, name, what)
         elif name in fixed:
             strategies[name] = st.just(parameter.default)
         else:
             strategies[name] = _infer(name, parameter, hints, function, what)
     return strategies
+
+
+def _for_schema(scripted, explicit: dict[str, st.SearchStrategy], what: str | None) -> dict[str, st.SearchStrategy]:
+    """Strategies from a compiled target's schema (``self`` left out); a traced graph's tensors keep their traced
+    dtype and shape."""
+    is_module = isinstance(scripted, torch.jit.ScriptModule)
+    function = scripted.forward if is_module else scripted
+    arguments = list(function.schema.arguments)[1 if is_module else 0:]
+    graph_types = [value.type() for value in function.graph.inputs()][1 if is_module else 0:]
+    what = what or f"{function.qualified_name}()"
+    _check_explicit(explicit, [argument.name for argument in arguments], what)
+    strategies = {}
+    for argument, graph_type in zip(arguments, graph_types):
+        name = argument.name
+        if name in explicit:
+            strategies[name] = _explicit(explicit, name, what)
+            continue
+        try:
+            strategies[name] = _traced_tensor(graph_type) or from_type(from_jit_type(argument.type))
+        except InferenceError as error:
+            if argument.has_default_value():
+                strategies[name] = st.just(argument.default_value)
+                continue
+            raise InferenceError(
+                f"cannot infer a strategy for parameter '{name}' of {what}: its TorchScript type {argument.type} "
+                f"is not supported ({error}). Pass one: fork_safe(target, {name}=...) with a Hypothesis strategy",
+                name) from None
+    return strategies
+
+
+def from_jit_type(jit_type) -> object:
+    """The Python annotation a TorchScript type stands for; anything unsupported raises ``InferenceError``."""
+    kind = jit_type.kind()
+    if kind in _JIT_SCALARS:
+        return _JIT_SCALARS[kind]
+    if kind == "ListType":
+        return typing.List[from_jit_type(jit_type.getElementType())]
+    if kind == "OptionalType":
+        return typing.Optional[from_jit_type(jit_type.getElementType())]
+    if kind == "TupleType":
+        return typing.Tuple[tuple(from_jit_type(element) for element in jit_type.elements())]
+    if kind == "DictType":
+        return typing.Dict[from_jit_type(jit_type.getKeyType()), from_jit_type(jit_type.getValueType())]
+    if kind == "UnionType":
+        return typing.Union[tuple(from_jit_type(element) for element in jit_type.containedTypes())]
+    raise InferenceError(f"supported: {_SUPPORTED}")
+
+
+_JIT_SCALARS = {"TensorType": torch.Tensor, "IntType": int, "FloatType": float, "BoolType": bool, "StringType": str,
+                "NoneType": type(None)}
+
+
+def _traced_tensor(graph_type) -> st.SearchStrategy | None:
+    """A traced graph's input type keeps the dtype and shape it was traced with: draw tensors like those."""
+    if graph_type.kind() != "TensorType" or graph_type.sizes() is None or graph_type.dtype() is None:
+        return None
+    try:
+        return tensors(dtype=graph_type.dtype(), shape=tuple(graph_type.sizes()))
+    except ValueError:  # a dtype the tensor strategy does not draw: the schema's plain Tensor
+        return None
+
+
+def _check_explicit(explicit: Mapping[str, object], names: list[str], what: str) -> None:
+    unknown = [name for name in explicit if name not in names]
+    if unknown:
+        listed = ", ".join(repr(name) for name in unknown)
+        real = ", ".join(repr(name) for name in names) or "none"
+        raise InferenceError(f"{what} has no parameter {listed}; its parameters are {real}", unknown[0])
+
+
+def _explicit(explicit: Mapping[str, object], name: str, what: str) -> st.SearchStrategy:
+    if not isinstance(explicit[name], st.SearchStrategy):
+        value = repr(explicit[name])
+        raise InferenceError(
+            f"the strategy given for parameter '{name}' of {what} is {value}, not a Hypothesis strategy. "
+            f"Wrap a constant: @fork_safe({name}=st.just({value if len(value) <= 40 else '...'}))", name
+        )
+    return explicit[name]
 
 
 def _parameters(fn) -> tuple[Callable, dict[str, inspect.Parameter]]:

@@ -1,0 +1,102 @@
+"""Compiled TorchScript targets: scripted functions and modules, frozen, loaded, traced and legacy ``ScriptModule``s.
+
+What the rest of forkcheck needs from one: that it is compiled, the schema its inputs come from (``self`` is never
+an input), where it is written, and its serial reference: the same program with every fork run inline, one at a
+time in program order (as ``torch.jit.fork`` runs in eager Python). The user's object is never changed: programs are
+made from copies of its graphs.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .instrument import location_of
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def is_compiled(obj: Any) -> bool:
+    """A ``ScriptFunction``, a ``ScriptModule`` (scripted, frozen, loaded, traced) or a legacy subclass of it."""
+    return isinstance(obj, (torch.jit.ScriptFunction, torch.jit.ScriptModule)) or (
+        isinstance(obj, type) and issubclass(obj, torch.jit.ScriptModule))
+
+
+def forward(scripted: Any) -> Any:
+    """The function or ``forward`` method whose schema holds the inputs."""
+    return scripted.forward if isinstance(scripted, torch.jit.ScriptModule) else scripted
+
+
+def arguments(scripted: Any) -> list[Any]:
+    """The schema's arguments without ``self``."""
+    schema_arguments = forward(scripted).schema.arguments
+    return schema_arguments[1:] if isinstance(scripted, torch.jit.ScriptModule) else list(schema_arguments)
+
+
+def parameter_names(obj: Any) -> list[str]:
+    """The inputs' names, ``self`` left out; for a legacy ``ScriptModule`` class (compiled only when constructed),
+    from the Python signature of its ``@torch.jit.script_method forward``."""
+    if isinstance(obj, type):
+        stub = getattr(obj, "_methods", {}).get("forward")
+        if stub is None:
+            return []
+        return list(inspect.signature(stub.original_method).parameters)[1:]
+    return [argument.name for argument in arguments(obj)]
+
+
+def input_types(scripted: Any) -> list[Any]:
+    """The graph's input types without ``self``: a traced graph's keep the traced tensors' dtype and shape."""
+    inputs = list(forward(scripted).graph.inputs())
+    return [value.type() for value in inputs[1 if isinstance(scripted, torch.jit.ScriptModule) else 0:]]
+
+
+def display_name(scripted: Any) -> str:
+    """The name the user knows: the function's, or the module class's original one."""
+    if isinstance(scripted, torch.jit.ScriptFunction):
+        return scripted.name
+    return getattr(scripted, "original_name", None) or type(scripted).__qualname__
+
+
+def location(scripted: Any) -> str:
+    """``file:line`` of the first op of the target's graph whose source range survived compilation (a loaded
+    module keeps them in its serialized code) and is the user's (a traced fork's ops point into torch), else the
+    graph's qualified name."""
+    function = forward(scripted)
+    found = next((where for node in _nodes(function.graph.block())
+                  if (where := location_of(node)) and not where.startswith(_TORCH_DIR)), "")
+    if found:
+        return found
+    if isinstance(scripted, torch.jit.ScriptFunction):
+        return scripted.qualified_name
+    return f"{scripted._c._type().qualified_name()}.forward"
+
+
+def _nodes(block: Any) -> Iterator[Any]:
+    """Every node of ``block``, nested blocks and fork subgraphs included, in program order."""
+    for node in block.nodes():
+        yield node
+        for inner in node.blocks():
+            yield from _nodes(inner)
+        if node.kind() == "prim::fork":
+            yield from _nodes(node.g("Subgraph").block())
+
+
+def _has_forks(block: Any) -> bool:
+    return any(node.kind() == "prim::fork" for node in _nodes(block))
+
+
+def serial_program(scripted: Any) -> Callable[..., Any]:
+    """``program(module, *args)``: the target with its forks inlined, nested ones too (``module`` is ignored for a
+    function). Built once from a copy of the graph; a deep copy of the module (same class type) runs it as ``self``."""
+    graph = forward(scripted).graph.copy()
+    torch._C._jit_pass_inline(graph)
+    while _has_forks(graph.block()):  # inlining a fork's body can bring in calls, and forks, of its own
+        torch._C._jit_pass_inline_fork_wait(graph)
+        torch._C._jit_pass_inline(graph)
+    graph.lint()
+    function = torch._C._create_function_from_graph(f"__forkcheck__.serial.{display_name(scripted)}", graph)
+    if isinstance(scripted, torch.jit.ScriptModule):
+        return lambda module, *args: function(module._c, *args)
+    return lambda module, *args: function(*args)
