@@ -146,11 +146,17 @@ def load_model(path: str, specs: list[str]) -> Any:
     import strategies as fst
 
     from ._warnings import quiet_jit
+    from .compiled import parameter_names
     from .marker import fork_safe
 
     with quiet_jit():
         model = torch.jit.load(path, map_location="cpu")
-    return fork_safe(model, **dict(fst.parse_input(spec) for spec in specs))
+    given = dict(fst.parse_input(spec) for spec in specs)
+    unknown = [name for name in given if name not in parameter_names(model)]
+    if unknown:
+        raise UsageError(f"--input {unknown[0]}: the model's forward takes no input {unknown[0]!r}; its inputs are "
+                         f"{', '.join(parameter_names(model)) or 'none'}")
+    return fork_safe(model, **given)
 
 
 def __getattr__(name: str) -> Any:
@@ -164,8 +170,6 @@ def __getattr__(name: str) -> Any:
 def _load_or_explain(path: str, specs: list[str]) -> Any:
     """``load_model``, with each way it can fail told as a usage error."""
     import strategies as fst
-
-    from .marker import MarkError
 
     names = [spec.partition("=")[0].strip() for spec in specs]
     twice = sorted({name for name in names if names.count(name) > 1})
@@ -181,8 +185,8 @@ def _load_or_explain(path: str, specs: list[str]) -> Any:
         raise UsageError(f"{path} {where}: give the path of a .pt file written by torch.jit.save")
     try:
         return load_model(path, specs)
-    except MarkError as err:
-        raise UsageError(f"--input: {err}") from None
+    except UsageError:
+        raise
     except Exception as err:
         text = str(err).strip().splitlines()
         raise UsageError(f"{path} is not a TorchScript archive (torch.jit.load: {type(err).__name__}: "
@@ -202,13 +206,15 @@ def _inferred(model: Any, path: str) -> list[str]:
         if name is None:
             raise UsageError(str(err)) from None
         kind = _schema_type(model, name)
-        if kind in SUGGESTED:
-            fix = f"give it: --input {name}={SUGGESTED[kind]}" + (" (the dtype and shape forward takes)"
-                                                                  if kind == "Tensor" else "")
-        else:
-            fix = (f"--input has no spec for its type {kind or '?'}: check the model from Python, with a strategy "
-                   f"for it: forkcheck.check(fork_safe(torch.jit.load({path!r}), {name}=...))")
-        raise UsageError(f"cannot infer input {name!r} of {path}: {err}; {fix}") from None
+        if kind not in SUGGESTED:
+            raise UsageError(f"cannot infer input {name!r} of {path}: its type {kind or '?'} is none that "
+                             "forkcheck infers (Tensor, int, float, bool, str, and lists, tuples, dicts and "
+                             "optionals of them) or --input gives (tensors, int, float, bool, str). Check the "
+                             f"model from Python with a strategy for it: forkcheck.check(fork_safe(torch.jit.load("
+                             f"{path!r}), {name}=...))") from None
+        hint = " (the dtype and shape forward takes)" if kind == "Tensor" else ""
+        raise UsageError(f"cannot infer input {name!r} of {path}: {err}; give it: --input {name}={SUGGESTED[kind]}"
+                         f"{hint}") from None
 
 
 def _schema_type(model: Any, name: str) -> str:

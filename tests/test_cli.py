@@ -84,6 +84,17 @@ class ScalesItsInput(nn.Module):
         return torch.jit.wait(torch.jit.fork(_scale_in_place, x)) + 1
 
 
+class Classifier(nn.Module):
+    """Takes batches of 8 features, which its schema (``x: Tensor``) does not say."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = Head()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.jit.wait(torch.jit.fork(self.head, x))
+
+
 class OnDevice(nn.Module):
     """An input whose type (``Device``) has no strategy to infer and no ``--input`` spec."""
 
@@ -99,7 +110,7 @@ class Scaled(nn.Module):
 
 
 MODELS = {"ensemble": Ensemble, "counting": lambda: Ensemble(CountingHead), "accumulator": SharedAccumulator,
-          "scales_input": ScalesItsInput, "on_device": OnDevice, "scaled": Scaled}
+          "scales_input": ScalesItsInput, "classifier": Classifier, "on_device": OnDevice, "scaled": Scaled}
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +244,8 @@ def test_an_unsafe_model_fails_with_its_finding_and_a_replay_that_reproduces(mod
     assert f"[{kind}]" in run.stdout and "1 fail" in run.stdout
     row = _row(tmp_path / "reports")
     assert row["verdict"] == "fail" and row["engine"] == "script", row
-    assert kind in [f["kind"] for f in row["findings"]]
+    kinds = [f["kind"] for f in row["findings"]]
+    assert kind in kinds and "exception" not in kinds, row["findings"]  # the model runs; what it does is unsafe
     (token,) = set(TOKEN.findall(run.stdout))
     replay = forkcheck("check", models[model], "--input", shape, "--replay", token, cwd=tmp_path)
     assert replay.returncode == 1, replay.stdout + replay.stderr
@@ -243,12 +255,16 @@ def test_an_unsafe_model_fails_with_its_finding_and_a_replay_that_reproduces(mod
 
 @pytest.mark.slow
 def test_a_model_that_raises_on_inferred_inputs_asks_for_them(models: dict[str, Path], tmp_path: Path) -> None:
-    """The schema says ``Tensor``, not that the heads take 8 features: not a finding, a usage error."""
-    run = forkcheck("check", models["ensemble"], *QUICK, "--pool-sizes", "2", cwd=tmp_path)
+    """The schema says ``Tensor``, not that the head takes 8 features: not a finding, a usage error."""
+    run = forkcheck("check", models["classifier"], *QUICK, "--pool-sizes", "2", cwd=tmp_path)
     assert run.returncode == 2, run.stdout + run.stderr
-    assert "--input x=float32[2,8]" in run.stdout and "inferred from the model's schema" in run.stdout
+    assert "cannot be multiplied" in run.stdout  # what the model raised, with its forks inline
+    assert "inferred from the model's schema" in run.stdout and "--input x=float32[2,8]" in run.stdout
     row = _row(tmp_path / "reports")
-    assert row["verdict"] == "error" and row["error"].startswith("setup error")
+    assert row["verdict"] == "error" and row["error"].startswith("setup error") and not row["findings"]
+    given = forkcheck("check", models["classifier"], "--input", "x=float32[2,8]", *QUICK, "--pool-sizes", "2",
+                      cwd=tmp_path)
+    assert given.returncode == 0, given.stdout + given.stderr
 
 
 def test_an_error_inside_forkcheck_exits_3_with_the_traceback(models: dict[str, Path], tmp_path: Path) -> None:
