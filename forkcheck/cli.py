@@ -79,8 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from .marker import get_mark
     from .report import write_reports
-    from .report.terminal import failure_text, pool_line, summary_lines
+    from .report.terminal import summary_lines
     from .target import Target
 
     settings, sizes = _settings(args)
@@ -89,25 +90,35 @@ def _check(args: argparse.Namespace) -> int:
     inputs = _inferred(model, args.path)
     print(f"forkcheck: checking {args.path}, seed {settings.seed} (rerun with --seed {settings.seed})", flush=True)
     result = _run(Target.from_object(model, args.path), settings, sizes, args)
-    _blame_inferred_inputs(result, [name for name in inputs if name not in model.__forkcheck__.strategies])
+    _blame_inferred_inputs(result, [name for name in inputs if name not in get_mark(model).strategies])
     replay = _replay_command(args.path, args.input)
-    if result.verdict == "pass":
-        print(f"safe to fork: no findings in {result.examples} examples, {result.schedules} schedules "
-              f"({result.engine} engine{': ' + result.engine_reason if result.engine_reason else ''})")
-        if result.stats.get("pool_sizes"):
-            print(f"inter-op pool sizes: {pool_line(result.stats['pool_sizes'])}")
-    else:
-        print(failure_text(result, replay))
-    if "replays" in result.stats:
-        replays = result.stats["replays"]
-        print(f"replayed {replays['runs']} times: the failure showed in {replays['reproduced']}, a wrong outcome "
-              f"(not only a predicted race) in {replays['wrong_outcome']}")
+    print(_result_text(result, replay))
     rows = {args.path: result.to_json()}
     paths = None if args.no_report else write_reports(args.report, rows, settings.seed)
     print("\n".join(summary_lines(rows.values(), paths, replay)))
     if result.verdict != "error":
         return FINDINGS if result.verdict == "fail" else SAFE
     return USAGE if result.error.startswith(SETUP_ERROR) else INTERNAL
+
+
+def _result_text(result: Any, replay: Callable[[str, str], str]) -> str:
+    """What the check found, as the plugin prints a failing item; for a pass, what was run."""
+    from .report.terminal import failure_text, pool_line
+
+    if result.verdict == "pass":
+        lines = [f"safe to fork: no findings in {result.examples} examples, {result.schedules} schedules "
+                 f"({result.engine} engine: {result.engine_reason})"]
+        if result.stats.get("pool_sizes"):
+            lines.append(f"inter-op pool sizes: {pool_line(result.stats['pool_sizes'])}")
+    else:
+        lines = [failure_text(result, replay)]
+    if "replays" in result.stats:
+        replays = result.stats["replays"]
+        lines.append(f"replayed {replays['runs']} times: the failure showed in {replays['reproduced']}, a wrong "
+                     f"outcome (not only a predicted race) in {replays['wrong_outcome']}")
+    if "in-process" in result.stats.get("isolation", ""):
+        lines.append(f"checked {result.stats['isolation']}, with this process's inter-op pool only")
+    return "\n".join(lines)
 
 
 def _settings(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
@@ -199,8 +210,10 @@ def _inferred(model: Any, path: str) -> list[str]:
     error that names it and the ``--input`` to give."""
     import strategies as fst
 
+    from .marker import get_mark
+
     try:
-        return list(fst.for_callable(model, model.__forkcheck__.strategies, what=path))
+        return list(fst.for_callable(model, get_mark(model).strategies, what=path))
     except fst.InferenceError as err:
         name = err.parameter
         if name is None:
@@ -219,11 +232,9 @@ def _inferred(model: Any, path: str) -> list[str]:
 
 def _schema_type(model: Any, name: str) -> str:
     """The type of ``forward``'s argument ``name`` in the model's schema, as TorchScript writes it."""
-    try:
-        arguments = model.forward.schema.arguments
-    except Exception:
-        return ""
-    return next((str(argument.type) for argument in arguments if argument.name == name), "")
+    from .compiled import arguments
+
+    return next((str(argument.type) for argument in arguments(model) if argument.name == name), "")
 
 
 def _run(target: Any, settings: Any, sizes: tuple[int, ...], args: argparse.Namespace) -> Any:
