@@ -14,7 +14,7 @@ import random
 import shlex
 import sys
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 SAFE, FINDINGS, USAGE, INTERNAL = 0, 1, 2, 3  # exit statuses
 SAVED = "saved:"
@@ -91,17 +91,18 @@ def _check(args: argparse.Namespace) -> int:
     print(f"forkcheck: checking {args.path}, seed {settings.seed} (rerun with --seed {settings.seed})", flush=True)
     result = _run(Target.from_object(model, args.path), settings, sizes, args)
     _blame_inferred_inputs(result, [name for name in inputs if name not in get_mark(model).strategies])
-    replay = _replay_command(args.path, args.input)
-    print(_result_text(result, replay))
+    result.stats["replay_with"] = shlex.join(["forkcheck", "check", args.path, *[
+        part for spec in args.input for part in ("--input", spec)], "--replay"])  # the report's replay commands
+    print(_result_text(result))
     rows = {args.path: result.to_json()}
     paths = None if args.no_report else write_reports(args.report, rows, settings.seed)
-    print("\n".join(summary_lines(rows.values(), paths, replay)))
+    print("\n".join(summary_lines(rows.values(), paths)))
     if result.verdict != "error":
         return FINDINGS if result.verdict == "fail" else SAFE
     return USAGE if result.error.startswith(SETUP_ERROR) else INTERNAL
 
 
-def _result_text(result: Any, replay: Callable[[str, str], str]) -> str:
+def _result_text(result: Any) -> str:
     """What the check found, as the plugin prints a failing item; for a pass, what was run."""
     from .report.terminal import failure_text, pool_line
 
@@ -111,7 +112,7 @@ def _result_text(result: Any, replay: Callable[[str, str], str]) -> str:
         if result.stats.get("pool_sizes"):
             lines.append(f"inter-op pool sizes: {pool_line(result.stats['pool_sizes'])}")
     else:
-        lines = [failure_text(result, replay)]
+        lines = [failure_text(result)]
     if "replays" in result.stats:
         replays = result.stats["replays"]
         lines.append(f"replayed {replays['runs']} times: the failure showed in {replays['reproduced']}, a wrong "
@@ -266,12 +267,3 @@ def _blame_inferred_inputs(result: Any, inferred: list[str]) -> None:
     result.verdict, result.findings = "error", []
     result.error = (f"{SETUP_ERROR}{raised}, on inputs inferred from the model's schema ({shown}): give the "
                     f"inputs forward takes, e.g. {flags} (the dtype and shape it expects)")
-
-
-def _replay_command(path: str, specs: list[str]) -> Callable[[str, str], str]:
-    """The command that reruns a failure: this one, with the token."""
-    def command(nodeid: str, token: str) -> str:
-        return shlex.join(["forkcheck", "check", path, *[part for spec in specs for part in ("--input", spec)],
-                           "--replay", token])
-
-    return command

@@ -247,6 +247,8 @@ def test_an_unsafe_model_fails_with_its_finding_and_a_replay_that_reproduces(mod
     kinds = [f["kind"] for f in row["findings"]]
     assert kind in kinds and "exception" not in kinds, row["findings"]  # the model runs; what it does is unsafe
     (token,) = set(TOKEN.findall(run.stdout))
+    html = (tmp_path / "reports" / "index.html").read_text()
+    assert "forkcheck check" in html and "--forkcheck-replay" not in html  # the report replays with this command
     replay = forkcheck("check", models[model], "--input", shape, "--replay", token, cwd=tmp_path)
     assert replay.returncode == 1, replay.stdout + replay.stderr
     replays = _row(tmp_path / "reports")["stats"]["replays"]

@@ -127,6 +127,7 @@ class _Page:
         engine = str(row.get("engine") or "")
         stats = dict(row.get("stats") or {})
         pools = stats.pop("pool_sizes", None)
+        replay_with = str(stats.pop("replay_with", "") or "")
         return {
             "id": anchor, "nodeid": nodeid, "target": str(row.get("target") or ""),
             "kind": str(row.get("kind") or "target"), "verdict": verdict,
@@ -140,7 +141,7 @@ class _Page:
             "finding_kinds": " ".join(dict.fromkeys(f["kind"] for f in findings)),
             "failing_input": [(str(k), _text(v)) for k, v in (row.get("failing_input") or {}).items()],
             "error": str(row.get("error") or ""),
-            "replays": [replay_command(nodeid, token) for token in tokens],
+            "replays": [replay_command(nodeid, token, replay_with) for token in tokens],
         }
 
     def _finding(self, target_anchor: str, index: int, data: Mapping[str, Any], row: Mapping[str, Any]) -> dict:

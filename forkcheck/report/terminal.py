@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import shlex
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 
-def replay_command(nodeid: str, token: str) -> str:
-    """The shell command that reruns the failing example; the node id is always quoted (``[`` is a glob)."""
+def replay_command(nodeid: str, token: str, replay_with: str = "") -> str:
+    """The shell command that reruns the failing example: ``replay_with`` and the token when the row says how (a
+    saved model's, see ``forkcheck.cli``), else pytest's; the node id is always quoted (``[`` is a glob)."""
+    if replay_with:
+        return f"{replay_with} {shlex.quote(token)}"
     quoted = shlex.quote(nodeid)
     if not quoted.startswith("'"):
         quoted = f"'{nodeid}'"
@@ -20,13 +23,16 @@ def _get(record: Any, key: str, default: Any = "") -> Any:
     return getattr(record, key, default)
 
 
+def _replay_with(result: Any) -> str:
+    return (_get(result, "stats", {}) or {}).get("replay_with", "")
+
+
 def _first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "")
 
 
-def failure_text(result: Any, replay: Callable[[str, str], str] = replay_command) -> str:
-    """The failure section of one item: every finding, the minimal input, the replay command (``replay(nodeid,
-    token)``: pytest's by default)."""
+def failure_text(result: Any) -> str:
+    """The failure section of one item: every finding, the minimal input, the replay command."""
     if _get(result, "verdict") == "error":
         return f"{_get(result, 'target')}: {_get(result, 'error')}"
     findings = _get(result, "findings", [])
@@ -47,12 +53,11 @@ def failure_text(result: Any, replay: Callable[[str, str], str] = replay_command
         lines.extend(f"  {name} = {text}" for name, text in failing.items())
     token = next((_get(f, "replay") for f in findings if _get(f, "replay")), "")
     if token:
-        lines.append("replay: " + replay(_get(result, "nodeid"), token))
+        lines.append("replay: " + replay_command(_get(result, "nodeid"), token, _replay_with(result)))
     return "\n".join(lines)
 
 
-def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[str, Any]],
-                  replay: Callable[[str, str], str] = replay_command) -> list[str]:
+def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[str, Any]]) -> list[str]:
     """The counts, one line per failing item (first finding, replay command), then where the report is."""
     results = sorted(results, key=lambda r: r["nodeid"])
     counts = {v: sum(r["verdict"] == v for r in results) for v in ("pass", "fail", "error", "skipped")}
@@ -64,7 +69,7 @@ def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[
             first = result["findings"][0]
             lines.append(f"FAIL {result['nodeid']} [{first['kind']}] {_first_line(first['message'])}")
             if first.get("replay"):
-                lines.append(f"  replay: {replay(result['nodeid'], first['replay'])}")
+                lines.append(f"  replay: {replay_command(result['nodeid'], first['replay'], _replay_with(result))}")
     if paths:
         lines.append(f"report: {paths['html']} (machine-readable: {paths['json']})")
     return lines
