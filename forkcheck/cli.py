@@ -88,7 +88,8 @@ def _check(args: argparse.Namespace) -> int:
     _check_token(args.replay, args.path)
     model = _load_or_explain(args.path, args.input)
     inputs = _inferred(model, args.path)
-    print(f"forkcheck: checking {args.path}, seed {settings.seed} (rerun with --seed {settings.seed})", flush=True)
+    print(f"forkcheck: replaying a failure of {args.path}" if args.replay else
+          f"forkcheck: checking {args.path}, seed {settings.seed} (rerun with --seed {settings.seed})", flush=True)
     result = _run(Target.from_object(model, args.path), settings, sizes, args)
     _blame_inferred_inputs(result, [name for name in inputs if name not in get_mark(model).strategies])
     result.stats["replay_with"] = shlex.join(["forkcheck", "check", args.path, *[
