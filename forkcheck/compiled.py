@@ -83,18 +83,45 @@ def _nodes(block: Any) -> Iterator[Any]:
             yield from _nodes(node.g("Subgraph").block())
 
 
-def _has_forks(block: Any) -> bool:
-    return any(node.kind() == "prim::fork" for node in _nodes(block))
+def _block_nodes(block: Any) -> Iterator[Any]:
+    """Every node of ``block`` and its nested blocks (not fork subgraphs), in program order."""
+    for node in block.nodes():
+        yield node
+        for inner in node.blocks():
+            yield from _block_nodes(inner)
+
+
+def _is_identity(fork: Any) -> bool:
+    subgraph = fork.g("Subgraph")
+    return not list(subgraph.nodes()) and list(subgraph.outputs()) == list(subgraph.inputs())
+
+
+def _run_in_place(graph: Any, fork: Any) -> None:
+    """Put the fork's body where the fork is; the fork is left handing back the body's result (an identity task),
+    so its future, lists of futures and their waits keep their types and meaning."""
+    with graph.insert_point_guard(fork):
+        results = graph.insertGraph(fork.g("Subgraph"), list(fork.inputs()))
+    identity = torch._C.Graph()
+    value = identity.addInput()
+    value.setType(results[0].type())
+    identity.registerOutput(value)
+    fork.removeAllInputs()
+    fork.addInput(results[0])
+    fork.g_("Subgraph", identity)
 
 
 def serial_program(scripted: Any) -> Callable[..., Any]:
-    """``program(module, *args)``: the target with its forks inlined, nested ones too (``module`` is ignored for a
-    function). Built once from a copy of the graph; a deep copy of the module (same class type) runs it as ``self``."""
+    """``program(module, *args)``: the target with every fork's body run where the fork is, nested forks too, one
+    at a time in program order (``module`` is ignored for a function). Built once from a copy of the graph; a deep
+    copy of the module (the same class type) runs it as ``self``."""
     graph = forward(scripted).graph.copy()
-    torch._C._jit_pass_inline(graph)
-    while _has_forks(graph.block()):  # inlining a fork's body can bring in calls, and forks, of its own
-        torch._C._jit_pass_inline_fork_wait(graph)
-        torch._C._jit_pass_inline(graph)
+    while True:
+        torch._C._jit_pass_inline(graph)  # calls, and the bodies just put in place, may hold forks of their own
+        fork = next((node for node in _block_nodes(graph.block())
+                     if node.kind() == "prim::fork" and not _is_identity(node)), None)
+        if fork is None:
+            break
+        _run_in_place(graph, fork)
     graph.lint()
     function = torch._C._create_function_from_graph(f"__forkcheck__.serial.{display_name(scripted)}", graph)
     if isinstance(scripted, torch.jit.ScriptModule):

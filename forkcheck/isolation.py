@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import faulthandler
 import importlib
 import importlib.util
@@ -376,10 +377,13 @@ class _Server:
             self.place = place
         module = sys.modules.get(name)
         if module is None:
-            try:
-                module = importlib.import_module(name)
-            except ImportError:
-                module = _import_file(name, path)
+            from .marker import errors_deferred
+
+            with errors_deferred(path) if path else contextlib.nullcontext():  # as pytest collected it
+                try:
+                    module = importlib.import_module(name)
+                except ImportError:
+                    module = _import_file(name, path)
             self.loaded[name] = _mtime(path)
         if path and not _same_file(getattr(module, "__file__", None), path):
             raise ImportError(f"module {name} is {getattr(module, '__file__', None)} here, not {path}")

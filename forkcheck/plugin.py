@@ -128,8 +128,17 @@ def _prewarm(config: pytest.Config) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector) -> Any:
-    """The modules named by ``--forkcheck-modules`` join the session's top-level collectors."""
-    report = yield
+    """The modules named by ``--forkcheck-modules`` join the session's top-level collectors. While a module is
+    imported to be collected, a ``fork_safe`` used wrongly in it marks its object with the error (the item's error)
+    instead of raising, which would interrupt the whole collection."""
+    from .items import ModuleTargets
+    from .marker import errors_deferred
+
+    if isinstance(collector, (pytest.Module, ModuleTargets)) and collector.path is not None:
+        with errors_deferred(collector.path):
+            report = yield
+    else:
+        report = yield
     modules = collector.config.stash[STATE].module_files
     if modules and isinstance(collector, pytest.Session) and report.passed:
         from .items import module_collectors

@@ -1,6 +1,7 @@
 """One check: Hypothesis examples x schedules through an engine, the oracles over every run. No pytest needed."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -39,6 +40,7 @@ class _Failed(Exception):
 
 
 AFTER_A_RACE = 3  # schedules per example once a race is predicted and outcomes stayed right
+WARM_UP_RUNS = 2  # unperturbed runs of the real runtime's program before its first schedule (see ``_calibrated``)
 
 
 def schedules_here(settings: Settings, engine: str) -> int:
@@ -139,6 +141,8 @@ class Checker:
     def __init__(self, target: Target, settings: Settings):
         import strategies as fst
 
+        if target.mark.error:  # fork_safe was used wrongly in a file being collected (``marker.errors_deferred``)
+            raise MarkError(target.mark.error)
         self.target = target
         self.settings = settings
         self.base = target.instance()
@@ -161,6 +165,7 @@ class Checker:
         self.serial_only = False  # set while shrinking a defect the serial run shows
         self.serial_failure = False  # whether the last example's findings came from its serial run
         self.pct_steps = 0  # steps of one run, for PCT (0: not counted yet; -1: the count failed)
+        self.ran_once = self.engine.name != "script"  # the real runtime's program ran once (see ``_calibrated``)
         self._raced: Any = None  # the example whose first schedule ran with race detection
         self.interleavings: set[int] = set()
         self.switches = 0
@@ -237,16 +242,23 @@ class Checker:
 
     def _calibrated(self, drawn: list[Schedule], inputs: dict[str, Any]) -> list[Schedule]:
         """PCT's change points spread over the steps of a run: counted once, after the first serial run that passed
-        (a replay brings the count it was found with). A count that fails leaves PCT's default."""
-        if "pct" in members(self.settings.strategy) and not self.pct_steps:
+        (a replay brings the count it was found with). A count that fails leaves PCT's default. The real runtime's
+        program also runs so before its first schedule, whatever the strategy: torch profiles a graph's first run
+        and optimizes it at the second, and optimizing a graph with traced scalar constants fails under a dispatch
+        mode (the race oracle's)."""
+        count = "pct" in members(self.settings.strategy) and not self.pct_steps
+        if count or not self.ran_once:
+            runs = 1 if self.ran_once else WARM_UP_RUNS
+            self.ran_once = True
             watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
             global_watch = GlobalWatch(self.globals)  # the run may change what a check must leave as it was
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
-                steps = self._call(lambda: global_watch.run(lambda: self.engine.calibrate(args)))
-                self.pct_steps = min(steps, 100_000)
+                steps = self._call(lambda: global_watch.run(
+                    lambda: [self.engine.calibrate(args) for _ in range(runs)][-1]))
+                self.pct_steps = min(steps, 100_000) if count else self.pct_steps
             except Exception:  # it raised or hung where the serial run did not: the concurrent runs will tell
-                self.pct_steps = -1
+                self.pct_steps = -1 if count else self.pct_steps
             finally:
                 global_watch.restore()
                 if watch is not None:
@@ -272,10 +284,12 @@ class Checker:
         watched.update(zip(self.param_names, args))
         if module is not None:
             watched.update(module_state(module))
-        locator = WriteLocator(watched if self.serial_program is None else {})
+        # compiled code runs under no dispatch mode (see ``_calibrated``), and no Python line would tell who wrote
+        locator = WriteLocator(watched) if self.serial_program is None else None
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
             output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)))
-            return [f for w in watches for f in w.findings([1], locator.locate, self.location)], output
+            locate = locator.locate if locator is not None else (lambda name: ("", ""))
+            return [f for w in watches for f in w.findings([1], locate, self.location)], output
         except _Hang:
             return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
         except Exception as err:
@@ -340,8 +354,8 @@ _NO_OUTPUT = object()
 
 
 def _under(mode: Any, callee: Callable, args: list) -> Any:
-    """Call inside ``mode``: dispatch modes are per thread, so enter it on the thread that runs the call."""
-    with mode:
+    """Call inside ``mode`` (if any): dispatch modes are per thread, so enter it on the thread that runs the call."""
+    with mode if mode is not None else contextlib.nullcontext():
         return callee(*args)
 
 
@@ -351,11 +365,12 @@ def _merge(findings: list[Finding], new: list[Finding]) -> list[Finding]:
     merged = {defect_key(f): f for f in findings}
     for finding in new:
         first = merged.setdefault(defect_key(finding), finding)
-        if first is not finding and not first.detail.get("op") and finding.detail.get("op") \
-                and "/torch/" not in finding.location:
+        if first is not finding and not first.detail.get("op") and finding.detail.get("op"):
             first.detail["op"] = finding.detail["op"]
-            first.location = finding.location
-            first.message += f" (written by {finding.detail['op']} at {finding.location})"
+            located = finding.location and "/torch/" not in finding.location  # a traced graph may keep no lines
+            if located:
+                first.location = finding.location
+            first.message += f" (written by {finding.detail['op']}{f' at {finding.location}' if located else ''})"
     return list(merged.values())
 
 

@@ -344,19 +344,19 @@ _MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__) - {"training"} | {"__f
 def module_state(module: torch.nn.Module) -> dict[str, Any]:
     """Every parameter, buffer, plain attribute and submodule of ``module`` (eager or scripted), by dotted path.
 
-    A scripted module gives its attributes as converted copies (new lists, dicts and objects on every call).
+    A scripted module gives its attributes as converted copies (new lists, dicts and objects on every call). A
+    scripted submodule of an eager module counts its compiled attributes only: the methods torch caches in its
+    Python ``__dict__`` (a deep copy drops them, the first call puts them back) are not the module's state.
     """
     if isinstance(module, torch.jit.ScriptModule):
-        attributes = torch._C._jit_debug_module_iterators(module._c)["named_attributes_r"]
-        return {
-            path: value
-            for path, value in attributes
-            if not isinstance(value, (torch.jit.ScriptModule, torch._C.ScriptModule))
-            and not path.endswith("_is_full_backward_hook")
-        }
+        return _scripted_attributes(module, "named_attributes_r")
     state: dict[str, Any] = {}
     for prefix, sub in module.named_modules(remove_duplicate=False):
         dot = f"{prefix}." if prefix else ""
+        if isinstance(sub, torch.jit.ScriptModule):  # its own attributes; its submodules come as named_modules
+            state.update((dot + name, value) for name, value in _scripted_attributes(sub, "named_attributes").items())
+            state.update((dot + name, value) for name, value in sub._modules.items())
+            continue
         for name, value in sub._parameters.items():
             state[dot + name] = value
         for name, value in sub._buffers.items():
@@ -369,6 +369,23 @@ def module_state(module: torch.nn.Module) -> dict[str, Any]:
     return state
 
 
+def _scripted_attributes(module: torch.jit.ScriptModule, iterator: str) -> dict[str, Any]:
+    """A scripted module's compiled attributes (``named_attributes_r``: its submodules' too, by dotted path)."""
+    attributes = torch._C._jit_debug_module_iterators(module._c)[iterator]
+    return {
+        path: value
+        for path, value in attributes
+        if not isinstance(value, (torch.jit.ScriptModule, torch._C.ScriptModule))
+        and not path.endswith("_is_full_backward_hook")
+    }
+
+
+def _copied(module: torch.nn.Module, path: str) -> bool:
+    """Whether reading ``path`` gives a fresh copy each time: an attribute of a scripted module."""
+    owner, _ = _owner(module, path)
+    return isinstance(owner, torch.jit.ScriptModule)
+
+
 @dataclass
 class ModuleSnapshot:
     """A module's state path by path (submodules by identity, their contents under their own paths)."""
@@ -378,10 +395,9 @@ class ModuleSnapshot:
 
     @classmethod
     def take(cls, module: torch.nn.Module, depth: int = 3) -> "ModuleSnapshot":
-        copied = isinstance(module, torch.jit.ScriptModule)
         return cls(module, {
             path: ValueSnapshot(value, plain=False) if isinstance(value, torch.nn.Module)
-            else snapshot(value, depth, copied)
+            else snapshot(value, depth, _copied(module, path))
             for path, value in module_state(module).items()
         })
 

@@ -104,7 +104,7 @@ def _for_schema(scripted, explicit: dict[str, st.SearchStrategy], what: str | No
     function = scripted.forward if is_module else scripted
     arguments = list(function.schema.arguments)[1 if is_module else 0:]
     graph_types = [value.type() for value in function.graph.inputs()][1 if is_module else 0:]
-    what = what or f"{function.qualified_name}()"
+    what = what or f"{function.schema.name}()"
     _check_explicit(explicit, [argument.name for argument in arguments], what)
     strategies = {}
     for argument, graph_type in zip(arguments, graph_types):
@@ -112,8 +112,9 @@ def _for_schema(scripted, explicit: dict[str, st.SearchStrategy], what: str | No
         if name in explicit:
             strategies[name] = _explicit(explicit, name, what)
             continue
+        traced = _traced_tensor(graph_type)
         try:
-            strategies[name] = _traced_tensor(graph_type) or from_type(from_jit_type(argument.type))
+            strategies[name] = traced if traced is not None else from_type(from_jit_type(argument.type))
         except InferenceError as error:
             if argument.has_default_value():
                 strategies[name] = st.just(argument.default_value)
