@@ -264,7 +264,10 @@ def _blame_inferred_inputs(result: Any, inferred: list[str]) -> None:
         return
     flags = " ".join(f"--input {name}={SUGGESTED['Tensor']}" for name in inferred)
     shown = "; ".join(f"{name} = {text}" for name, text in result.failing_input.items() if name in inferred)
-    raised = result.findings[0].message
+    first = result.findings[0]
+    trace = [line for line in first.detail.get("traceback", "").splitlines() if line.strip()]
+    raised = trace[-1] if trace else first.message  # TorchScript's own message comes last, after its stack
     result.verdict, result.findings = "error", []
-    result.error = (f"{SETUP_ERROR}{raised}, on inputs inferred from the model's schema ({shown}): give the "
-                    f"inputs forward takes, e.g. {flags} (the dtype and shape it expects)")
+    result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline, on inputs inferred from its "
+                    f"schema ({shown}): give the inputs forward takes, e.g. {flags} (the dtype and shape it "
+                    "expects)")

@@ -261,7 +261,7 @@ def test_a_model_that_raises_on_inferred_inputs_asks_for_them(models: dict[str, 
     run = forkcheck("check", models["classifier"], *QUICK, "--pool-sizes", "2", cwd=tmp_path)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "cannot be multiplied" in run.stdout  # what the model raised, with its forks inline
-    assert "inferred from the model's schema" in run.stdout and "--input x=float32[2,8]" in run.stdout
+    assert "inputs inferred from its schema" in run.stdout and "--input x=float32[2,8]" in run.stdout
     row = _row(tmp_path / "reports")
     assert row["verdict"] == "error" and row["error"].startswith("setup error") and not row["findings"]
     given = forkcheck("check", models["classifier"], "--input", "x=float32[2,8]", *QUICK, "--pool-sizes", "2",
