@@ -46,12 +46,6 @@ def parameter_names(obj: Any) -> list[str]:
     return [argument.name for argument in arguments(obj)]
 
 
-def input_types(scripted: Any) -> list[Any]:
-    """The graph's input types without ``self``: a traced graph's keep the traced tensors' dtype and shape."""
-    inputs = list(forward(scripted).graph.inputs())
-    return [value.type() for value in inputs[1 if isinstance(scripted, torch.jit.ScriptModule) else 0:]]
-
-
 def display_name(scripted: Any) -> str:
     """The name the user knows: the function's, or the module class's original one."""
     if isinstance(scripted, torch.jit.ScriptFunction):
@@ -73,22 +67,14 @@ def location(scripted: Any) -> str:
     return f"{scripted._c._type().qualified_name()}.forward"
 
 
-def _nodes(block: Any) -> Iterator[Any]:
-    """Every node of ``block``, nested blocks and fork subgraphs included, in program order."""
+def _nodes(block: Any, subgraphs: bool = True) -> Iterator[Any]:
+    """Every node of ``block`` and its nested blocks (and of fork subgraphs, with ``subgraphs``), in program order."""
     for node in block.nodes():
         yield node
         for inner in node.blocks():
-            yield from _nodes(inner)
-        if node.kind() == "prim::fork":
+            yield from _nodes(inner, subgraphs)
+        if subgraphs and node.kind() == "prim::fork":
             yield from _nodes(node.g("Subgraph").block())
-
-
-def _block_nodes(block: Any) -> Iterator[Any]:
-    """Every node of ``block`` and its nested blocks (not fork subgraphs), in program order."""
-    for node in block.nodes():
-        yield node
-        for inner in node.blocks():
-            yield from _block_nodes(inner)
 
 
 def _is_identity(fork: Any) -> bool:
@@ -117,7 +103,7 @@ def serial_program(scripted: Any) -> Callable[..., Any]:
     graph = forward(scripted).graph.copy()
     while True:
         torch._C._jit_pass_inline(graph)  # calls, and the bodies just put in place, may hold forks of their own
-        fork = next((node for node in _block_nodes(graph.block())
+        fork = next((node for node in _nodes(graph.block(), subgraphs=False)
                      if node.kind() == "prim::fork" and not _is_identity(node)), None)
         if fork is None:
             break

@@ -58,13 +58,16 @@ def _load_driver(source: str, target: Any) -> types.ModuleType:
 
 
 class ScriptEngine:
-    """Scripts the target once, then runs a scripted driver that forks it ``tasks`` times per run."""
+    """Scripts the target once (a compiled one as it is), then runs a scripted driver that forks it ``tasks`` times
+    per run; the driver's graph is instrumented on a copy, so the target's own graph is never changed."""
 
     name = "script"
 
     def __init__(self, instance: Any, param_names: Sequence[str], tasks: int):
-        self.reason = "the target scripts: tasks run on TorchScript's inter-op thread pool"
-        self.scripted = _script(instance)
+        compiled = isinstance(instance, (torch.jit.ScriptFunction, torch.jit.ScriptModule))
+        self.reason = (f"the target {'is compiled TorchScript' if compiled else 'scripts'}: tasks run on "
+                       "TorchScript's inter-op thread pool")
+        self.scripted = instance if compiled else _script(instance)
         is_module = isinstance(instance, torch.nn.Module)
         self.module = self.scripted if is_module else None
         schema = self.scripted.forward.schema if is_module else self.scripted.schema
