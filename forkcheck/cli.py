@@ -25,7 +25,8 @@ DESCRIPTION = """\
 Check a TorchScript model saved with torch.jit.save: its forward runs on forkcheck's inputs under many schedules of
 its torch.jit.fork tasks, on the real runtime, and the oracles say whether it is safe to fork.
 
-Exit status: 0 safe, 1 findings, 2 usage error (the message names the fix), 3 internal error in forkcheck."""
+Exit status: 0 safe, 1 findings, 2 usage error (the message names the fix), 3 no verdict: an internal error in
+forkcheck, or the process checking the model crashed."""
 INPUT_HELP = ("an input of forward and what to draw for it (repeat for each input; inputs not given are inferred "
               "from the model's schema); SPEC as below")
 SPECS = """\
