@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 JOBS ?= 2
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -p xdist -n $(JOBS) tests
+
+# The fast tier: everything but the quality tests marked slow (seeded bugs, fuzzing, xdist, whole sessions).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -p xdist -n $(JOBS) -m "not slow" tests
 
 bench: $(VENV)/.installed
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done

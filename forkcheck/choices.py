@@ -152,6 +152,8 @@ def strategy_for(schedule: Any, steps: Optional[int] = None) -> Strategy:
     ``depth`` and ``steps`` (PCT; or ``params["d"]`` and ``params["k"]`` of a ``forkcheck.schedule.Schedule``),
     ``max_choices`` (a bound on the calls to ``choose`` for ``"random"``). ``steps`` is the fallback for PCT's steps.
     """
+    if hasattr(schedule, "pick"):  # a strategy already (an exhaustive search's run: ``forkcheck.dpor.Probe``)
+        return schedule
     decisions = getattr(schedule, "decisions", None)
     if decisions is not None:
         return Replay(decisions)

@@ -87,6 +87,8 @@ def _check(args: argparse.Namespace) -> int:
 
     settings, sizes = _settings(args)
     _check_token(args.replay, args.path)
+    if not args.no_report:
+        _check_report_dir(args.report)
     model = _load_or_explain(args.path, args.input)
     inputs = _inferred(model, args.path)
     print(f"forkcheck: replaying a failure of {args.path}" if args.replay else
@@ -115,10 +117,6 @@ def _result_text(result: Any) -> str:
             lines.append(f"inter-op pool sizes: {pool_line(result.stats['pool_sizes'])}")
     else:
         lines = [failure_text(result)]
-    if "replays" in result.stats:
-        replays = result.stats["replays"]
-        lines.append(f"replayed {replays['runs']} times: the failure showed in {replays['reproduced']}, a wrong "
-                     f"outcome (not only a predicted race) in {replays['wrong_outcome']}")
     if "in-process" in result.stats.get("isolation", ""):
         lines.append(f"checked {result.stats['isolation']}, with this process's inter-op pool only")
     return "\n".join(lines)
@@ -137,6 +135,17 @@ def _settings(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
     sizes = values.pop("pool_sizes")
     values.setdefault("seed", random.randrange(2**32))
     return Settings().replace(**values), sizes
+
+
+def _check_report_dir(directory: str) -> None:
+    """The report directory can be written, and holds no files forkcheck did not write (it never overwrites them)."""
+    from .report import ReportPathError, check_report_dir
+
+    try:
+        check_report_dir(directory)
+    except ReportPathError as err:
+        raise UsageError(str(err).replace("--forkcheck-no-report", "--no-report")
+                         .replace("--forkcheck-report", "--report")) from None
 
 
 def _check_token(token: Optional[str], path: str) -> None:

@@ -12,6 +12,13 @@ to its subgraph as an extra input. Ids are deterministic per run: the root is 0 
 
 The op is defined with conservative alias analysis: the optimizer treats it as a side effect that may touch any
 value, so it is neither removed nor moved across the ops around it.
+
+Lists and dicts are shared mutable objects too, read and written by ops the dispatcher never sees (``aten::append``,
+``aten::_set_item``, ``aten::__getitem__``, ``aten::len``...). Before each such op, ``forkcheck::touch(site, task,
+container)`` passes the container's identity (``prim::id``: its address) to the access log, and after each op that
+makes a new one (``prim::ListConstruct``, ``aten::copy``...) and each ``prim::GetAttr`` or root input that holds one,
+a touch says so (``Site.event``: ``read``, ``write``, ``create``, ``name``). Only containers of a type that some op
+of the program writes are touched: a container nobody writes cannot race.
 """
 from __future__ import annotations
 
@@ -26,11 +33,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .task_names import FANOUT, OVERFLOW_BASE as _OVERFLOW_BASE  # ids encode the fork path
+
 Hook = Callable[[int, int], None]
 
-#: Task ids encode the fork path in base ``FANOUT``: the k-th task forked by task ``p`` is ``p * FANOUT + k``.
-FANOUT = 1000
-_OVERFLOW_BASE = 2**62  # ids past the deterministic encoding (more than FANOUT - 1 forks, or too deep)
 
 #: Nodes that only build or take apart values: no scheduling point before them.
 _STRUCTURAL = frozenset(
@@ -154,8 +160,12 @@ def _spawn_kernel(site: int, parent: int) -> int:
     return child
 
 
+def _touch_kernel(site: int, task: int, container: int) -> None:
+    """Nothing to do: the access log sees the call (see ``forkcheck.observe``)."""
+
+
 def ensure_ops() -> None:
-    """Define ``forkcheck::point`` and ``forkcheck::spawn`` (once per process; later calls do nothing)."""
+    """Define ``forkcheck::point``, ``forkcheck::spawn`` and ``forkcheck::touch`` (once per process)."""
     global _library
     if _library is not None:
         return
@@ -169,8 +179,10 @@ def ensure_ops() -> None:
         # CONSERVATIVE: a side effect on anything, so the optimizer keeps the op and its place among the others.
         lib.define("point(int site, int task) -> ()", alias_analysis="CONSERVATIVE")
         lib.define("spawn(int site, int parent) -> int", alias_analysis="CONSERVATIVE")
+        lib.define("touch(int site, int task, int container) -> ()", alias_analysis="CONSERVATIVE")
         lib.impl("point", _point_kernel, "CompositeExplicitAutograd")
         lib.impl("spawn", _spawn_kernel, "CompositeExplicitAutograd")
+        lib.impl("touch", _touch_kernel, "CompositeExplicitAutograd")
         _library = lib
 
 
@@ -217,8 +229,11 @@ class Site:
     task: int  # static task: 0 for the root graph, then one id per fork subgraph
     kind: str  # the node kind, e.g. ``aten::add_``
     location: str  # ``file:line`` in the user's code, ``""`` when the graph does not say
-    event: str = "op"  # ``op`` (before the node), ``resume`` (after ``aten::wait``), ``spawn`` (a fork), ``end``
+    event: str = "op"  # ``op`` (before the node), ``resume`` (after ``aten::wait``), ``spawn`` (a fork), ``end``;
+    # touches of a list or dict: ``read``, ``write`` (before the node), ``create`` (after it), ``name``
     waits: tuple[int, ...] = ()  # ``resume``: static tasks whose future the wait may be on (empty: unknown)
+    container: str = ""  # touches: ``list`` or ``dict``
+    name: str = ""  # ``name`` touches: the argument or ``self.<attribute path>``; ``create``: the local variable
 
 
 @dataclass(frozen=True)
@@ -244,6 +259,44 @@ def _locations(nodes: list[Any]) -> list[str]:
     return [where or found[min(known, key=lambda k: (abs(k - i), k > i))] for i, where in enumerate(found)]
 
 
+_SCHEMAS: dict[str, Any] = {}
+#: Nodes whose container inputs are passed on, not read: no touch before them.
+_PASSES_CONTAINERS = frozenset({"prim::fork", "prim::If", "prim::Loop", "prim::ListConstruct", "prim::TupleConstruct",
+                                "prim::DictConstruct", "prim::unchecked_cast", "prim::GetAttr", "prim::SetAttr",
+                                "prim::TupleIndex", "prim::TupleUnpack", "aten::wait", "prim::Uninitialized"})
+_CONSTRUCTORS = frozenset({"prim::ListConstruct", "prim::DictConstruct"})
+
+
+def _container(value: Any) -> str:
+    """``list`` or ``dict`` for a value of that type, else ``""``."""
+    kind = value.type()
+    return "list" if isinstance(kind, torch._C.ListType) else "dict" if isinstance(kind, torch._C.DictType) else ""
+
+
+def _schema(node: Any) -> Any:
+    """The node's parsed schema, or ``None`` (prim nodes have none)."""
+    text = node.schema()
+    if text not in _SCHEMAS:
+        _SCHEMAS[text] = None if text == "(no schema)" else torch._C.parse_schema(text)
+    return _SCHEMAS[text]
+
+
+def _written(node: Any) -> list[bool]:
+    """Per input: whether the node's schema says it writes it."""
+    schema = _schema(node)
+    arguments = schema.arguments if schema is not None else []
+    return [i < len(arguments) and arguments[i].alias_info is not None and arguments[i].alias_info.is_write
+            for i in range(len(list(node.inputs())))]
+
+
+def _makes_containers(node: Any) -> bool:
+    """Whether the node's container outputs are new objects (a constructor, or a schema return without alias)."""
+    if node.kind() in _CONSTRUCTORS:
+        return True
+    schema = _schema(node)
+    return schema is not None and all(r.alias_info is None for r in schema.returns)
+
+
 class _Pass:
     """Inlines a graph and its fork subgraphs, then inserts the points; fills the site and task tables."""
 
@@ -254,8 +307,11 @@ class _Pass:
         self._int = torch._C.IntType.get()
         torch._C._jit_pass_inline(graph)
         self._written_attrs: set[str] = set()
+        self._written_types: set[str] = set()  # container types some node writes: only those are touched
         self._futures: dict[tuple[int, int], frozenset[int]] = {}  # (static task, value) -> forks it may hold
+        self._paths: dict[tuple[int, int], str] = {}  # (static task, value) -> ``self.<path>`` of a module value
         self._inline_forks(graph.block())
+        self._as_object = torch._C._jit_get_schemas_for_operator("prim::id")[0].arguments[0].type
 
     def _inline_forks(self, block: Any) -> None:
         for node in block.nodes():
@@ -265,14 +321,25 @@ class _Pass:
                 self._inline_forks(sub.block())
             elif node.kind() == "prim::SetAttr":
                 self._written_attrs.add(node.s("name"))
+            for value, written in zip(node.inputs(), _written(node)):
+                if written and _container(value):
+                    self._written_types.add(str(value.type()))
             for inner in node.blocks():
                 self._inline_forks(inner)
 
     def run(self) -> None:
         root = self.graph
         task0 = self._constant(root, 0, before=None)
+        inputs = list(root.inputs())
+        if inputs and isinstance(inputs[0].type(), torch._C.ClassType):
+            self._paths[(0, inputs[0].unique())] = "self"
         self._block(root, root.block(), task0, 0)
         self._point(root, self._site(0, "return", "", "end"), task0, before=root.return_node())
+        after = task0.node()
+        for value in inputs:  # the caller's containers, by parameter name
+            if self._touched(value):
+                after = self._touch(root, value, task0, self._site(0, "input", "", "name", container=_container(
+                    value), name=value.debugName().split(".")[0]), after=after)
 
     # -- helpers
     def _constant(self, graph: Any, value: int, before: Any) -> Any:
@@ -285,10 +352,56 @@ class _Pass:
             node.insertBefore(before)
         return node.output()
 
-    def _site(self, task: int, kind: str, location: str, event: str = "op", waits: tuple[int, ...] = ()) -> int:
+    def _site(self, task: int, kind: str, location: str, event: str = "op", waits: tuple[int, ...] = (),
+              **container: str) -> int:
         site = len(self.sites)
-        self.sites[site] = Site(task, kind, location, event, waits)
+        self.sites[site] = Site(task, kind, location, event, waits, **container)
         return site
+
+    def _touched(self, value: Any) -> bool:
+        return bool(_container(value)) and str(value.type()) in self._written_types
+
+    def _touch(self, graph: Any, value: Any, task_value: Any, site: int, before: Any = None, after: Any = None) -> Any:
+        """Insert ``forkcheck::touch(site, task, id(value))`` before ``before`` or after ``after``; returns its node."""
+        cast = graph.create("prim::unchecked_cast", [value], 1)
+        cast.output().setType(self._as_object)
+        ident = graph.create("prim::id", [cast.output()], 1)
+        ident.output().setType(self._int)
+        const = graph.create("prim::Constant")
+        const.i_("value", site)
+        const.output().setType(self._int)
+        touch = graph.create("forkcheck::touch", [const.output(), task_value, ident.output()], 0)
+        for node in (cast, ident, const, touch):
+            if before is not None:
+                node.insertBefore(before)
+            else:
+                node.insertAfter(after)
+                after = node
+        return touch
+
+    def _touch_containers(self, graph: Any, node: Any, task_value: Any, task: int, where: str) -> None:
+        """Touches for the lists and dicts the node reads or writes (before it) and makes or names (after it)."""
+        kind = node.kind()
+        if kind not in _PASSES_CONTAINERS:
+            for value, written in zip(node.inputs(), _written(node)):
+                if self._touched(value):
+                    event = "write" if written else "read"
+                    self._touch(graph, value, task_value, self._site(task, kind, where, event,
+                                                                     container=_container(value)), before=node)
+        path = self._paths.get((task, node.inputsAt(0).unique())) if kind == "prim::GetAttr" else None
+        if path is not None:
+            self._paths[(task, node.output().unique())] = f"{path}.{node.s('name')}"
+        made = kind in _CONSTRUCTORS or (kind not in _PASSES_CONTAINERS and _makes_containers(node))
+        after = node
+        for value in node.outputs():
+            if self._touched(value) and (made or path is not None):
+                # a local's variable name, when TorchScript kept it (``parts.1``; temporaries are numbers)
+                local = value.debugName().split(".")[0]
+                event, name = ("name", f"{path}.{node.s('name')}") if path is not None else \
+                    ("create", "" if local.isdigit() else local)
+                after = self._touch(graph, value, task_value, self._site(task, kind, where, event,
+                                                                         container=_container(value), name=name),
+                                    after=after)
 
     def _point(self, graph: Any, site: int, task_value: Any, before: Any) -> Any:
         node = graph.create("forkcheck::point", [self._constant(graph, site, before), task_value], 0)
@@ -310,6 +423,8 @@ class _Pass:
             kind = node.kind()
             if self._interesting(node):
                 self._point(graph, self._site(task, kind, where), task_value, before=node)
+            if self._written_types:
+                self._touch_containers(graph, node, task_value, task, where)
             if kind == "prim::fork":
                 self._fork(graph, node, task_value, task, where)
             for inner in node.blocks():
@@ -355,6 +470,9 @@ class _Pass:
         child_value = sub.addInput("forkcheck_task")
         child_value.setType(self._int)
         node.addInput(spawn.output())
+        for outer, inner in zip(node.inputs(), sub.inputs()):  # a module passed to the fork keeps its path
+            if (task, outer.unique()) in self._paths:
+                self._paths[(child, inner.unique())] = self._paths[(task, outer.unique())]
         self._block(sub, sub.block(), child_value, child)
         self._point(sub, self._site(child, "return", where, "end"), child_value, before=sub.return_node())
 

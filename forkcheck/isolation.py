@@ -9,8 +9,10 @@ inter-op pool size asked for (``forkcheck.pools``); each sizes its pool before i
 While it checks, the child announces every run (the serial reference, each concurrent schedule). Each run may take
 the target's ``timeout`` (the child's own watch reports a run over it as a ``hang`` finding); the parent allows each
 run that plus a grace period, and kills a child that stays silent longer (also a ``hang``). A child that dies is an
-``error`` with the signal and its last lines of output. A child that abandoned a stuck run or whose torch state is
-no longer clean is retired after its answer; the next target gets a fresh one.
+``error`` with the signal and its last lines of output. A child that abandoned a stuck run, whose torch state is
+no longer clean, or where the target left processes running is retired after its answer; the next target gets a
+fresh one. Each child leads its own process group, and stopping it stops the group: processes the target started
+(``subprocess.Popen``, ``os.fork``) go with it, instead of holding the child's pipes open and pytest's exit with them.
 
 Protocol, JSON lines. Parent to child (stdin): ``{"op": "check", ...}``. Child to parent, on its own copy of the
 original stdout (the child's fd 1 then points at its stderr, so what the user's code prints cannot break the
@@ -63,7 +65,8 @@ class ChildProcess:
                      "from forkcheck.isolation import serve; serve()")
         self.pool_size = pool_size
         self.proc = subprocess.Popen([sys.executable, "-c", bootstrap, str(os.getpid()), str(pool_size)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)  # its own process group: see ``kill``
         self.messages: queue.Queue = queue.Queue()
         self.output: collections.deque[str] = collections.deque(maxlen=KEPT_LINES)
         self.captured: list[str] = []  # the output of the check under way
@@ -111,7 +114,15 @@ class ChildProcess:
         self.ready = True
 
     def kill(self) -> Optional[int]:
-        """Stop the child (at once); its exit status."""
+        """Stop the child and every process it or the target left in its group (at once); its exit status.
+
+        A reader still blocked on a pipe that a process outside the group holds (it left with ``setsid``) is not
+        waited for, nor its pipe closed (closing waits for the read): it is a daemon thread, and exit goes on.
+        """
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the child leads its group (start_new_session)
+        except OSError:  # the group is gone
+            pass
         if self.proc.poll() is None:
             self.proc.kill()
         try:
@@ -120,11 +131,13 @@ class ChildProcess:
             return None
         for reader in self._readers:
             reader.join(timeout=2)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        streams = [(self.proc.stdin, None), *zip((self.proc.stdout, self.proc.stderr), self._readers)]
+        for stream, reader in streams:
+            if reader is None or not reader.is_alive():
+                try:
+                    stream.close()
+                except OSError:
+                    pass
         return status
 
     def close(self) -> None:
@@ -364,7 +377,13 @@ class _Server:
         result = self.runner.check(Target.from_object(obj, request["target"]), Settings(**request["settings"]),
                                    replay=request["replay"], nodeid=request["nodeid"])
         result.stats["isolation"] = "child process"
-        return {"event": "result", "result": result.to_json(), "retire": self.unfit()}
+        left = _left_running()
+        if left:
+            result.stats["left_running"] = (f"the target left {len(left)} process(es) running: "
+                                            f"{', '.join(left[:5])}; they were stopped with the process that "
+                                            "checked it")
+        return {"event": "result", "result": result.to_json(),
+                "retire": f"the target left {len(left)} process(es) running" if left else self.unfit()}
 
     def load(self, request: dict[str, Any]) -> Any:
         """The target object, imported as the parent imported it; modules of an earlier place are dropped."""
@@ -427,6 +446,30 @@ class _Server:
                 return ""
             time.sleep(0.02)
         return f"threads still running: {', '.join(t.name for t in extra[:5])}"
+
+
+def _left_running(settle_s: float = 0.5) -> list[str]:
+    """Processes of this child's group but itself, still running ``settle_s`` after a check (the target started
+    them), as ``name (pid N)``; none where there is no /proc or the child does not lead its group."""
+    me = os.getpid()
+    deadline = time.monotonic() + settle_s
+    while True:
+        left = []
+        if os.getpgid(0) == me and os.path.isdir("/proc"):
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) == me:
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as stat:
+                        text = stat.read()
+                except OSError:  # it ended meanwhile
+                    continue
+                name, fields = text[text.find("(") + 1:text.rfind(")")], text[text.rfind(")") + 2:].split()
+                if len(fields) > 2 and fields[2] == str(me) and fields[0] != "Z":  # state, ppid, pgrp
+                    left.append(f"{name} (pid {entry})")
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
 
 
 def _describe_run(number: int) -> tuple[str, dict[str, str]]:
@@ -500,10 +543,13 @@ def _same_file(a: Optional[str], b: str) -> bool:
 
 
 def _watch_parent(parent: int) -> None:
-    """End this process when its parent is gone (killed, or crashed without closing our input)."""
+    """End this process, and what the target left in its group, when its parent is gone (killed, or crashed
+    without closing our input)."""
     while True:
         time.sleep(1.0)
         if os.getppid() != parent:
+            if os.getpgid(0) == os.getpid():
+                os.killpg(0, signal.SIGKILL)
             os._exit(0)
 
 

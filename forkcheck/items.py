@@ -37,6 +37,11 @@ def forkcheck_name(item: pytest.Item) -> Optional[str]:
     return item.nodeid if item.stash.get(KIND, None) == "test" else None
 
 
+def _shown_as(config: pytest.Config) -> tuple[str, str]:
+    """How this session's texts show commands and paths: the invocation that started pytest, and its rootdir."""
+    return config.stash[STATE].invocation, str(config.rootpath)
+
+
 class TargetItem(pytest.Item):
     """Checks one marked function, closure or Module; the check runs at setup, so a setup problem is an ERROR."""
 
@@ -59,7 +64,7 @@ class TargetItem(pytest.Item):
         result = self._check(target, settings)
         self.stash[RESULT] = result
         if result.verdict == "error":
-            pytest.fail(failure_text(result), pytrace=False)
+            pytest.fail(failure_text(result, *_shown_as(self.config)), pytrace=False)
 
     def _check(self, target: Any, settings: Any) -> Any:
         """In child processes, one per inter-op pool size (``forkcheck.pools``), unless asked to check in-process or
@@ -108,7 +113,7 @@ class TargetItem(pytest.Item):
         if isinstance(excinfo.value, TargetFailed):
             from .report.terminal import failure_text
 
-            return failure_text(self.stash[RESULT])
+            return failure_text(self.stash[RESULT], *_shown_as(self.config))
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Any, Optional[int], str]:
@@ -188,7 +193,7 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
     from .engines.eager import ControlledScheduler, ScheduleError, race_log
     from .findings import CheckResult, sort_findings
     from .replay import ReplayToken
-    from .report.terminal import replay_command
+    from .report.terminal import relative, replay_command
     from .schedule import members
 
     replay = item.config.stash[STATE].options.replay
@@ -219,21 +224,23 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
             result.verdict = "fail"
             result.duration_s = round(time.perf_counter() - started, 3)
             item.stash[RESULT] = result
-            raced = "".join(f"\n  - {race.message}" for race in races)
+            invocation, rootdir = _shown_as(item.config)
+            raced = relative("".join(f"\n  - {race.message}" for race in races), rootdir)
             err.add_note(f"forkcheck: failed under {which} ({settings.strategy})"
                          + (f", which also showed {len(races)} race{'s' * (len(races) > 1)}:{raced}\n" if races
                             else "; ")
-                         + f"replay it with\n  {replay_command(item.nodeid, token)}")
+                         + f"replay it with\n  {replay_command(item.nodeid, token, invocation)}")
             raise
         races = _races(log, token, failed=False)
         if races:
             result.findings, result.verdict = races, "fail"
             result.duration_s = round(time.perf_counter() - started, 3)
             item.stash[RESULT] = result
-            listed = "\n".join(f"  - {race.message}" for race in races)
+            invocation, rootdir = _shown_as(item.config)
+            listed = relative("\n".join(f"  - {race.message}" for race in races), rootdir)
             pytest.fail(f"forkcheck: {len(races)} race{'s' * (len(races) > 1)} under {which} ({settings.strategy}), "
                         f"although the test's assertions passed:\n{listed}\nreplay it with\n  "
-                        f"{replay_command(item.nodeid, token)}", pytrace=False)
+                        f"{replay_command(item.nodeid, token, invocation)}", pytrace=False)
     result.duration_s = round(time.perf_counter() - started, 3)
     item.stash[RESULT] = result
 
@@ -270,18 +277,19 @@ def _finding(err: Exception, scheduler: Any, which: str, token: str) -> Any:
     from .engines.eager import ScheduleError
     from .findings import Finding
     from .locate import error_location
+    from .task_names import task_name
 
     order = scheduler.order[:24] + (["..."] if len(scheduler.order) > 24 else [])
     where, problem = f"{which} (task order {' '.join(map(str, order))})", f"{type(err).__name__}: {err}"
     if isinstance(err, ScheduleError):
         kind, message = "hang", f"{where}: {err}"
     elif scheduler.failed_task is not None:
-        kind, message = "exception", f"forked task {scheduler.failed_task} raised under {where}: {problem}"
+        kind, message = "exception", f"forked {task_name(scheduler.failed_task)} raised under {where}: {problem}"
     else:
         kind = "nondeterminism" if isinstance(err, AssertionError) else "exception"
         message = f"the test failed under {where}: {problem}"
     detail = {"order": scheduler.order[:500], "traceback": "".join(traceback.format_exception(err))[-4000:]}
-    return Finding(kind, message, location=error_location(err), tasks=sorted(set(scheduler.order) - {0}), replay=token,
-                   detail=detail)
+    tasks = sorted({scheduler.tree_id(task) for task in scheduler.order} - {0})
+    return Finding(kind, message, location=error_location(err), tasks=tasks, replay=token, detail=detail)
 
 

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .oracles.static import _UNDECLARED_WRITES  # ops that write arguments their schema does not mark (batch norm)
 from .state import tensors_in
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -18,6 +19,11 @@ _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def _is_user_file(filename: str) -> bool:
     return not filename.startswith((_TORCH_DIR, _OWN_DIR, "<"))
+
+
+def in_user_code(filename: str) -> bool:
+    """Whether a source file is the user's: neither torch's, nor forkcheck's, nor generated (``<...>``)."""
+    return _is_user_file(filename)
 
 
 def user_location(skip: int = 1) -> str:
@@ -63,13 +69,24 @@ class WriteLocator(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.owner and func._schema.is_mutable:
-            for value in _written(func, args, kwargs):
+        if self.owner:
+            written = _written(func, args, kwargs) if func._schema.is_mutable else self._undeclared(func, args, kwargs)
+            for value in written:
                 for tensor in tensors_in(value):
                     self._record(self.owner.get(_storage_key(tensor)), func)
         if torch.Tag.nondeterministic_seeded in func.tags and kwargs.get("generator") is None:
             self._record(RNG, func)
         return func(*args, **kwargs)
+
+    def _undeclared(self, func: Any, args: tuple, kwargs: dict) -> Iterator[Any]:
+        """Arguments the op writes although its schema does not say so (``native_batch_norm``'s running stats)."""
+        flag, names = _UNDECLARED_WRITES.get(func._schema.name, ("", ()))
+        if not names:
+            return
+        values = {a.name: (args[i] if i < len(args) else kwargs.get(a.name))
+                  for i, a in enumerate(func._schema.arguments)}
+        if values.get(flag) is not False:
+            yield from (values.get(name) for name in names)
 
     def _record(self, name: Optional[str], func: Any) -> None:
         if name is not None and name not in self.first_write:

@@ -9,6 +9,11 @@ forkcheck's own scheduler by calling :meth:`AccessLog.enter`, :meth:`fork`, :met
 The log only records, in the order things happened (a linearization of the run): accesses and the fork, end and join
 events. ``forkcheck.oracles.races`` turns it into happens-before and race findings after the run.
 
+Lists and dicts are logged as whole objects (one byte range), keyed ``(kind, address, generation)``: the real runtime
+reports them through ``forkcheck::touch`` ops (see ``forkcheck.instrument``), forkcheck's own scheduler through
+``forkcheck.containers``. A container made at an address another one had earlier starts a new generation, so a freed
+list's successor is another object.
+
 Storages are keyed by their ``StorageImpl`` address, and every keyed storage is weakly referenced until
 :meth:`AccessLog.close`: a weak reference keeps the ``StorageImpl`` shell (not the data) allocated, so no other storage
 can take the same key during the run, however often the allocator reuses memory.
@@ -48,7 +53,7 @@ class Access(NamedTuple):
     task: int
     op: str  # ``aten::add_``
     location: str  # ``file:line`` of the op in the user's code, ``""`` when unknown
-    storage: int  # key of the storage (its ``StorageImpl`` address, unique within a run)
+    storage: Any  # key of the storage (its ``StorageImpl`` address, unique within a run) or of a list or dict
     start: int  # byte range [start, end) inside the storage (a strided tensor's hull)
     end: int
     write: bool
@@ -69,13 +74,14 @@ class Sync(NamedTuple):
 class _Spec:
     """What an op's schema says about its tensor arguments, computed once per op."""
 
-    __slots__ = ("name", "args", "reads", "fresh", "point", "spawn", "undeclared")
+    __slots__ = ("name", "args", "reads", "fresh", "point", "spawn", "touch", "undeclared")
 
     def __init__(self, func: Any):
         schema = func._schema
         self.name = schema.name
         self.point = self.name == "forkcheck::point"
         self.spawn = self.name == "forkcheck::spawn"
+        self.touch = self.name == "forkcheck::touch"
         writes = [a.alias_info is not None and a.alias_info.is_write for a in schema.arguments]
         # (position, positional index or None for keyword-only, name, written) of every argument that may hold tensors
         self.args = tuple((i, None if a.kwarg_only else i, a.name, writes[i])
@@ -137,7 +143,7 @@ class AccessLog(TorchDispatchMode):
         return False
 
     def __init__(self, sites: Mapping[int, Any] | None = None, names: Mapping[int, str] | None = None,
-                 locate: Optional[Callable[[], str]] = None):
+                 locate: Optional[Callable[[], str]] = None, containers: Optional[Mapping[int, str]] = None):
         super().__init__()
         self.sites = sites or {}
         self.names = dict(names or {})
@@ -146,6 +152,12 @@ class AccessLog(TorchDispatchMode):
         self.syncs: list[Sync] = []
         self.created: dict[int, tuple[str, str, int]] = {}  # storage key -> (op, location, task) that made it
         self.unattributed = 0  # ops run on a thread no task was known to run on (not recorded)
+        self._generations: dict[int, int] = {}  # container address -> containers made there so far
+        self._watch = None  # eager code: list and dict method calls, named by ``containers`` (see forkcheck.containers)
+        if containers is not None:
+            from .containers import ContainerWatch
+
+            self._watch = ContainerWatch(self, self._running_task, containers)
         self._current: dict[int, tuple[int, str]] = {}  # thread id -> (task, location of its next op)
         self._pinned: dict[int, int] = {}  # storage key -> weak reference handle
         self._seq = itertools.count(1)  # ``next`` and ``list.append`` are atomic: no lock on the hot path
@@ -153,6 +165,14 @@ class AccessLog(TorchDispatchMode):
         self._lock = threading.Lock()
 
     # -- task identity (engines without scheduling ops call these) ----------------------------------------------
+
+    def mark(self) -> int:
+        """A position in the log's order, e.g. a scheduler's switch point (accesses after it have higher ``seq``)."""
+        return next(self._seq)
+
+    def _running_task(self) -> Optional[int]:
+        current = self._current.get(threading.get_ident())
+        return None if current is None else current[0]
 
     def enter(self, task: int, location: str = "") -> None:
         """The calling thread runs ``task`` now; its next ops are written at ``location``."""
@@ -184,6 +204,27 @@ class AccessLog(TorchDispatchMode):
         elif info.event == "end":
             self.end(task)
 
+    def container(self, task: int, event: str, kind: str, address: int, op: str, location: str = "",
+                  name: str = "") -> None:
+        """``task`` reads, writes, makes (``create``, ``name``: the variable) or names a list or dict (``kind``)
+        living at ``address``."""
+        if event == "create":
+            generation = self._generations[address] = self._generations.get(address, 0) + 1
+            self.created[(kind, address, generation)] = (op, location, task)
+            if name:
+                self.names[(kind, address, generation)] = f"{name} made by {op}" + (f" at {location}" if location else "")
+            return
+        key = (kind, address, self._generations.get(address, 0))
+        if event == "name":
+            self.names.setdefault(key, name)
+        else:
+            self.accesses.append(Access(next(self._seq), task, op, location, key, 0, 1, event == "write"))
+
+    def _on_touch(self, site: int, task: int, address: int) -> None:
+        info = self.sites.get(site)
+        if info is not None:
+            self.container(task, info.event, info.container, address, info.kind, info.location, info.name)
+
     # -- the dispatch mode --------------------------------------------------------------------------------------
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
@@ -194,6 +235,9 @@ class AccessLog(TorchDispatchMode):
         if spec.point:  # the kernel is called directly: the op does nothing else, and dispatching costs ~10 us
             self._on_point(args[0], args[1])
             return _point_kernel(*args)
+        if spec.touch:
+            self._on_touch(*args)
+            return None
         if spec.spawn:
             child = _spawn_kernel(*args)
             info = self.sites.get(args[0])
@@ -258,7 +302,16 @@ class AccessLog(TorchDispatchMode):
     # -- after the run -----------------------------------------------------------------------------------------
 
     def describe(self, key: int) -> str:
-        """What a storage is, for a report: an argument, a module attribute, or the op that made a local tensor."""
+        """What a storage is, for a report: an argument, a module attribute, or the op that made a local tensor;
+        for a list or dict the same, or the line that first used it."""
+        if isinstance(key, tuple):
+            kind = key[0]
+            if key in self.names:
+                return f"the {kind} {self.names[key]}"
+            if key in self.created:
+                op, location, _ = self.created[key]
+                return f"a {kind} made by {op}" + (f" at {location}" if location else "")
+            return f"a {kind} of unknown origin"
         if key in self.names:
             return self.names[key]
         if key in self.created:
@@ -272,13 +325,20 @@ class AccessLog(TorchDispatchMode):
         pinned, self._pinned = self._pinned, {}
         for handle in pinned.values():
             torch.UntypedStorage._free_weak_ref(handle)
+        if self._watch is not None:
+            self._watch.close()
 
     def __enter__(self) -> "AccessLog":
         with self._lock:
             self._entered += 1
-        return super().__enter__()
+        entered = super().__enter__()
+        if self._watch is not None:
+            self._watch.install()
+        return entered
 
     def __exit__(self, *exc: Any) -> Any:
+        if self._watch is not None:
+            self._watch.uninstall()
         try:
             return super().__exit__(*exc)
         finally:

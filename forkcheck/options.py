@@ -37,9 +37,13 @@ OPTIONS = (
     Option("schedules", "concurrent schedules per example (default 10).", "N"),
     Option("tasks", "instances forked together on the same inputs (default 3).", "N"),
     Option("seed", "seed for inputs and schedules (default: random, shown in the header).", "S"),
-    Option("strategy", "schedule strategy: random, pct, or portfolio (two random schedules to one pct, by turns; "
-                     "default).",
-           "random|pct|portfolio"),
+    Option("strategy", "schedule strategy: random, pct, portfolio (two random schedules to one pct, by turns; "
+                     "default), or exhaustive (every interleaving of each input up to --forkcheck-preemptions, with "
+                     "partial-order reduction, under forkcheck's own scheduler).",
+           "random|pct|portfolio|exhaustive"),
+    Option("preemptions", "exhaustive: the preemption bound (default 2).", "K"),
+    Option("budget", "exhaustive: runs per input before the search stops and says how far it got (default 500).",
+           "N"),
     Option("replay", "rerun one failing example and schedule from the token a failure printed; other forkcheck "
                      "items are deselected.", "TOKEN"),
     Option("timeout", "seconds one run may take before it is a hang (default 60).", "SECONDS"),
@@ -49,10 +53,12 @@ OPTIONS = (
            "MODS", ini_type="args"),
     Option("report", "directory for forkcheck.json and index.html (default reports).", "DIR"),
     Option("no_report", "write no report files.", flag_only=True),
+    Option("fresh_report", "start the report over: without it, a run's rows are merged into the forkcheck.json "
+                           "there by node id (for -k, --lf and replays).", flag_only=True),
 )
 
 DEFAULT_POOL_SIZES = (1, 2, 4)
-_SETTING_NAMES = ("examples", "schedules", "tasks", "seed", "strategy", "timeout", "pool_sizes")
+_SETTING_NAMES = ("examples", "schedules", "tasks", "seed", "strategy", "timeout", "pool_sizes", "preemptions", "budget")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -66,6 +72,7 @@ class SessionOptions:
     modules: tuple[str, ...] = ()
     report: str = "reports"
     no_report: bool = False
+    fresh_report: bool = False
     pool_sizes: tuple[int, ...] = DEFAULT_POOL_SIZES
 
 
@@ -107,7 +114,7 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
         settings=settings, seed=seed, replay=replay or None,
         modules=tuple(m.strip() for m in (modules or "").split(",") if m.strip()),
         report=report or "reports", no_report=_switch(*raw["no_report"]),
-        pool_sizes=pool_sizes)
+        fresh_report=_switch(*raw["fresh_report"]), pool_sizes=pool_sizes)
 
 
 def _switch(value: Any, source: str) -> bool:

@@ -23,7 +23,6 @@ ISOLATION = Option("isolation", "where fork_safe targets are checked: child (a c
                                 "surviving a crash; default) or inprocess (this process, e.g. to debug forkcheck).",
                    "child|inprocess")
 ISOLATIONS = ("child", "inprocess")
-NOT_RUN = "not run: the session stopped before this item (-x, --maxfail, an interrupt or a crash)"
 
 
 class ForkcheckState:
@@ -37,6 +36,8 @@ class ForkcheckState:
         self.report_paths: Any = None
         self.isolation = "child"
         self.collected: dict[str, dict[str, str]] = {}  # nodeid -> kind and name of every selected forkcheck item
+        self.seen: set[str] = set()  # every item collected, deselected ones too (which report rows still exist)
+        self.invocation = "pytest"  # how this pytest was started, for replay commands that run as printed
         self.crashed: dict[str, str] = {}  # nodeid -> what pytest-xdist said when a worker crashed running it
         self.stuck = ""  # the target whose hung run still runs in this process (in-process checks only)
 
@@ -60,6 +61,16 @@ def pytest_configure(config: pytest.Config) -> None:
         seed = options.seed if options.seed is not None else random.randrange(2**32)
     state = ForkcheckState(options, seed)
     state.isolation = _isolation(config)
+    if worker is None and not options.no_report:
+        from .report import ReportPathError, check_report_dir
+
+        try:
+            check_report_dir(options.report)
+        except ReportPathError as err:
+            raise pytest.UsageError(str(err)) from None
+    from .report.terminal import invocation
+
+    state.invocation = worker.get("forkcheck_invocation", "pytest") if worker is not None else invocation()
     from . import _exit
 
     _exit.own(config)
@@ -69,7 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
         state.module_files = locate_modules(options.modules)
     config.stash[STATE] = state
     if worker is None:
-        config.pluginmanager.register(ResultCollector(state), "forkcheck-results")
+        from .session import ResultCollector
+
+        config.pluginmanager.register(ResultCollector(state, config.rootpath), "forkcheck-results")
 
 
 def _isolation(config: pytest.Config) -> str:
@@ -93,8 +106,9 @@ def pytest_cmdline_main(config: pytest.Config) -> Any:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist: every worker checks with the controller's seed."""
+    """pytest-xdist: every worker checks with the controller's seed, and prints its replay commands."""
     node.workerinput["forkcheck_seed"] = node.config.stash[STATE].seed
+    node.workerinput["forkcheck_invocation"] = node.config.stash[STATE].invocation
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -183,6 +197,12 @@ def _select_replayed(config: pytest.Config, items: list, replay: str) -> None:
         items[:] = [item for item in items if item not in others]
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    state = item.config.stash.get(STATE, None)
+    if state is not None:
+        state.seen.add(item.nodeid)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Remember the selected forkcheck items (a worker hands them to the controller)."""
     from .items import forkcheck_name
@@ -195,6 +215,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     worker = getattr(session.config, "workeroutput", None)
     if worker is not None:
         worker["forkcheck_items"] = collected
+        worker["forkcheck_seen"] = sorted(state.seen)
     else:
         state.collected.update(collected)
 
@@ -229,75 +250,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
         report.forkcheck_kind = kind
         report.forkcheck_result = result.to_json() if result is not None and call.when != "teardown" else None
     return report
-
-
-class ResultCollector:
-    """On the controller: keeps one result row per forkcheck item, by nodeid, and writes the report once."""
-
-    def __init__(self, state: ForkcheckState):
-        self.state = state
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        kind = getattr(report, "forkcheck_kind", None)
-        if kind is None:
-            if report.when == "???" and report.failed:  # pytest-xdist: a worker crashed running this item
-                self.state.crashed[report.nodeid] = str(report.longrepr)
-            return
-        results = self.state.results
-        row = getattr(report, "forkcheck_result", None)
-        if row is not None:
-            results[report.nodeid] = row
-        elif report.skipped and report.nodeid not in results:
-            results[report.nodeid] = _row(report, kind, "skipped")
-        elif report.failed:
-            row = results.get(report.nodeid) or _row(report, kind, "error")
-            if row["verdict"] != "fail":  # e.g. a fixture's setup or teardown failed: never a silent pass
-                results[report.nodeid] = dict(row, verdict="error", error=report.longreprtext[-4000:])
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """pytest-xdist: a worker is done; the items it selected (all workers select the same ones)."""
-        self.state.collected.update(getattr(node, "workeroutput", {}).get("forkcheck_items", {}))
-
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self._complete()
-        options = self.state.options
-        if options.no_report or not self.state.results:
-            return
-        from .report import write_reports
-
-        self.state.report_paths = write_reports(options.report, self.state.results, self.state.seed,
-                                                complete=exitstatus != pytest.ExitCode.INTERRUPTED)
-
-    def _complete(self) -> None:
-        """Every selected item gets its row: one whose worker crashed is an error, one never run is skipped."""
-        from .findings import CheckResult
-
-        results = self.state.results
-        for nodeid, text in self.state.crashed.items():
-            known = results.get(nodeid) or self.state.collected.get(nodeid)
-            if known is not None:
-                row = results.get(nodeid) or CheckResult(target=known["target"], kind=known["kind"],
-                                                         nodeid=nodeid).to_json()
-                results[nodeid] = dict(row, verdict="error", error=f"{text}: the process running it died (a crash "
-                                                                    "in the test or target, or in torch under it)")
-        for nodeid, known in self.state.collected.items():
-            if nodeid not in results:
-                results[nodeid] = CheckResult(target=known["target"], kind=known["kind"], nodeid=nodeid,
-                                              verdict="skipped", error=NOT_RUN).to_json()
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.state.results:
-            return
-        from .report.terminal import summary_lines
-
-        terminalreporter.write_sep("=", "forkcheck")
-        for line in summary_lines(list(self.state.results.values()), self.state.report_paths):
-            terminalreporter.write_line(line)
-
-
-def _row(report: pytest.TestReport, kind: str, verdict: str) -> dict[str, Any]:
-    from .findings import CheckResult
-
-    return CheckResult(target=report.nodeid, kind=kind, nodeid=report.nodeid, verdict=verdict,
-                       duration_s=round(report.duration, 3)).to_json()

@@ -32,10 +32,12 @@ class ReplayToken:
     schedules: int = 0  # schedules drawn per example (0: unknown, the session's setting)
     pool_size: int = 0  # threads of the inter-op pool the failure was found with (0: not on the pool)
     pct_steps: int = 0  # the steps PCT's change points were spread over (0: not counted)
+    decisions: tuple[int, ...] = ()  # ``exhaustive``: the failing interleaving (``ControlledScheduler.decisions``)
 
     def encode(self) -> str:
         raw = json.dumps([self.target, self.hypothesis_version, self.blob, self.tasks, self.schedule_seed,
-                          self.strategy, self.schedules, self.pool_size, self.pct_steps], separators=(",", ":"))
+                          self.strategy, self.schedules, self.pool_size, self.pct_steps, list(self.decisions)],
+                         separators=(",", ":"))
         return _PREFIX + base64.urlsafe_b64encode(zlib.compress(raw.encode())).decode().rstrip("=")
 
     @classmethod
@@ -48,11 +50,12 @@ class ReplayToken:
             target, version, blob, tasks, schedule_seed, strategy, *rest = json.loads(raw)
             if strategy not in STRATEGIES:
                 raise ValueError(f"unknown schedule strategy {strategy!r}")
-            schedules, pool_size, pct_steps = (list(map(int, rest)) + [0, 0, 0])[:3]  # older tokens: fewer fields
-            if min(schedules, pool_size, pct_steps) < 0:
+            schedules, pool_size, pct_steps = (list(map(int, rest[:3])) + [0, 0, 0])[:3]  # older tokens: fewer fields
+            decisions = tuple(map(int, rest[3])) if len(rest) > 3 else ()
+            if min(schedules, pool_size, pct_steps, *decisions) < 0:
                 raise ValueError("a negative count")
             return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy, schedules,
-                       pool_size, pct_steps)
+                       pool_size, pct_steps, decisions)
         except (ValueError, TypeError, zlib.error) as err:
             raise ReplayError(f"corrupt forkcheck replay token ({err}); copy the whole token from the report") from None
 

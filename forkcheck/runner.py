@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import _exit, _warnings
+from .coverage import Coverage
 from .engines import TaskError, choose_engine
 from .compiled import serial_program
 from .engines.eager import ScheduleError
@@ -66,8 +67,9 @@ class _Hang(Exception):
 def _fingerprint(value: Any) -> Any:
     """A hashable value standing for an input example: tensors by dtype, shape, strides and bytes."""
     if isinstance(value, torch.Tensor):
-        data = value.detach().resolve_conj().resolve_neg().contiguous().flatten().view(torch.uint8)
-        digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()
+        flat = value.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+        data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""  # no elements: no bytes to view
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         return ("tensor", str(value.dtype), tuple(value.shape), value.stride(), value.storage_offset(), digest)
     if isinstance(value, dict):
         return ("dict", tuple((k, _fingerprint(v)) for k, v in value.items()))
@@ -154,9 +156,17 @@ class Checker:
         with _warnings.quiet_jit():
             self.engine = choose_engine(
                 copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
-                settings.timeout)
+                settings.timeout, controlled=settings.strategy == "exhaustive")
+        # ``exhaustive``: each input's interleavings are searched (``forkcheck.dpor``), not drawn; a compiled target
+        # runs on TorchScript's runtime, where its schedules are the portfolio's (``forkcheck.schedule.members``)
+        self.exhaustive = settings.strategy == "exhaustive" and self.engine.name == "eager"
+        self.coverage = Coverage(self.engine.name)
+        self.replay_decisions: Optional[list[int]] = None  # ``exhaustive`` replay: the interleaving to rerun
+        self.decisions_of: dict[Any, list[int]] = {}  # a failing example's key -> its interleaving's decisions
+        self.failing_decisions: list[int] = []
         self.globals = referenced_globals(self._code())
         self.location = target.source_location(self.base)
+        self.return_location = target.return_location()  # where a differing output is returned
         self.static = self._static_findings()
         self.examples = 0
         self.schedules = 0
@@ -207,9 +217,14 @@ class Checker:
         to inputs that may show the wrong outcome; once a race is predicted, an example runs at most
         ``AFTER_A_RACE`` schedules (the first inputs Hypothesis draws, zeros, often hide a race's effect).
         """
-        drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
-        key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
+        if self.exhaustive:
+            drawn: Any = self._interleavings()
+            key = (_fingerprint(inputs), "exhaustive")
+        else:
+            drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
+            key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
         if key in self.memo:
+            self.failing_decisions = self.decisions_of.get(key, [])
             _fail(self.memo[key])
         if self.shrink_until is not None and time.monotonic() > self.shrink_until:
             return  # shrinking ran out of time: no new example fails, the smallest one so far stands
@@ -219,26 +234,50 @@ class Checker:
         self.serial_failure = bool(findings)
         if findings and self.failed_after is None:
             self.failed_after = self.schedules
-        if not findings and not self.serial_only:
+        if not findings and not self.serial_only and not self.exhaustive:
             drawn = self._calibrated(drawn, inputs)
-        for index, schedule in enumerate(drawn if not findings and not self.serial_only else ()):
-            if index >= AFTER_A_RACE and self.hold_races and (findings or self.predicted):
+        searched = not findings and not self.serial_only
+        decisions: Optional[list[int]] = None  # the interleaving of the first run with findings (or a wrong outcome)
+        stopped = False
+        for index, schedule in enumerate(drawn if searched else ()):
+            if index >= AFTER_A_RACE and self.hold_races and (findings or self.predicted) and not self.exhaustive:
                 break  # a race is predicted and the outcome stayed right: another input is likelier to show it
             self.schedules += 1
             found = self._concurrent(inputs, schedule, reference)
+            if getattr(schedule, "diverged", False):  # the program did not repeat the replayed prefix: not its bug
+                self.schedules -= 1
+                continue
             findings = _merge(findings, found)
             if found and self.failed_after is None:
                 self.failed_after = self.schedules
+            if found and (decisions is None or _wrong_outcome(found)):
+                decisions = list(self.engine.last_run.get("decisions", [])) if self.exhaustive else None
             if _wrong_outcome(found):
                 self.wrong_after = self.wrong_after or self.schedules
+                stopped = True
                 break
+        if searched and self.exhaustive and hasattr(drawn, "pending"):
+            self.coverage.explored(drawn, stopped)
+        if findings and decisions is not None:
+            self.decisions_of[key] = decisions
         if findings and self.hold_races and not _wrong_outcome(findings):
             self.predicted = self.predicted or (key, findings, _shown(inputs))
             return
         if findings:
             self.memo[key] = findings
             self.failures.append((_shown(inputs), findings))
+            self.failing_decisions = self.decisions_of.get(key, [])
             _fail(findings)
+
+    def _interleavings(self) -> Any:
+        """``exhaustive``: this input's search, or the one interleaving a replay token names."""
+        if self.replay_decisions is not None:
+            from types import SimpleNamespace
+
+            return [SimpleNamespace(decisions=self.replay_decisions)]
+        from .dpor import Exploration
+
+        return Exploration(self.settings.preemptions, self.settings.budget)
 
     def _calibrated(self, drawn: list[Schedule], inputs: dict[str, Any]) -> list[Schedule]:
         """PCT's change points spread over the steps of a run: counted once, after the first serial run that passed
@@ -313,6 +352,7 @@ class Checker:
             if module_watch is not None:
                 findings += module_watch.findings(tasks, default_location=self.location)
             run = getattr(self.engine, "last_run", {})
+            self.coverage.saw(run)
             if "interleaving" in run:
                 self.interleavings.add(hash(run["interleaving"]))
                 self.switches += run["switches"]
@@ -340,7 +380,7 @@ class Checker:
                     "nondeterminism",
                     f"task {task} of {len(tasks)} returned a different output than the serial reference: "
                     + "; ".join(diffs[:3]),
-                    location=self.location, tasks=[task], detail={"differences": diffs[:10]}))
+                    location=self.return_location, tasks=[task], detail={"differences": diffs[:10]}))
                 break
         findings += [outputs_affected(race, affected) for race in getattr(self.engine, "last_races", ())]
         return findings
@@ -397,6 +437,8 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         checker = Checker(target, settings)
         if token is not None:
             checker.pct_steps = token.pct_steps
+            if checker.exhaustive:
+                checker.replay_decisions = list(token.decisions)
     except (TargetError, MarkError, ReplayError, fst.InferenceError) as err:
         return _errored(result, started, f"setup error: {err}")
     except Exception:
@@ -466,7 +508,8 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[list[Fin
     blob = blob_from_notes(failed)
     token = ReplayToken(checker.target.name, blob[0], blob[1], checker.settings.tasks,
                         strategy=checker.settings.strategy, schedules=checker.per_example,
-                        pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0)).encode() if blob else ""
+                        pool_size=_pool_size(checker), pct_steps=max(checker.pct_steps, 0),
+                        decisions=tuple(checker.failing_decisions)).encode() if blob else ""
     return failed.findings, token
 
 
@@ -481,7 +524,12 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     runtime never repeats itself exactly, so its concurrency-only failures are reported as found. A failure with a
     wrong outcome shrinks to one with a wrong outcome, not to a race alone. Counts are those of the first search.
     """
-    kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure)
+    kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure,
+            checker.coverage)
+    checker.coverage = Coverage(checker.engine.name)
+    traced = getattr(checker.engine, "trace", None)
+    if traced is not None:
+        checker.engine.trace = False  # shrinking counts no coverage: its runs go faster unlogged
     checker.serial_only, checker.memo = checker.serial_failure, {}
     checker.hold_races = _wrong_outcome(failed.findings)
     checker.shrink_until = time.monotonic() + SHRINK_S
@@ -489,8 +537,10 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
         return _first_failure(_search(checker, seed, shrink=True), checker, result) or failed
     finally:
         checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
+        if traced is not None:
+            checker.engine.trace = traced
         (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after,
-         checker.serial_failure) = kept
+         checker.serial_failure, checker.coverage) = kept
 
 
 def _first_failure(search: Callable[[], None], checker: Checker, result: CheckResult) -> Optional[_Failed]:
@@ -511,6 +561,7 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
 def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, result: CheckResult) -> list[Finding]:
     """Rerun the token's example ``REPLAYS`` times; the result says how many reproduced the failure."""
     import hypothesis
+    from hypothesis.reporting import with_reporter
 
     replayed = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
     findings: list[Finding] = []
@@ -518,7 +569,8 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
     for _ in range(REPLAYS):
         checker.memo.clear()
         try:
-            replayed()
+            with with_reporter(lambda _text: None):  # the report says what was replayed, once, not each run
+                replayed()
         except _Failed as failed:
             reproduced += 1
             wrong += _wrong_outcome(failed.findings)
@@ -526,7 +578,9 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken, re
         except hypothesis.errors.DidNotReproduce:
             pass
     # "wrong_outcome": replays whose outcome was wrong, not only predicted by the race oracle
-    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong}
+    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong,
+                               "schedules": checker.per_example, "strategy": token.strategy,
+                               "pool_size": _pool_size(checker)}
     size = _pool_size(checker)
     if token.pool_size and size and size != token.pool_size:
         result.stats["replay_note"] = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
@@ -544,6 +598,11 @@ def _count(result: CheckResult, checker: Optional[Checker], started: float) -> N
         result.examples, result.schedules = checker.examples, checker.schedules
         if checker.interleavings:
             result.stats.update(interleavings=len(checker.interleavings), switches=checker.switches)
+        if checker.coverage.runs:
+            result.stats["coverage"] = checker.coverage.stats(checker.settings.preemptions, checker.settings.budget)
+        if checker.settings.strategy == "exhaustive" and not checker.exhaustive:
+            result.stats["strategy_note"] = ("exhaustive search needs forkcheck's own scheduler, and this compiled "
+                                             "target runs on TorchScript's runtime: its schedules were the portfolio's")
         if _pool_size(checker):
             result.stats["pool_size"] = _pool_size(checker)
         if checker.failures:

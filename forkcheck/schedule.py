@@ -359,8 +359,9 @@ PORTFOLIO = ("random", "pct", "random")
 
 
 def members(strategy: str) -> tuple[str, ...]:
-    """The policies a strategy's schedules use: itself, or the portfolio's."""
-    return PORTFOLIO if strategy == "portfolio" else (strategy,)
+    """The policies a strategy's schedules use: itself, or the portfolio's (``exhaustive`` too, where schedules are
+    drawn: on TorchScript's runtime and in marked tests, which forkcheck's exploration does not drive)."""
+    return PORTFOLIO if strategy in ("portfolio", "exhaustive") else (strategy,)
 
 
 def draw_schedules(draw: Callable[[Any, str], Schedule], strategy: str, count: int) -> list[Schedule]:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-STRATEGIES = ("random", "pct", "portfolio")
+STRATEGIES = ("random", "pct", "portfolio", "exhaustive")
 
 
 class SettingsError(ValueError):
@@ -22,6 +22,16 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or fractional or number < 1:
         raise SettingsError(f"{name} must be a positive whole number, got {value!r}")
     return number
+
+
+def _whole_number(name: str, value: Any) -> int:
+    """A count that may be 0 (a bound)."""
+    if str(value).strip() == "0" and not isinstance(value, bool):
+        return 0
+    try:
+        return _positive_int(name, value)
+    except SettingsError:
+        raise SettingsError(f"{name} must be a whole number >= 0, got {value!r}") from None
 
 
 def _tolerance(name: str, value: Any) -> float:
@@ -85,6 +95,8 @@ class Settings:
     seed: Optional[int] = None
     strategy: str = "portfolio"  # random, pct, random, ... (see forkcheck.schedule.PORTFOLIO)
     pool_sizes: tuple[int, ...] = ()  # inter-op pool sizes a check is split over, a process each (forkcheck.pools)
+    preemptions: int = 2  # ``exhaustive``: interleavings with at most this many preemptions
+    budget: int = 500  # ``exhaustive``: runs per input before the search stops and says how far it got
 
     def __post_init__(self):
         object.__setattr__(self, "pool_sizes", tuple(self.pool_sizes))  # a list after a JSON round trip
@@ -94,7 +106,7 @@ class Settings:
 
 
 #: The settings a ``fork_safe(...)`` keyword may set (seed and strategy are per run, not per target).
-TARGET_SETTINGS = ("tasks", "examples", "schedules", "atol", "rtol", "timeout")
+TARGET_SETTINGS = ("tasks", "examples", "schedules", "atol", "rtol", "timeout", "preemptions", "budget")
 
 _VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = {
     "tasks": _positive_int,
@@ -106,6 +118,8 @@ _VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = {
     "seed": _seed,
     "strategy": _strategy,
     "pool_sizes": _pool_sizes,
+    "preemptions": _whole_number,
+    "budget": _positive_int,
 }
 
 

@@ -6,7 +6,10 @@ that are fresh copies on every read (a scripted module's lists, dicts and object
 """
 from __future__ import annotations
 
+import os
+import site
 import sys
+import sysconfig
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
@@ -20,9 +23,34 @@ _LIBRARIES = frozenset({"torch", "numpy", "hypothesis", "forkcheck", "strategies
 
 
 def is_user_module(name: str) -> bool:
-    """Whether ``name`` is the user's code: neither the standard library nor torch, numpy or the test machinery."""
+    """Whether ``name`` is the user's code: neither the standard library, torch, numpy or the test machinery, nor
+    a package installed in site-packages."""
     top = name.partition(".")[0]
-    return bool(top) and top not in sys.stdlib_module_names and top not in _LIBRARIES
+    return bool(top) and top not in sys.stdlib_module_names and top not in _LIBRARIES and not _installed(top)
+
+
+def _site_dirs() -> tuple[str, ...]:
+    dirs = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    try:
+        dirs.update(site.getsitepackages() + [site.getusersitepackages()])
+    except AttributeError:  # a virtualenv's old site module
+        pass
+    return tuple(os.path.realpath(path) + os.sep for path in dirs)
+
+
+_SITE_DIRS = _site_dirs()
+_INSTALLED: dict[str, bool] = {}  # top-level module name -> whether its files are in site-packages
+
+
+def _installed(top: str) -> bool:
+    known = _INSTALLED.get(top)
+    if known is None:
+        module = sys.modules.get(top)
+        if module is None:  # not imported (yet): nothing of it can be reached
+            return False
+        places = [getattr(module, "__file__", None)] + list(getattr(module, "__path__", None) or [])
+        known = _INSTALLED[top] = any(place and os.path.realpath(place).startswith(_SITE_DIRS) for place in places)
+    return known
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -265,6 +293,76 @@ class ObjectSnapshot:
         return self.obj
 
 
+def _class_state(cls: type) -> dict[str, Any]:
+    return {name: value for name, value in vars(cls).items() if not _dunder(name)}
+
+
+@dataclass
+class ClassSnapshot:
+    """A user class by identity and its own attributes but dunders: class variables, methods (by identity)."""
+
+    obj: type
+    attributes: dict[str, Any]  # name -> snapshot
+
+    @classmethod
+    def take(cls, klass: type, depth: int) -> "ClassSnapshot":
+        return cls(klass, {name: snapshot(value, depth) for name, value in _class_state(klass).items()})
+
+    def changes(self, now: Any) -> list[str]:
+        if now is not self.obj:
+            return ["was rebound to another object"]
+        return _dict_changes(self.attributes, _class_state(now), lambda name: f".{name}")
+
+    def restore(self) -> type:
+        now = _class_state(self.obj)
+        for name in now.keys() - self.attributes.keys():
+            delattr(self.obj, name)
+        for name, snap in self.attributes.items():
+            value = snap.restore()
+            if now.get(name, _MISSING) is not value:
+                setattr(self.obj, name, value)
+        return self.obj
+
+
+@dataclass
+class NamesSnapshot:
+    """A module's globals by name and identity, but dunders and ``deep`` (the names snapshotted one by one): the
+    names added, removed or rebound, also by code that names none of them (``globals()[...] = ...``)."""
+
+    namespace: dict[str, Any]
+    values: dict[str, Any]
+    deep: frozenset[str]
+
+    @classmethod
+    def take(cls, namespace: dict[str, Any], deep: frozenset[str] = frozenset()) -> "NamesSnapshot":
+        return cls(namespace, {k: v for k, v in namespace.items() if k not in deep and not _dunder(k)}, deep)
+
+    def changed(self) -> dict[str, list[str]]:
+        """Changes by global name."""
+        now, found = self.namespace, {}
+        for name, value in self.values.items():
+            if name not in now:
+                found[name] = ["was removed"]
+            elif now[name] is not value:
+                changes = ValueSnapshot(value, plain=isinstance(value, _PLAIN)).changes(now[name])
+                if changes:
+                    found[name] = changes
+        found.update((name, ["was added"]) for name in now.keys() - self.values.keys()
+                     if name not in self.deep and not _dunder(name))
+        return found
+
+    def restore(self) -> None:
+        for name in self.changed():
+            if name in self.values:
+                self.namespace[name] = self.values[name]
+            else:
+                del self.namespace[name]
+
+
+def _dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
 def _dict_changes(items: dict, now: dict, where: Callable[[Any], str]) -> list[str]:
     """Changes of a dict (or an object's attributes) against item snapshots: added, removed and changed items."""
     found = [f"{where(key)} was removed" for key in items if key not in now]
@@ -282,8 +380,15 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _user_object(value: Any) -> bool:
+    """An object whose attributes are its state: an instance of a user class, or a plain namespace."""
+    if isinstance(value, types.SimpleNamespace) or _is_type(value, "argparse", "Namespace"):
+        return True
     return (isinstance(getattr(value, "__dict__", None), dict) and is_user_module(type(value).__module__)
             and not isinstance(value, (type, types.ModuleType, types.FunctionType, types.MethodType)))
+
+
+def user_class(value: Any) -> bool:
+    return isinstance(value, type) and is_user_module(value.__module__)
 
 
 def snapshot(value: Any, depth: int = 4, copied: bool = False) -> Any:
@@ -315,13 +420,20 @@ def snapshot(value: Any, depth: int = 4, copied: bool = False) -> Any:
         return ArraySnapshot(value, value.copy())
     if isinstance(value, torch.Generator):
         return GeneratorSnapshot(value, value.get_state())
+    if user_class(value):
+        return ClassSnapshot.take(value, depth - 1)
     if _user_object(value):
         return ObjectSnapshot(value, snapshot(vars(value), depth, copied), copied)
     return ValueSnapshot(value, plain=False)
 
 
 def _is_array(value: Any) -> bool:
-    return type(value).__module__ == "numpy" and type(value).__name__ == "ndarray"
+    return _is_type(value, "numpy", "ndarray")
+
+
+def _is_type(value: Any, module: str, name: str) -> bool:
+    """Whether ``value``'s type is ``module.name``, without importing ``module``."""
+    return type(value).__module__ == module and type(value).__name__ == name
 
 
 def tensors_in(value: Any, depth: int = 4) -> Iterator[torch.Tensor]:

@@ -2,8 +2,10 @@
 and its inputs."""
 from __future__ import annotations
 
+import ast
 import copy
 import inspect
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -79,6 +81,22 @@ class Target:
         function = self.signature_callable()
         return _source_line(getattr(function, "__func__", function))
 
+    def return_location(self) -> str:
+        """``file:line`` of the last ``return`` of the target's own body (where a differing output comes from), else
+        of its definition."""
+        if self.is_compiled:
+            return self.source_location()
+        function = self.signature_callable()
+        function = getattr(function, "__func__", function)
+        try:
+            lines, first = inspect.getsourcelines(function)
+            tree = ast.parse(textwrap.dedent("".join(lines)))
+        except (TypeError, OSError, SyntaxError):
+            return self.source_location()
+        body = tree.body[0] if tree.body and isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+        returns = [node.lineno for node in _own_nodes(body) if isinstance(node, ast.Return)] if body else []
+        return f"{inspect.getsourcefile(function)}:{first + max(returns) - 1}" if returns else self.source_location()
+
 
 def _source_line(function: Any) -> str:
     """``file:line`` of a function's or class's ``def``/``class`` line, or ``""``."""
@@ -88,3 +106,14 @@ def _source_line(function: Any) -> str:
         return ""
     offset = next((i for i, line in enumerate(lines) if line.lstrip().startswith(("def ", "async def ", "class "))), 0)
     return f"{inspect.getsourcefile(function)}:{first + offset}"
+
+
+def _own_nodes(function: ast.AST) -> list[ast.AST]:
+    """The nodes of a function's body, not those of functions or classes defined inside it."""
+    found, todo = [], list(ast.iter_child_nodes(function))
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(node))
+    return found

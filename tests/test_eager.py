@@ -252,12 +252,10 @@ def test_deadlock_on_itself_is_a_clear_error():
         torch.ones(1).add_(1)
         return wait(box[0])
 
-    started = time.monotonic()
-    with pytest.raises(Deadlock, match=r"task 1 \(.*wait_for_myself\) waits for task 1"):
-        with ControlledScheduler(random.Random(1), timeout=5):
+    with pytest.raises(Deadlock, match=r"task 1 \(.*wait_for_myself\) waits for task 1"):  # not the timeout's error
+        with ControlledScheduler(random.Random(1), timeout=600):
             box.append(fork(wait_for_myself))
             wait(box[0])
-    assert time.monotonic() - started < 2
 
 
 def test_wait_cycle_is_a_deadlock_also_when_nobody_waits():
@@ -289,12 +287,10 @@ def test_task_without_switch_points_times_out():
         while not stop.is_set():
             pass
 
-    started = time.monotonic()
     try:
         with pytest.raises(ScheduleTimeout, match=r"0.3 s; task 1 \(.*spin\) was running at .*test_eager.py"):
             with ControlledScheduler(random.Random(1), timeout=0.3):
                 wait(fork(spin))
-        assert time.monotonic() - started < 2
         assert (torch._C.fork, torch._C.wait) == ORIGINAL
     finally:
         stop.set()  # the one thread a timeout leaves behind
@@ -305,12 +301,10 @@ def test_endless_task_with_tensor_ops_times_out_and_unwinds():
         while True:
             x.add_(1)
 
-    started = time.monotonic()
     with pytest.raises(ScheduleTimeout, match="still reaching switch points"):
         with ControlledScheduler(random.Random(1), timeout=0.3):
             futures = [fork(endless, torch.zeros(1)) for _ in range(2)]
             wait(futures[0])
-    assert time.monotonic() - started < 2
     assert (torch._C.fork, torch._C.wait) == ORIGINAL
     time.sleep(0.05)
     assert not [t for t in threading.enumerate() if t.name.startswith("forkcheck-task")]

@@ -81,6 +81,7 @@ def _problems(nodeid: str, row: dict[str, Any]) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_examples_get_the_verdicts_of_the_table(tmp_path: Path) -> None:
     """One run of ``pytest examples/``: safe examples pass, unsafe ones fail, first finding of the expected kind."""
     results = _run_examples(tmp_path)

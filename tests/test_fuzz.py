@@ -224,6 +224,7 @@ def verdict_agrees(result: Any, program: Program) -> bool:
     return result.verdict == "fail" and bool(kinds & set(wanted))
 
 
+@pytest.mark.slow
 def test_forkcheck_agrees_with_the_truth_on_generated_programs(tmp_path: Path) -> None:
     from forkcheck import Settings
     from forkcheck.runner import check

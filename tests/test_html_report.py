@@ -1,11 +1,14 @@
 """``index.html`` from a report dict: counts, escaping, anchors, no outside resources, timelines, and linear size."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-import time
 from collections import Counter
 from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
 
 from forkcheck.report.html import render_html, replay_command
 
@@ -97,7 +100,7 @@ def test_summary_counts_match_the_results():
     text = render_html(report)
     for verdict, label in (("fail", "failed"), ("pass", "passed"), ("skipped", "skipped")):
         assert f'<span class="num">{verdicts[verdict]}</span><span class="label">{label}</span>' in text
-    assert "Schedules run</dt><dd>1200</dd>" in text
+    assert "Concurrent schedules</dt><dd>1200</dd>" in text
     assert '<span class="kind k-race">race</span></a> <span class="count">4</span>' in text
     assert "Needs attention" in text
     assert len(page.all("article", "finding")) == sum(len(r["findings"]) for r in report["results"])
@@ -191,13 +194,15 @@ def test_timelines_draw_recorded_events_or_task_lanes():
     text = render_html(synthetic_report(1))
     page = Page(text)
     assert text.count('<figure class="timeline">') == 2  # the mutation (task lanes) and the race (events)
-    assert "aten::add_ · line 20</text>" in text and "aten::add_ · line 21</text>" in text
+    assert "aten::add_ · line 20</text>" in text  # the mutation's lanes: the op and its line
+    assert ">1 writes</text>" in text and ">2 writes</text>" in text  # the race's accesses, numbered as listed
     conflicts = [a for a in page.all("g") if "conflict" in (a.get("class") or "")]
     assert len(conflicts) == 3 + 2  # three task lanes marked for the mutation, two accesses for the race
     lanes = [a for a in page.all("g") if (a.get("class") or "").startswith("lane")]
     assert len(lanes) == 4 + 3  # main and tasks 1-3; main and tasks 1-2
-    assert len([a for a in page.all("line") if "fork" in (a.get("class") or "").split()]) == 3 + 2
-    assert len([a for a in page.all("line") if "wait" in (a.get("class") or "").split()]) == 3 + 2
+    arrows = [(a.get("class") or "").split() for a in page.all("line", "arrow")]
+    assert sum("fork" in a for a in arrows) == 3 + 2 and sum("wait" in a for a in arrows) == 3 + 2
+    assert [a for a in page.all("ul", "legend")] and "fork</text>" in text and "wait</text>" in text
 
 
 def test_mutation_heatmap_and_facts_from_the_oracle_text():
@@ -207,7 +212,8 @@ def test_mutation_heatmap_and_facts_from_the_oracle_text():
     del report["results"][0]["findings"][0]["detail"]["diff"]
     report["results"][0]["failing_input"] = {"x": "tensor([...]) (shape [4, 3], torch.float32)"}
     text = render_html(report)
-    assert "<td><code>3 of 12</code>" in text and "<td><code>[0, 1]</code>" in text
+    assert "<td><code>3 of 12</code>" in text and "<td><code>(0, 1)</code>" in text
+    assert "<li>3 of 12 elements changed" not in text  # the table says it: not again as a bullet
     assert "<td><code>torch.float32</code>" in text and not Page(text).all("rect", "cell")
 
 
@@ -241,18 +247,91 @@ def test_rendering_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def _render(report: dict) -> tuple[float, int]:
-    """The best of two renders' seconds, and the page's size."""
-    best = float("inf")
-    for _ in range(2):
-        started = time.perf_counter()
-        page = render_html(report)
-        best = min(best, time.perf_counter() - started)
-    return best, len(page)
+def test_a_thousand_targets_render_in_linear_size():
+    """Size grows linearly with the targets (render time is measured by benchmarks/bench_report.py)."""
+    small, large = len(render_html(synthetic_report(200))), len(render_html(synthetic_report(1000)))
+    assert 4.5 < large / small < 5.5  # five times the targets
 
 
-def test_a_thousand_targets_render_in_linear_time_and_size():
-    render_html(synthetic_report(5))  # templates compiled
-    (small_time, small_size), (large_time, large_size) = _render(synthetic_report(200)), _render(synthetic_report(1000))
-    assert 4.5 < large_size / small_size < 5.5  # five times the targets
-    assert large_time / small_time < 12  # linear is 5; generous for a busy machine
+# -- written for people: no Python literal, task names, relative paths, one replay per target ------------------------
+
+REPR = re.compile(r"\[\{'|\{'|'\w+': |(?<![\w-])(?:True|False|None)(?![\w-])|\[\d+, \d+")
+
+
+def page_text(html_text: str) -> str:
+    """What a reader sees, without the inputs table (the user's values, as Python writes them) and tracebacks."""
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.parts, self.skip = [], 0
+
+        def handle_starttag(self, tag, attrs):
+            classes = (dict(attrs).get("class") or "").split()
+            if self.skip or tag in ("style", "script") or "inputs" in classes or "traceback" in classes:
+                self.skip += 1
+
+        def handle_endtag(self, tag):
+            self.skip = max(0, self.skip - 1) if self.skip else 0
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.parts.append(data)
+
+    parser = Text()
+    parser.feed(html_text)
+    return " ".join(parser.parts)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def real_report() -> dict:
+    """``forkcheck.json`` of real checks of three examples, as the plugin builds it."""
+    import importlib.util
+
+    import forkcheck
+    from forkcheck.report.json import build_report
+
+    rows = {}
+    for name, target, settings in (("chunked_sum", "chunked_sum", {"examples": 4}),
+                                   ("batchnorm_split", "SplitBatchNorm", {}),
+                                   ("global_cache", "add_positions", {})):
+        spec = importlib.util.spec_from_file_location(f"fc_example_{name}", ROOT / "examples" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        result = forkcheck.check(getattr(module, target), seed=3, schedules=3, **settings)
+        result.nodeid = f"examples/{name}.py::{target}"
+        rows[result.nodeid] = result.to_json()
+    return build_report(rows, 3, run={"rootdir": str(ROOT), "wall_s": 12.5, "command": "pytest"})
+
+
+@pytest.mark.slow
+def test_a_real_report_reads_as_sentences(real_report):
+    """Real results of a race (nested tasks), a module buffer written by BatchNorm and a global: no reprs."""
+    text = page_text(render_html(real_report))
+    found = REPR.findall(text)
+    assert not found, f"Python literals in the page: {found[:10]}"
+    assert "task 1.1" in text and "task 1001" not in text
+    assert real_report["rootdir"] not in text  # every path relative to the rootdir
+    assert "tasks that race" in text and "shown with" not in text or "inter-op pools of" in text
+
+
+def test_one_replay_per_target_and_a_findings_own_only_where_it_differs():
+    report = synthetic_report(3)
+    findings = report["results"][2]["findings"]
+    findings[2]["replay"] = "fc1.other"
+    page = render_html(report)
+    item = page[page.index('id="t-tests-test-model-0-py-target-2-'):]
+    item = item[:item.index("</section>")]  # the last item
+    assert item.count('class="replay"') == 2
+    assert "reruns the example of the first finding (input-mutation)" in item
+    assert "reruns the example of finding 3 (nondeterminism)" in item and "fc1.other" in item
+
+
+def test_task_names_read_as_a_tree():
+    from forkcheck.task_names import task_name
+
+    assert [task_name(t) for t in (0, 1, 3, 1001, 2001, 2001002)] == [
+        "main", "task 1", "task 3", "task 1.1", "task 2.1", "task 2.1.2"]
+    assert task_name(2**62 + 5).startswith("task #")

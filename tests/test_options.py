@@ -46,6 +46,7 @@ def test_bad_ini_value_is_a_usage_error_naming_the_key(fc, pytester: pytest.Pyte
     assert f"ini key {key}" in result.stderr.str() and value in result.stderr.str()
 
 
+@pytest.mark.slow
 def test_ini_keys_work(fc, pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml("""
         [tool.pytest.ini_options]

@@ -81,12 +81,13 @@ def test_a_replay_runs_under_the_pool_size_it_was_found_with(fc, pytester) -> No
     race = next(f for f in fc.rows()["test_programs.py::siblings"]["findings"] if f["kind"] == "race")
     assert race["detail"]["pool_sizes"] == [1, 2]
     fc.run("--forkcheck-replay", race["replay"], "--forkcheck-pool-sizes", "1").assert_outcomes(failed=1)
-    stats = fc.rows()["test_programs.py::siblings"]["stats"]
+    stats = fc.rows()["test_programs.py::siblings"]["replay_run"]["stats"]  # the replay, beside the row it replays
     assert stats["pool_size"] == 2  # the token's size, not the session's
     assert stats["replays"]["runs"] == 10 and stats["replays"]["reproduced"] == 10  # the race oracle predicts
     assert 0 <= stats["replays"]["wrong_outcome"] <= 10
 
 
+@pytest.mark.slow
 def test_a_module_that_sizes_the_pool_itself_keeps_its_size(fc, pytester) -> None:
     pytester.makepyfile(test_sized="import torch\ntorch.set_num_interop_threads(1)\n"
                                    + PLUGIN_PROGRAMS.split("@fork_safe\ndef add_in_place")[0])

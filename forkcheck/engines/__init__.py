@@ -21,11 +21,23 @@ class Engine(Protocol):
         """Fork ``tasks`` instances on ``args`` (the same objects), wait for all, return their outputs in order."""
 
 
-def choose_engine(instance: Any, param_names: Sequence[str], tasks: int, timeout: float = 60.0) -> Engine:
-    """The real runtime when the target scripts, else forkcheck's scheduler with the scripting error as reason."""
+#: Why a target that scripts runs under forkcheck's own scheduler with the ``exhaustive`` strategy.
+CONTROLLED = ("the exhaustive strategy explores interleavings under forkcheck's own scheduler: the target's Python "
+              "code runs there, not on TorchScript's runtime")
+
+
+def choose_engine(instance: Any, param_names: Sequence[str], tasks: int, timeout: float = 60.0,
+                  controlled: bool = False) -> Engine:
+    """The real runtime when the target scripts, else forkcheck's scheduler with the scripting error as reason.
+    ``controlled``: forkcheck's scheduler for any target with Python code (not one compiled already)."""
     from .eager import EagerEngine
     from .script import NotScriptable, ScriptEngine
 
+    import torch
+
+    compiled = isinstance(instance, (torch.jit.ScriptFunction, torch.jit.ScriptModule))
+    if controlled and not compiled:
+        return EagerEngine(instance, tasks, reason=CONTROLLED, timeout=timeout, param_names=param_names)
     try:
         return ScriptEngine(instance, param_names, tasks)
     except NotScriptable as err:

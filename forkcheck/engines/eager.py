@@ -44,6 +44,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..choices import Choices, RandomChoices, Replay, Strategy, strategy_for
+from ..task_names import FANOUT, OVERFLOW_BASE
 
 _install_lock = threading.Lock()
 
@@ -69,11 +70,17 @@ class _Abort(BaseException):
 
 
 class _Task:
-    __slots__ = ("id", "parent", "name", "call", "state", "waiting_for", "waiting_at", "waiters", "result", "error",
-                 "baton", "thread", "ident", "future", "grad", "inference")
+    __slots__ = ("id", "tree_id", "forks", "parent", "name", "call", "state", "waiting_for", "waiting_at", "waiters",
+                 "result", "error", "baton", "thread", "ident", "future", "grad", "inference")
 
     def __init__(self, task_id: int, parent: Optional["_Task"], call: Optional[tuple]):
-        self.id = task_id
+        self.id = task_id  # the order tasks were forked in: what the strategies choose among
+        self.forks = 0
+        if parent is not None:  # the id reports name as a tree (``forkcheck.task_names``): 1001 is task 1.1
+            parent.forks += 1
+        self.tree_id = parent.tree_id * FANOUT + parent.forks if parent is not None else 0
+        if parent is not None and (parent.forks >= FANOUT or self.tree_id >= OVERFLOW_BASE):
+            self.tree_id = OVERFLOW_BASE + task_id  # past the encoding: unique, named by number
         self.parent = parent
         self.call = call
         fn = call[0] if call else None
@@ -285,7 +292,7 @@ class ControlledScheduler:
             if self.observer is not None:  # below the switch mode: an op is recorded after its switch point
                 self.observer.__enter__()
                 self._observing = True
-                self.observer.enter(root.id)
+                self.observer.enter(root.tree_id)
             mode = _SwitchMode(self, root)
             mode.__enter__()
             self._mode = mode
@@ -306,7 +313,7 @@ class ControlledScheduler:
                 else:
                     if self.observer is not None:  # the root is past every task's end now
                         for task in self._tasks[1:]:
-                            self.observer.join(self._root.id, task.id, "")
+                            self.observer.join(self._root.tree_id, task.tree_id, "")
         finally:
             self._uninstall()
 
@@ -365,7 +372,7 @@ class ControlledScheduler:
         self._unfinished += 1
         self.events.append((self.switch_points, "fork", parent.id, child.id))
         if self.observer is not None:
-            self.observer.fork(parent.id, child.id, _user_line(sys._getframe(1)))
+            self.observer.fork(parent.tree_id, child.tree_id, _user_line(sys._getframe(1)))
         self._switch(parent, True)
         return child.future
 
@@ -387,7 +394,7 @@ class ControlledScheduler:
             self._block_on(waiter, target, where)
             self._switch(waiter, False)
         if self.observer is not None and waiter is not None:
-            self.observer.join(waiter.id, target.id, where or _user_line(sys._getframe(1)))
+            self.observer.join(waiter.tree_id, target.tree_id, where or _user_line(sys._getframe(1)))
         if target.error is not None:
             raise target.error
         return target.result
@@ -528,7 +535,7 @@ class ControlledScheduler:
         self._local.task = task
         observer = self.observer
         if observer is not None:
-            observer.enter(task.id)
+            observer.enter(task.tree_id)
         try:
             with torch.inference_mode(task.inference) if task.inference else torch.set_grad_enabled(task.grad):
                 with observer if observer is not None else nullcontext(), _SwitchMode(self, task):
@@ -539,7 +546,7 @@ class ControlledScheduler:
             task.error = err
             self.errors[task.id] = err
             if self.failed_task is None and not self._aborted:
-                self.failed_task = task.id
+                self.failed_task = task.tree_id
         finally:
             self._local.task = None
         if not self._aborted:
@@ -559,7 +566,7 @@ class ControlledScheduler:
 
     def _finish(self, task: _Task) -> None:
         if self.observer is not None:
-            self.observer.end(task.id)
+            self.observer.end(task.tree_id)
         task.state = DONE
         self._runnable.remove(task)
         self._unfinished -= 1
@@ -600,6 +607,10 @@ class ControlledScheduler:
 
     # --- statistics --------------------------------------------------------------------------------------------
 
+    def tree_id(self, task_id: int) -> int:
+        """The id a report names task ``task_id`` by (``forkcheck.task_names``): its fork path, not its fork order."""
+        return self._tasks[task_id].tree_id if 0 <= task_id < len(self._tasks) else task_id
+
     @property
     def stats(self) -> dict[str, int]:
         return {"switch_points": self.switch_points, "steps": self.steps, "decisions": len(self.decisions),
@@ -612,12 +623,13 @@ def _op_location() -> str:
     return _user_line(sys._getframe(1))
 
 
-def race_log(names: Optional[dict[int, str]] = None) -> Any:
-    """An access log to observe one controlled schedule; ``names`` (``forkcheck.observe.storage_names``) name
-    storages in its race reports."""
+def race_log(names: Optional[dict[int, str]] = None, containers: Optional[dict[int, str]] = None) -> Any:
+    """An access log to observe one controlled schedule, lists and dicts included; ``names``
+    (``forkcheck.observe.storage_names``) and ``containers`` (``forkcheck.containers.container_names``) name
+    storages and containers in its race reports."""
     from ..observe import AccessLog
 
-    return AccessLog(names=names, locate=_op_location)
+    return AccessLog(names=names, locate=_op_location, containers=containers or {})
 
 
 class EagerEngine:
@@ -638,6 +650,7 @@ class EagerEngine:
         self.param_names = list(param_names)
         self.module = instance if isinstance(instance, torch.nn.Module) else None
         self.races = True
+        self.trace = True  # log every run, races or not: ``last_run["trace"]`` is its interleaving's signature
         self.last_races: list[Any] = []  # ``race`` findings of the last run (``outputs_affected`` left to fill)
         self.last: Optional[ControlledScheduler] = None  # the last run's scheduler: order, decisions, events
         self.last_order: list[int] = []
@@ -661,16 +674,24 @@ class EagerEngine:
     def _run(self, args: Sequence[Any], strategy: Strategy, timeout: Optional[float], count: bool = True) -> list:
         self.last_races = []
         log = None
-        if self.races and count:
-            from ..observe import storage_names
+        searched = hasattr(strategy, "observe")  # an exhaustive search's run (``forkcheck.dpor.Probe``) reads the log
+        if (self.races or self.trace or searched) and count:
+            from ..containers import container_names
+            from ..observe import AccessLog, storage_names
 
-            log = race_log(storage_names(dict(zip(self.param_names, args)), self.module))
+            named = dict(zip(self.param_names, args))
+            if self.races or searched:
+                log = race_log(storage_names(named, self.module), container_names(named, self.module))
+            else:  # only the run's signature: tensor accesses, no lines (a third of a full log's cost, measured)
+                log = AccessLog()
+            if searched:
+                strategy.observe(log)
         scheduler = self.last = ControlledScheduler(strategy, timeout=timeout, observer=log)
         try:
             with scheduler:
                 futures = [torch._C.fork(self.instance, *args) for _ in range(self.tasks)]
                 outputs = [torch._C.wait(future) for future in futures]
-            if log is not None:
+            if log is not None and self.races:
                 from ..oracles.races import race_findings
 
                 self.last_races = race_findings(log)
@@ -679,6 +700,10 @@ class EagerEngine:
             self.last_order = scheduler.order
             self.last_run = {"interleaving": tuple(scheduler.order), **scheduler.stats,
                              "decisions": list(scheduler.decisions)}
+            if log is not None:
+                from ..interleavings import signature
+
+                self.last_run["trace"] = signature(log)
             if count:
                 self._interleavings.add(tuple(scheduler.order))
                 self._totals["schedules"] += 1

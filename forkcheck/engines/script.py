@@ -1,6 +1,7 @@
 """The real runtime: a scripted driver forks the scripted target ``tasks`` times; tasks run on the inter-op pool."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import linecache
 import sys
@@ -11,6 +12,7 @@ import torch
 
 from .._warnings import quiet_jit
 from ..instrument import instrument
+from ..interleavings import conflict_groups, point_signature
 from ..observe import AccessLog, storage_names
 from ..oracles.races import race_findings
 from ..schedule import run_under
@@ -83,12 +85,17 @@ class ScriptEngine:
         except Exception as err:
             raise NotScriptable(f"the fork driver for this target does not script: {err}") from err
         self.program = instrument(self.driver)  # scheduling points before every op of every task
+        if is_module:  # the driver holds the target as ``self.target``: its attributes go by the target's own names
+            self.program.sites = {site: dataclasses.replace(info, name="self" + info.name[len("self.target"):])
+                                  if info.name.startswith("self.target.") else info
+                                  for site, info in self.program.sites.items()}
         self.param_names = list(param_names)
         # record every task's accesses and report races in ``last_races`` (the runner: first schedule per example)
         self.races = True
         self.last_races: list[Any] = []  # ``race`` findings of the last run (``outputs_affected`` left to fill)
         self.steps = 0  # points a run passes unperturbed: PCT's k (see ``calibrate``)
         self.last_run: dict[str, Any] = {}
+        self._conflicting: Any = None  # per task pair, the ops that conflicted in the last logged run
 
     def calibrate(self, args: Sequence[Any]) -> int:
         """Run once unperturbed to count the scheduling points a run passes."""
@@ -107,7 +114,10 @@ class ScriptEngine:
             with log:
                 outputs = list(run_under(recorder, self.program, *args))
             self.last_races = race_findings(log)
+            self._conflicting = conflict_groups(log)
         self.last_run = recorder.summary()
+        if self._conflicting is not None:
+            self.last_run["trace"] = point_signature(recorder.points, self.program.sites, self._conflicting)
         return outputs
 
 
@@ -117,6 +127,7 @@ class _Recorder:
     def __init__(self, policy: Any):
         self.policy = policy
         self.trace: list[int] = []
+        self.points: list[tuple[int, int]] = []  # (site, task) as reached
 
     def begin(self, sites: Any) -> None:
         self.policy.begin(sites)
@@ -124,6 +135,7 @@ class _Recorder:
     def on_point(self, site: int, task: int) -> None:
         self.policy.on_point(site, task)
         self.trace.append(task)  # after the policy let the task go on: the order ops really ran in
+        self.points.append((site, task))
 
     def summary(self) -> dict[str, Any]:
         """The interleaving as task runs (``[0, 1, 1, 2, 1]`` -> ``(0, 1, 2, 1)``), and its number of switches."""

@@ -4,6 +4,7 @@ Each ``*Watch`` snapshots before a run, turns what changed after it into finding
 """
 from __future__ import annotations
 
+import functools
 import random
 import types
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -13,7 +14,7 @@ import torch
 
 from ..findings import Finding
 from ..locate import RNG
-from ..state import ModuleSnapshot, is_user_module, snapshot
+from ..state import ModuleSnapshot, NamesSnapshot, is_user_module, snapshot, user_class
 
 Locate = Callable[[str], tuple[str, str]]  # watched name -> (op, file:line), or ("", "")
 
@@ -79,22 +80,33 @@ class ModuleWatch:
 
 # --- globals ----------------------------------------------------------------------------------------------
 
+MAX_FUNCTIONS = 500  # the most functions ``referenced_globals`` reads, so a large user library stays cheap to watch
+
 
 def _user_function(value: Any) -> bool:
     return isinstance(value, types.FunctionType) and is_user_module(getattr(value, "__module__", None) or "")
 
 
-def _user_class(value: Any) -> bool:
-    return isinstance(value, type) and is_user_module(value.__module__)
+def _user_module(value: Any) -> bool:
+    return isinstance(value, types.ModuleType) and is_user_module(value.__name__)
 
 
-def _methods(cls: type) -> Iterator[Callable]:
-    for klass in cls.__mro__:
-        if is_user_module(klass.__module__):
-            for value in vars(klass).values():
-                function = getattr(value, "__func__", getattr(value, "fget", value))
-                if isinstance(function, types.FunctionType):
-                    yield function
+def _own_methods(cls: type) -> Iterator[Callable]:
+    for value in vars(cls).values():
+        function = getattr(value, "__func__", getattr(value, "fget", value))
+        if isinstance(function, types.FunctionType):
+            yield function
+
+
+def _owner(function: types.FunctionType) -> Any:
+    """The class a method was defined in, found by its qualified name (None for functions, and local classes)."""
+    *owners, _ = function.__qualname__.split(".")
+    if not owners or "<locals>" in owners:
+        return None
+    owner: Any = function.__globals__.get(owners[0])
+    for name in owners[1:]:
+        owner = getattr(owner, name, None)
+    return owner if isinstance(owner, type) else None
 
 
 def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
@@ -104,37 +116,52 @@ def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
             yield from _code_objects(const)
 
 
-def referenced_globals(functions: Iterable[Callable], depth: int = 3) -> dict[str, tuple[Any, str]]:
-    """Globals and closure cells the functions' code refers to, following the user's functions, classes and objects'
-    methods ``depth`` calls deep.
+def referenced_globals(functions: Iterable[Callable], depth: int = 3,
+                       limit: int = MAX_FUNCTIONS) -> dict[str, tuple[Any, str]]:
+    """The state the functions' code can reach: the globals and closure cells it refers to, following the user's
+    functions, classes (their class variables too), objects' methods and modules ``depth`` steps deep (at most
+    ``limit`` functions); and, per user module reached, its names (one added through ``globals()`` too).
 
-    Maps a display name (``module.name`` for a global, ``function.name`` for a closure variable) to
-    ``(namespace, key)``; a closure cell's namespace is a ``_CellSlot``.
+    Maps a display name (``module.name`` for a global, ``function.name`` for a closure variable, ``module.Class``
+    for a class, ``module.*`` for a module's names) to ``(namespace, key)``; a closure cell's namespace is a
+    ``_CellSlot``, a class's a ``_ClassSlot``, a module's names' a ``_ModuleNames``.
     """
     found: dict[str, tuple[Any, str]] = {}
     seen: set[int] = set()
     todo = [(getattr(f, "__func__", f), depth) for f in functions]
 
     def follow(value: Any, level: int) -> None:
-        if level > 0 and _user_function(value):
+        if level <= 0:
+            return
+        if _user_function(value):
             todo.append((value, level - 1))
-        elif level > 0 and (_user_class(value) or _user_class(type(value))):
-            todo.extend((method, level - 1) for method in _methods(value if isinstance(value, type) else type(value)))
+        elif user_class(value) or user_class(type(value)):
+            for klass in (value if isinstance(value, type) else type(value)).__mro__:
+                name = f"{klass.__module__}.{klass.__qualname__}"
+                if user_class(klass) and name not in found:
+                    found[name] = (_ClassSlot(klass), "")
+                    todo.extend((method, level - 1) for method in _own_methods(klass))
 
-    while todo:
+    def look_up(namespace: dict[str, Any], names: set[str], level: int) -> None:
+        module = namespace.get("__name__", "?")
+        if is_user_module(module) and f"{module}.*" not in found:
+            found[f"{module}.*"] = (_ModuleNames(namespace), "*")
+        for name in names & namespace.keys():
+            value = namespace[name]
+            follow(value, level)
+            if _user_module(value) and level > 0:  # ``helper.bump()``: the names the code uses, in that module
+                look_up(vars(value), names, level - 1)
+            elif not isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                found[f"{module}.{name}"] = (namespace, name)
+
+    while todo and len(seen) < limit:
         function, level = todo.pop()
         if not isinstance(function, types.FunctionType) or id(function) in seen:
             continue
         seen.add(id(function))
-        namespace = function.__globals__
-        module = namespace.get("__name__", "?")
-        for code in _code_objects(function.__code__):
-            for name in code.co_names:
-                if name in namespace:
-                    value = namespace[name]
-                    follow(value, level)
-                    if not isinstance(value, (types.ModuleType, types.FunctionType, type)):
-                        found[f"{module}.{name}"] = (namespace, name)
+        look_up(function.__globals__, {name for code in _code_objects(function.__code__) for name in code.co_names},
+                level)
+        follow(_owner(function), level + 1)
         for name, cell in zip(function.__code__.co_freevars, function.__closure__ or ()):
             try:
                 value = cell.cell_contents
@@ -143,6 +170,9 @@ def referenced_globals(functions: Iterable[Callable], depth: int = 3) -> dict[st
             follow(value, level)
             if not isinstance(value, (types.ModuleType, type)):
                 found[f"{function.__qualname__}.{name}"] = (_CellSlot(cell), name)
+    for slot, _ in found.values():  # a module's names that are watched one by one are left out of its names' watch
+        if isinstance(slot, _ModuleNames):
+            slot.deep = frozenset(key for namespace, key in found.values() if namespace is slot.namespace)
     return found
 
 
@@ -159,26 +189,75 @@ class _CellSlot:
         self.cell.cell_contents = value
 
 
+class _ClassSlot:
+    """A user class seen through the mapping interface the globals use (its snapshot restores it in place)."""
+
+    def __init__(self, cls: type):
+        self.cls = cls
+
+    def __getitem__(self, key: str) -> type:
+        return self.cls
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        pass
+
+
+class _ModuleNames:
+    """A user module's names, watched together (``NamesSnapshot``) but those in ``deep``, watched one by one."""
+
+    def __init__(self, namespace: dict[str, Any]):
+        self.namespace = namespace
+        self.module = namespace.get("__name__", "?")
+        self.deep: frozenset[str] = frozenset()
+
+    def __getitem__(self, key: str) -> "_ModuleNames":
+        return self  # nothing in it for the write locator
+
+
+def _rng_state() -> tuple[int, torch.Tensor]:
+    return torch.initial_seed(), torch.get_rng_state()
+
+
 #: Process-wide state that a forked task must not change: name -> (read, write).
 _PROCESS_STATE: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
-    RNG: (torch.get_rng_state, torch.set_rng_state),
+    RNG: (_rng_state, lambda state: torch.set_rng_state(state[1])),  # the state holds the seed
     "Python default RNG": (random.getstate, random.setstate),
     "numpy default RNG": (numpy.random.get_state, numpy.random.set_state),
     "torch default dtype": (torch.get_default_dtype, torch.set_default_dtype),
     "torch default device": (torch.get_default_device, torch.set_default_device),
-    "torch intra-op threads": (torch.get_num_threads, torch.set_num_threads),
     "torch deterministic algorithms": (torch.are_deterministic_algorithms_enabled, torch.use_deterministic_algorithms),
+    "torch float32 matmul precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+    "torch anomaly detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
 }
 
-#: torch's per-thread state: only the thread that ran the code sees a change (``GlobalWatch.run``).
+#: ``torch.backends`` flags, by their path under ``torch.backends`` (``cuda.matmul.allow_tf32`` is the matmul precision).
+_BACKEND_FLAGS = ("cudnn.enabled", "cudnn.benchmark", "cudnn.deterministic", "cudnn.allow_tf32", "mkldnn.enabled",
+                  "mkldnn.deterministic", "opt_einsum.enabled", "opt_einsum.strategy",
+                  "cuda.matmul.allow_fp16_reduced_precision_reduction",
+                  "cuda.matmul.allow_bf16_reduced_precision_reduction")
+
+
+def _backend_flag(path: str) -> tuple[Callable[[], Any], Callable[[Any], Any]]:
+    *owners, name = path.split(".")
+    holder = functools.reduce(getattr, owners, torch.backends)
+    return (lambda: getattr(holder, name)), (lambda value: setattr(holder, name, value))
+
+
+_PROCESS_STATE.update((f"torch.backends.{path}", _backend_flag(path)) for path in _BACKEND_FLAGS)
+_PROCESS_STATE["torch.backends.mha fast path"] = (torch.backends.mha.get_fastpath_enabled,
+                                                   torch.backends.mha.set_fastpath_enabled)
+
+#: torch's per-thread state: only the thread that ran the code sees a change (``GlobalWatch.run``). The intra-op
+#: thread count is the calling thread's, and what threads started later get.
 _THREAD_STATE: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
     "torch grad mode": (torch.is_grad_enabled, torch.set_grad_enabled),
+    "torch intra-op threads": (torch.get_num_threads, torch.set_num_threads),
 }
 
 
 def process_state() -> dict[str, Any]:
-    """The process-wide state (and this thread's torch state) a forked task must not change."""
-    return {name: read() for name, (read, _) in {**_PROCESS_STATE, **_THREAD_STATE}.items()}
+    """The process-wide state a forked task must not change."""
+    return {name: read() for name, (read, _) in _PROCESS_STATE.items()}
 
 
 def _same(then: Any, now: Any) -> bool:
@@ -186,28 +265,33 @@ def _same(then: Any, now: Any) -> bool:
         return torch.equal(then, now)
     if isinstance(then, numpy.ndarray):
         return numpy.array_equal(then, now)
-    if isinstance(then, tuple):  # RNG states
-        return len(then) == len(now) and all(map(_same, then, now))
+    if isinstance(then, tuple) and any(isinstance(item, (torch.Tensor, numpy.ndarray)) for item in then):
+        return len(then) == len(now) and all(map(_same, then, now))  # RNG states
     return then == now
 
 
 def _state_change(name: str, then: Any, now: Any) -> str:
+    if name == RNG and (then[0] != now[0] or torch.equal(now[1], torch.Generator().manual_seed(now[0]).get_state())):
+        return f"was reseeded (torch.manual_seed({now[0]}))"
     return "was advanced (random numbers were drawn)" if name.endswith("RNG") else f"changed from {then} to {now}"
 
 
 class GlobalWatch:
-    """Python globals and closure cells the code refers to, and process-wide state: torch's, and the Python and
+    """The state the code can reach (``referenced_globals``): Python globals, closure cells, user classes and
+    modules' names; and process-wide state: torch's (RNG, settings, ``torch.backends`` flags) and the Python and
     numpy default RNGs."""
 
     def __init__(self, slots: Mapping[str, tuple[Any, str]]):
         self.slots = dict(slots)
-        self.snapshots = {name: snapshot(ns[key]) for name, (ns, key) in self.slots.items()}
+        self.snapshots = {name: NamesSnapshot.take(ns.namespace, ns.deep) if isinstance(ns, _ModuleNames)
+                          else snapshot(ns[key]) for name, (ns, key) in self.slots.items()}
         self.process = process_state()
         self.thread_changes: dict[str, list[str]] = {}
 
     def run(self, call: Callable[[], Any]) -> Any:
-        """``call()`` on this thread, watching this thread's torch state too (grad mode is per thread), and putting
-        it back afterwards."""
+        """``call()`` on this thread, watching this thread's torch state too (grad mode, intra-op threads), and
+        putting it back on this thread afterwards (a thread count set here would also reach threads started
+        later)."""
         before = {name: read() for name, (read, _) in _THREAD_STATE.items()}
         try:
             return call()
@@ -221,6 +305,10 @@ class GlobalWatch:
     def changed(self) -> dict[str, list[str]]:
         changed = {}
         for name, (ns, key) in self.slots.items():
+            if isinstance(ns, _ModuleNames):
+                changed.update((f"{ns.module}.{global_name}", changes)
+                               for global_name, changes in self.snapshots[name].changed().items())
+                continue
             changes = self.snapshots[name].changes(ns[key])
             if changes:
                 changed[name] = changes
@@ -232,21 +320,26 @@ class GlobalWatch:
 
     def findings(self, tasks: list[int], locate: Locate = _no_location, default_location: str = "") -> list[Finding]:
         return [
-            _finding("global-mutation", self._subject(name), name, changes, tasks, locate, default_location)
+            _finding("global-mutation", self._subject(name), name, changes, tasks,
+                     _no_location if changes[0].startswith("was reseeded") else locate, default_location)
             for name, changes in self.changed().items()
         ]
 
     def _subject(self, name: str) -> str:
-        if name not in self.slots:
+        if name in _PROCESS_STATE or name in _THREAD_STATE:
             return name
-        return f"{'closure variable' if isinstance(self.slots[name][0], _CellSlot) else 'global'} {name!r}"
+        namespace = self.slots.get(name, (None,))[0]
+        kind = {_CellSlot: "closure variable", _ClassSlot: "class"}.get(type(namespace), "global")
+        return f"{kind} {name!r}"
 
     def restore(self) -> None:
-        """Put globals (their contents too) and process-wide state back as they were."""
+        """Put globals (their contents too), classes, modules' names and process-wide state back as they were."""
         for name, (ns, key) in self.slots.items():
             snap = self.snapshots[name]
-            if snap.changes(ns[key]):
+            if isinstance(ns, _ModuleNames):
+                snap.restore()
+            elif snap.changes(ns[key]):
                 ns[key] = snap.restore()
-        for name, (read, write) in {**_PROCESS_STATE, **_THREAD_STATE}.items():
+        for name, (read, write) in _PROCESS_STATE.items():
             if not _same(self.process[name], read()):
                 write(self.process[name])

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from ..findings import Finding
 from ..observe import END, FORK, JOIN, Access, AccessLog, Sync
+from ..task_names import task_name
 
 MAX_RANGES = 64  # byte ranges remembered per task and storage; older ones are forgotten (a race may be missed)
 MAX_FINDINGS = 8  # race findings per run: one per storage
@@ -188,10 +189,9 @@ def _verb(access: Access) -> str:
 def _task_name(task: int, hb: HappensBefore, log: AccessLog) -> str:
     parent = hb.parent.get(task)
     if parent is None or parent == 0:
-        return f"task {task}"
+        return task_name(task)
     fork = next((s for s in log.syncs if s.kind == FORK and s.child == task), None)
-    where = f" at {fork.location}" if fork is not None and fork.location else ""
-    return f"task {task} (forked by task {parent}{where})"
+    return task_name(task) + (f" (forked at {fork.location})" if fork is not None and fork.location else "")
 
 
 def _side(access: Access) -> dict[str, Any]:

@@ -107,6 +107,7 @@ class _PointsTo:
         self.steps: list[_Step] = []
         self.outer: dict[tuple[int, int], Any] = {}  # fork-subgraph input -> (graph index, value passed to the fork)
         self.rebound: set[str] = set()  # attribute names some prim::SetAttr assigns: never folded to constants
+        self.sites: dict[int, str] = {}  # fork subgraph -> the line of the user's code that forks it
         self.pts: dict[tuple[int, int], set[_Obj]] = {}
         self.stored: dict[_Obj, set[_Obj]] = {}
         self.changed = False
@@ -127,6 +128,7 @@ class _PointsTo:
             if node.kind() in _FORKS:  # analyse the forked body too, on its own inlined copy
                 sub = _inlined(node.g("Subgraph"))
                 sid = len(self.graphs)
+                self.sites[sid] = _user_site(_location(node)) or self.sites.get(gid, "")
                 for value, passed in zip(sub.inputs(), node.inputs()):
                     self.outer[(sid, value.unique())] = (gid, passed)
                 extra = (self.collect(sub), sub)
@@ -276,7 +278,8 @@ class _PointsTo:
         for step in self.steps:
             for value, op, obj, name in self._writes(step):
                 kind = "attribute-mutation" if obj.kind == "attr" else "input-mutation"
-                loc = _location(step.node)
+                loc = _location(step.node)  # inlined torch code (a Module's forward) reads as its user's fork
+                loc = _user_site(loc) or self.sites.get(step.gid) or loc
                 key = (kind, name, op, loc)
                 if key in found and not found[key].detail.get("via"):
                     continue
@@ -359,6 +362,13 @@ def _location(node) -> str:
         else:
             node = node.prev()
     return ""
+
+
+def _user_site(location: str) -> str:
+    """``location`` when it is in the user's code, else ``""``."""
+    from ..locate import in_user_code
+
+    return location if location and in_user_code(location.rpartition(":")[0]) else ""
 
 
 def _finding(kind, name, op, loc, via, value) -> Finding:

@@ -22,13 +22,15 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..coverage import statement
 from ..findings import KINDS, VERDICTS
-from .terminal import pool_shown, replay_command
+from ..task_names import task_name
+from .terminal import pool_shown, reason, relative, replay_command, replay_outcome, replay_what
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _MUTATIONS = ("input-mutation", "attribute-mutation", "global-mutation")
 _ENGINES = {
-    "script": "TorchScript runtime",
+    "script": "the TorchScript runtime",
     "eager": "forkcheck's controlled scheduler",
 }
 _SNIPPET_CONTEXT = 2  # lines shown either side of a finding's line
@@ -75,39 +77,50 @@ def _csp_hash(text: str) -> str:
 # --- the view model: plain dicts the template only lays out ----------------------------------------------------
 
 class _Page:
-    """Turns the report into what the template shows: counts, anchors, snippets, timelines, heatmaps."""
+    """Turns the report into what the template shows: counts, anchors, snippets, timelines, heatmaps, sentences."""
 
     def __init__(self, report: Mapping[str, Any]):
         self.report = report
-        self.sources = _SourceCache()
+        self.root = str(report.get("rootdir") or "")
+        self.command = str(report.get("command") or "pytest")
+        self.run_at = str(report.get("run_at") or "")
+        self.sources = _SourceCache(self.root)
         self.ids: set[str] = set()
         self.first_of_kind: dict[str, str] = {}
+
+    def rel(self, text: Any) -> str:
+        return relative(_readable(text), self.root)
 
     def build(self) -> dict[str, Any]:
         style = (_TEMPLATES / "report.css").read_text(encoding="utf-8")
         script = (_TEMPLATES / "report.js").read_text(encoding="utf-8")
-        items = [self._item(row) for row in self.report.get("results", [])]
+        rows = [row for row in self.report.get("results", []) if isinstance(row, Mapping)]
+        items = [self._item(row) for row in rows]
         verdicts = {v: sum(item["verdict"] == v for item in items) for v in VERDICTS}
         by_kind = {k: 0 for k in KINDS}
         for item in items:
             for finding in item["findings"]:
                 by_kind[finding["kind"]] = by_kind.get(finding["kind"], 0) + 1
         kinds = [{"kind": k, "count": n, "href": "#" + self.first_of_kind[k]} for k, n in by_kind.items() if n]
+        wall = self.report.get("wall_s")
         return {
             "style": style, "script": script,
             "csp": (f"default-src 'none'; style-src {_csp_hash(style)}; script-src {_csp_hash(script)}; "
                     "img-src data:; base-uri 'none'; form-action 'none'"),
             "forkcheck": str(self.report.get("forkcheck", "")), "torch": str(self.report.get("torch", "")),
             "seed": self.report.get("seed"), "complete": bool(self.report.get("complete", True)),
+            "run_at": _when(self.run_at),
             "items": items,
             "attention": [item for item in items if item["verdict"] in ("fail", "error")],
             "verdicts": verdicts, "kinds": kinds,
             "total": len(items),
             "targets": sum(item["kind"] == "target" for item in items),
             "tests": sum(item["kind"] == "test" for item in items),
-            "examples": sum(_number(row.get("examples")) for row in self.report.get("results", [])),
-            "schedules": sum(_number(row.get("schedules")) for row in self.report.get("results", [])),
-            "duration": _duration(sum(_number(row.get("duration_s")) for row in self.report.get("results", []))),
+            "examples": sum(_number(row.get("examples")) for row in rows),
+            "schedules": sum(_number(row.get("schedules")) for row in rows),
+            "wall": _duration(_number(wall)) if _number(wall) else "",
+            "duration": _duration(sum(_number(row.get("duration_s")) for row in rows)),
+            "earlier": sum(item["earlier"] != "" for item in items),
             "all_kinds": [k for k in by_kind if by_kind[k]],
         }
 
@@ -122,58 +135,195 @@ class _Page:
         nodeid = str(row.get("nodeid") or row.get("target") or "?")
         verdict = row.get("verdict") if row.get("verdict") in VERDICTS else "error"
         anchor = self._unique("t-" + _slug(nodeid))
-        findings = [self._finding(anchor, i, f, row) for i, f in enumerate(row.get("findings") or [])]
-        tokens = list(dict.fromkeys(f["replay"] for f in findings if f["replay"]))
+        findings = [self._finding(anchor, i, f, row) for i, f in enumerate(row.get("findings") or [])
+                    if isinstance(f, Mapping)]
         engine = str(row.get("engine") or "")
-        stats = dict(row.get("stats") or {})
+        stats = dict(row.get("stats") or {}) if isinstance(row.get("stats"), Mapping) else {}
         pools = stats.pop("pool_sizes", None)
-        replay_with = str(stats.pop("replay_with", "") or "")
+        replays = self._replays(nodeid, findings, str(stats.pop("replay_with", "") or ""))
+        coverage = statement(stats.pop("coverage", None) or {})
+        run_at = str(row.get("run_at") or "")
+        replay_run = row.get("replay_run")
         return {
-            "id": anchor, "nodeid": nodeid, "target": str(row.get("target") or ""),
+            "id": anchor, "nodeid": nodeid, "nodeid_parts": re.split(r"(?<=/)|(?<=::)", nodeid),
+            "target": str(row.get("target") or ""),
             "kind": str(row.get("kind") or "target"), "verdict": verdict,
             "engine": engine, "engine_name": _ENGINES.get(engine, engine),
-            "engine_reason": str(row.get("engine_reason") or ""),
-            "examples": _number(row.get("examples")), "schedules": _number(row.get("schedules")),
-            "duration": _duration(_number(row.get("duration_s"))),
-            "stats": [(str(k), _text(v)) for k, v in stats.items()],
+            "engine_reason": self.rel(reason(row.get("engine_reason") or "")),
+            "counts": _counts(row, stats),
+            "stats": self._stats(row, stats),
             "pools": _pools(pools) if isinstance(pools, Mapping) else [],
+            "coverage": coverage,
             "findings": findings,
             "finding_kinds": " ".join(dict.fromkeys(f["kind"] for f in findings)),
-            "failing_input": [(str(k), _text(v)) for k, v in (row.get("failing_input") or {}).items()],
-            "error": str(row.get("error") or ""),
-            "replays": [replay_command(nodeid, token, replay_with) for token in tokens],
+            "failing_input": [(str(k), self.rel(v)) for k, v in (row.get("failing_input") or {}).items()],
+            "input_title": "Replayed input" if stats.get("replays") else "Minimal failing input",
+            "error": self.rel(row.get("error") or ""),
+            "replays": replays,
+            "replayed": self._replayed(replay_run) if isinstance(replay_run, Mapping) else None,
+            "run_at": _when(run_at),
+            "earlier": _when(run_at) if run_at and self.run_at and run_at < self.run_at and not (
+                isinstance(replay_run, Mapping) and replay_run.get("run_at") == self.run_at) else "",
         }
+
+    def _replays(self, nodeid: str, findings: list[dict], replay_with: str = "") -> list[dict[str, str]]:
+        """The first finding's replay, labelled; then each finding whose own replay differs, labelled by it
+        (``replay_with``: the row's own replay command, see ``replay_command``)."""
+        shown: list[dict[str, str]] = []
+        first = next((f for f in findings if f["replay"]), None)
+        if first is None:
+            return shown
+        shown.append({"label": f"reruns the example of the first finding ({first['kind']})", "href": "",
+                      "command": replay_command(nodeid, first["replay"], self.command, replay_with)})
+        seen = {first["replay"]}
+        for number, finding in enumerate(findings, 1):
+            if finding["replay"] and finding["replay"] not in seen:
+                seen.add(finding["replay"])
+                shown.append({"label": f"reruns the example of finding {number} ({finding['kind']})",
+                              "command": replay_command(nodeid, finding["replay"], self.command, replay_with),
+                              "href": "#" + finding["id"]})
+        return shown
+
+    def _replayed(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A replay's row, shown beside the row it replays: when, what it ran, how often the failure came back."""
+        replays = (row.get("stats") or {}).get("replays") if isinstance(row.get("stats"), Mapping) else None
+        replays = replays if isinstance(replays, Mapping) else {}
+        findings = [f for f in row.get("findings") or [] if isinstance(f, Mapping)]
+        return {"when": _when(str(row.get("run_at") or "")), "verdict": str(row.get("verdict") or ""),
+                "what": replay_what(replays) if replays else "the failing example",
+                "outcome": replay_outcome(replays) if replays else self.rel(row.get("error") or row.get("verdict")),
+                "kinds": ", ".join(dict.fromkeys(str(f.get("kind")) for f in findings))}
+
+    def _stats(self, row: Mapping[str, Any], stats: dict[str, Any]) -> list[tuple[str, str]]:
+        """The item's statistics as short labelled phrases (never a Python literal)."""
+        shown: list[tuple[str, str]] = []
+        if row.get("duration_s") is not None:
+            shown.append(("check time", _duration(_number(row.get("duration_s")))))
+        if "seed" in stats:
+            shown.append(("seed", self.rel(stats.pop("seed"))))
+        replays = stats.pop("replays", None)
+        if isinstance(replays, Mapping):
+            shown.append(("replay", f"{replay_what(replays)}: {replay_outcome(replays)}"))
+        interleavings, switches = stats.pop("interleavings", None), stats.pop("switches", None)
+        if interleavings:
+            shown.append(("interleavings", f"{interleavings} distinct" +
+                          (f", {switches} task switches" if switches else "")))
+        for key in ("failed_after", "wrong_outcome_after"):
+            value = stats.pop(key, None)
+            if isinstance(value, int) and value > 0:
+                what = "first finding" if key == "failed_after" else "first wrong outcome"
+                shown.append((what, f"after {_plural(value, 'schedule')}"))
+        stats.pop("found_by", None)  # said by the counts
+        if stats.get("pool_size"):
+            shown.append(("inter-op pool", _plural(_number(stats.pop("pool_size")), "thread")))
+        for key, value in stats.items():
+            shown.append((key.replace("_", " "), self.rel(value)))
+        if row.get("run_at"):
+            shown.append(("run", _when(str(row["run_at"]))))
+        return shown
 
     def _finding(self, target_anchor: str, index: int, data: Mapping[str, Any], row: Mapping[str, Any]) -> dict:
         kind = str(data.get("kind") or "?")
         anchor = self._unique(f"{target_anchor}--{_words(kind)}-{index + 1}")
         self.first_of_kind.setdefault(kind, anchor)
-        detail = dict(data.get("detail") or {})
+        detail = dict(data.get("detail") or {}) if isinstance(data.get("detail"), Mapping) else {}
         location = str(data.get("location") or "")
         path, line = _split_location(location)
         tasks = [t for t in (data.get("tasks") or []) if isinstance(t, int) and not isinstance(t, bool)]
-        shown = {"name", "op", "changes", "differences", "traceback", "events", "diff"}
+        tensor, changes = _tensor_facts(kind, detail, row) if kind in _MUTATIONS else ([], detail.get("changes"))
         return {
-            "id": anchor, "kind": kind, "message": str(data.get("message") or ""),
-            "location": location, "location_short": _short_path(path) + (f":{line}" if line else ""),
+            "id": anchor, "kind": kind, "message": self.rel(data.get("message") or ""),
+            "location": location,
+            "location_short": self.rel(_short_path(path, self.root)) + (f":{line}" if line else ""),
             "snippet": self.sources.snippet(path, line) if line else None,
-            "tasks": tasks, "replay": str(data.get("replay") or ""),
+            "tasks": [task_name(t) for t in tasks], "replay": str(data.get("replay") or ""),
             "static": detail.get("source") == "static",
-            "name": _text(detail.get("name", "")), "op": _text(detail.get("op", "")),
-            "changes": [_text(c) for c in detail.get("changes") or []],
-            "differences": [_text(d) for d in detail.get("differences") or []],
-            "traceback": _text(detail.get("traceback", "")),
-            "tensor": _tensor_facts(kind, detail, row) if kind in _MUTATIONS else None,
+            "tensor": [(k, self.rel(v)) for k, v in tensor],
+            "changes": [self.rel(c) for c in changes or []],
+            "differences": [self.rel(d) for d in detail.get("differences") or []],
+            "traceback": self.rel(detail.get("traceback", "")),
             "heatmap": _heatmap(detail.get("diff")),
-            "timeline": _timeline(kind, tasks, detail, line),
-            "facts": [(str(k), _text(v)) for k, v in detail.items() if k not in shown],
+            "timeline": self._paths_relative(_timeline(kind, tasks, detail, line)),
+            "accesses": self._accesses(_conflicts(detail) or detail.get("accesses")),
+            "details": self._details(detail),
         }
+
+    def _paths_relative(self, timeline: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        for mark in (timeline or {}).get("marks", []):
+            mark["title"], mark["label"] = self.rel(mark["title"]), self.rel(mark["label"])
+        return timeline
+
+    def _accesses(self, accesses: Any) -> list[dict[str, str]]:
+        """The two conflicting accesses of a race, one table row each."""
+        if not isinstance(accesses, list):
+            return []
+        rows = []
+        for access in accesses:
+            if isinstance(access, Mapping):
+                task = access.get("task")
+                rows.append({"task": task_name(task) if isinstance(task, int) else self.rel(task),
+                             "verb": _VERBS.get(str(access.get("kind")), self.rel(access.get("kind") or "")),
+                             "op": self.rel(access.get("op") or ""),
+                             "where": self.rel(access.get("location") or "")})
+        return rows
+
+    def _details(self, detail: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """What else the oracle said, as labelled sentences: task pairs, pool sizes, the rest made readable."""
+        said = {"name", "op", "changes", "differences", "traceback", "events", "diff", "accesses", "storage", "ops",
+                "locations", "outputs_affected", "source"}
+        shown: list[tuple[str, str]] = []
+        pairs = detail.get("task_pairs")
+        if isinstance(pairs, list) and pairs:
+            shown.append(("tasks that race", "; ".join(" and ".join(task_name(t) if isinstance(t, int) else
+                                                                     self.rel(t) for t in pair)
+                                                       for pair in pairs if isinstance(pair, list))))
+        others = detail.get("other_pairs")
+        if isinstance(others, list) and others:
+            shown.append(("other racing ops", "; ".join(
+                " and ".join(self.rel(o) for o in pair) if isinstance(pair, list) else self.rel(pair)
+                for pair in others)))
+        sizes = detail.get("pool_sizes")
+        if isinstance(sizes, list) and sizes:
+            shown.append(("shown with", "an inter-op pool of 1 thread" if sizes == [1] else
+                          f"inter-op pools of {_and([str(s) for s in sizes])} threads"))
+        if detail.get("via"):
+            shown.append(("via", f"{self.rel(detail['via'])}, which can return its input itself"))
+        if detail.get("timeout_s") is not None:
+            shown.append(("timeout", f"{self.rel(detail['timeout_s'])} s"))
+        if isinstance(detail.get("order"), list):
+            order = detail["order"]
+            shown.append(("task order", " ".join(self.rel(t) for t in order[:40]) + (" ..." if len(order) > 40
+                                                                                       else "")))
+        for key, value in detail.items():
+            if key not in said and key not in ("task_pairs", "other_pairs", "pool_sizes", "via", "timeout_s",
+                                               "order"):
+                shown.append((key.replace("_", " "), self.rel(value)))
+        return shown
+
+
+def _conflicts(detail: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The conflicting accesses in the order the timeline draws (and numbers) them."""
+    events = detail.get("events")
+    return [e for e in events[:_MAX_EVENTS] if isinstance(e, Mapping) and e.get("conflict")] \
+        if isinstance(events, list) else []
+
+
+def _counts(row: Mapping[str, Any], stats: Mapping[str, Any]) -> str:
+    """What was run, in words: a failure the serial run showed is said so, not as "0 schedules"."""
+    examples, schedules = int(_number(row.get("examples"))), int(_number(row.get("schedules")))
+    if stats.get("found_by") == "serial run":
+        return (f"the serial run (forks inline) showed it on example {examples or 1}, before any concurrent "
+                "schedule")
+    if not examples and not schedules:
+        return ""
+    return f"{_plural(examples, 'example')}, {_plural(schedules, 'concurrent schedule')}"
 
 
 def _pools(per_size: Mapping[str, Any]) -> list[dict[str, str]]:
     """Rows of the per-pool-size table: what each size's share of the schedules showed."""
-    return [{"size": str(size), "verdict": _text(summary.get("verdict", "")),
-             "schedules": _text(summary.get("schedules", "")), "shown": pool_shown(summary)}
+    return [{"size": _plural(int(size) if str(size).isdigit() else 0, "thread") if str(size).isdigit()
+             else _readable(size),
+             "verdict": _readable(summary.get("verdict", "")), "shown": pool_shown(summary)}
             for size, summary in per_size.items() if isinstance(summary, Mapping)]
 
 
@@ -181,11 +331,39 @@ def _number(value: Any) -> float:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-def _text(value: Any) -> str:
-    """A JSON value as the page shows it (strings as they are, lists and dicts as Python writes them)."""
+def _plural(n: float, word: str) -> str:
+    n = int(n) if float(n).is_integer() else n
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1] if words else ""
+
+
+def _readable(value: Any) -> str:
+    """A JSON value in words: strings as they are, yes/no, lists joined with commas, mappings as ``key: value``;
+    never a Python literal."""
     if isinstance(value, str):
         return value
-    return str(value) if isinstance(value, (int, float)) else repr(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Mapping):
+        return "; ".join(f"{str(k).replace('_', ' ')}: {_readable(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_readable(v) for v in value)
+    return str(value)
+
+
+def _when(stamp: str) -> str:
+    """``2026-12-01T19:57:03Z`` as ``2026-12-01 19:57 UTC``."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d)(?::\d\d)?Z", stamp or "")
+    return f"{match.group(1)} {match.group(2)} UTC" if match else stamp
 
 
 def _duration(seconds: float) -> str:
@@ -209,28 +387,33 @@ def _split_location(location: str) -> tuple[str, int]:
     return (path, int(line)) if path and line.isdigit() else (location, 0)
 
 
-def _short_path(path: str) -> str:
-    """Relative to the current directory when inside it (the run's root), else as written."""
+def _short_path(path: str, root: str = "") -> str:
+    """Relative to the run's root (else the current directory) when inside it, else as written."""
     if not os.path.isabs(path):
         return path
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive
-        return path
-    return path if relative.startswith("..") else relative
+    for base in filter(None, (root, os.getcwd())):
+        try:
+            relative_path = os.path.relpath(path, base)
+        except ValueError:  # another drive
+            continue
+        if not relative_path.startswith(".."):
+            return relative_path
+    return path
 
 
 class _SourceCache:
-    """Lines of the user's Python files, read once per render; only ``.py`` files, so a report cannot leak others."""
+    """Lines of the user's Python files, read once per render; only ``.py`` files, so a report cannot leak others.
+    A relative path is read from the run's root."""
 
-    def __init__(self):
+    def __init__(self, root: str = ""):
+        self.root = root
         self.files: dict[str, Optional[list[str]]] = {}
 
     def lines(self, path: str) -> Optional[list[str]]:
         if path not in self.files:
             self.files[path] = None
             try:
-                file = Path(path)
+                file = Path(path) if os.path.isabs(path) or not self.root else Path(self.root) / path
                 if file.suffix == ".py" and file.is_file() and file.stat().st_size <= _MAX_SOURCE_BYTES:
                     self.files[path] = file.read_text(encoding="utf-8", errors="replace").splitlines()
             except OSError:
@@ -252,39 +435,51 @@ _CHANGED = re.compile(r"(\d+) of (\d+) elements changed, first at index (\[[^\]]
 _SHAPE = re.compile(r"\(shape (\[[^\]]*\]), (torch\.\w+)\)\s*$")
 
 
-def _tensor_facts(kind: str, detail: Mapping[str, Any], row: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Name, shape, dtype, changed elements, largest change, first changed index: from ``diff`` or the texts."""
+def _tensor_facts(kind: str, detail: Mapping[str, Any], row: Mapping[str, Any]) -> tuple[list[tuple[str, str]],
+                                                                                        list[str]]:
+    """Name, shape, dtype, changed elements, largest change, first changed index (from ``diff`` or the oracle's
+    texts), and the change texts the table does not already say."""
     diff = detail.get("diff") if isinstance(detail.get("diff"), Mapping) else {}
+    changes = [str(c) for c in detail.get("changes") or []]
     facts: dict[str, str] = {}
     if detail.get("name"):
-        facts["name"] = _text(detail["name"])
+        facts["name"] = _readable(detail["name"])
     if detail.get("op"):
-        facts["first write"] = _text(detail["op"])
+        facts["first write"] = _readable(detail["op"])
     if diff.get("shape") is not None:
-        facts["shape"] = _text(list(diff["shape"]) if isinstance(diff["shape"], (list, tuple)) else diff["shape"])
+        shape = diff["shape"]
+        facts["shape"] = " × ".join(map(str, shape)) if isinstance(shape, (list, tuple)) else _readable(shape)
     if diff.get("dtype"):
-        facts["dtype"] = _text(diff["dtype"])
+        facts["dtype"] = _readable(diff["dtype"])
     if kind == "input-mutation" and "shape" not in facts:
         shape = _SHAPE.search(str((row.get("failing_input") or {}).get(detail.get("name"), "")))
         if shape:
-            facts["shape"], facts["dtype"] = shape.group(1), shape.group(2)
+            facts["shape"] = " × ".join(shape.group(1).strip("[]").split(", ")) or "scalar"
+            facts["dtype"] = shape.group(2)
     if diff.get("changed") is not None:
         facts["changed elements"] = f"{diff['changed']}" + (f" of {diff['numel']}" if diff.get("numel") else "")
     if diff.get("max_abs") is not None:
-        facts["largest absolute change"] = f"{diff['max_abs']:.6g}" if isinstance(diff["max_abs"], float) \
-            else _text(diff["max_abs"])
+        facts["largest absolute change"] = _readable(diff["max_abs"])
     if diff.get("first"):
-        facts["first changed indices"] = ", ".join(_text(i) for i in list(diff["first"])[:5])
-    if "changed elements" not in facts:
-        for change in detail.get("changes") or []:
-            match = _CHANGED.search(str(change))
-            if match:
-                facts["changed elements"] = f"{match.group(1)} of {match.group(2)}"
-                facts["first changed indices"] = match.group(3)
-                if match.group(4):
-                    facts["largest absolute change"] = match.group(4)
-                break
-    return list(facts.items())
+        facts["first changed indices"] = "; ".join(_index(i) for i in list(diff["first"])[:5])
+    remaining = []
+    for change in changes:
+        match = _CHANGED.search(change)
+        if match and "changed elements" not in facts:
+            facts["changed elements"] = f"{match.group(1)} of {match.group(2)}"
+            facts["first changed index"] = _index(match.group(3))
+            if match.group(4):
+                facts["largest absolute change"] = match.group(4)
+        elif not match:
+            remaining.append(change)
+    return list(facts.items()), remaining
+
+
+def _index(index: Any) -> str:
+    """A tensor index as ``[0, 1]`` reads: ``(0, 1)``; the index of a 0-d tensor is ``the only element``."""
+    parts = index if isinstance(index, (list, tuple)) else str(index).strip("[]").split(",")
+    parts = [str(p).strip() for p in parts if str(p).strip()]
+    return "the only element" if not parts else parts[0] if len(parts) == 1 else f"({', '.join(parts)})"
 
 
 def _heatmap(diff: Any) -> Optional[dict[str, Any]]:
@@ -313,8 +508,11 @@ _TOP = 26
 _LEFT = 76
 
 
+_VERBS = {"write": "writes", "read": "reads"}
+
+
 def _lane_label(task: int) -> str:
-    return "main" if task == 0 else f"task {task}"
+    return task_name(task)
 
 
 def _timeline(kind: str, tasks: list[int], detail: Mapping[str, Any], line: int) -> Optional[dict[str, Any]]:
@@ -330,7 +528,7 @@ def _lane_timeline(kind: str, tasks: list[int], detail: Mapping[str, Any], line:
     """No recorded events: main forks every task, each runs, main waits; the involved tasks carry the mark."""
     count = min(max(max(tasks), 1), _MAX_LANES)
     involved = set(tasks)
-    op = _text(detail.get("op") or "")
+    op = _readable(detail.get("op") or "")
     where = f"line {line}" if line else ""
     if kind in _MUTATIONS:
         label = " · ".join(p for p in (op or f"writes {detail.get('name', '')}".strip(), where) if p)
@@ -340,24 +538,27 @@ def _lane_timeline(kind: str, tasks: list[int], detail: Mapping[str, Any], line:
         label = " · ".join(p for p in ("raised", where) if p)
     else:
         label = " · ".join(p for p in (op or kind, where) if p)
-    width, y_main = 560, _TOP
+    width, y_main = max(320, _LEFT + 60 + 32 * count), _TOP  # a few tasks fit a phone's width
     lanes = [{"y": y_main, "label": "main", "x1": _LEFT, "x2": width - 16, "involved": 0 in involved}]
     arrows, marks = [], []
     for task in range(1, count + 1):
         y = _TOP + task * _LANE_GAP
         x_fork, x_wait = _LEFT + 20 + 16 * (task - 1), width - 40 - 16 * (count - task)
         lanes.append({"y": y, "label": _lane_label(task), "x1": x_fork, "x2": x_wait, "involved": task in involved})
-        arrows.append({"kind": "fork", "x1": x_fork, "y1": y_main, "x2": x_fork, "y2": y - 4})
-        arrows.append({"kind": "wait", "x1": x_wait, "y1": y, "x2": x_wait, "y2": y_main + 4})
+        first = task == 1  # the first pair of arrows says what they are; the legend says it for all
+        arrows.append({"kind": "fork", "x1": x_fork, "y1": y_main, "x2": x_fork, "y2": y - 4,
+                       "label": "fork" if first else "", "lx": x_fork + 4, "ly": (y_main + y) // 2 + 4})
+        arrows.append({"kind": "wait", "x1": x_wait, "y1": y, "x2": x_wait, "y2": y_main + 4,
+                       "label": "wait" if first else "", "lx": x_wait - 4, "ly": (y_main + y) // 2 + 4})
         if task in involved:
             x = (x_fork + x_wait) // 2 if kind != "nondeterminism" else x_wait - 60
-            marks.append({"x": x, "y": y, "kind": "conflict", "label": label, "label_y": y - 10,
+            marks.append({"x": x, "y": y, "kind": "conflict", "label": label, "label_y": y + 18,
                           "title": f"{_lane_label(task)}: {label}"})
     if 0 in involved:
         marks.append({"x": width // 2, "y": y_main, "kind": "conflict", "label": label, "label_y": y_main - 10,
                       "title": f"main: {label}"})
     hidden = max(tasks) - count
-    return {"width": width, "height": _TOP + count * _LANE_GAP + 12, "lanes": lanes, "arrows": arrows,
+    return {"width": width, "height": _TOP + count * _LANE_GAP + 26, "lanes": lanes, "arrows": arrows,
             "marks": marks, "note": f"{hidden} more task(s) not drawn" if hidden > 0 else "", "recorded": False}
 
 
@@ -376,6 +577,7 @@ def _event_timeline(events: list[Mapping[str, Any]]) -> dict[str, Any]:
     span: dict[int, list[int]] = {}
     arrows, marks = [], []
     last_label: dict[int, int] = {}
+    numbered = 0
     forked: set[int] = set()  # lanes that start at their fork arrow (the others get a little lead)
 
     def reach(task: int, x: int) -> None:
@@ -389,24 +591,28 @@ def _event_timeline(events: list[Mapping[str, Any]]) -> dict[str, Any]:
         x, y = _LEFT + step * (index + 1), y_of(task)
         reach(task, x)
         kind = str(event.get("kind") or "")
-        op, location = _text(event.get("op") or ""), _text(event.get("location") or "")
+        op, location = _readable(event.get("op") or ""), _readable(event.get("location") or "")
         _, line = _split_location(location)
         if kind in ("fork", "wait") and child in row and child != task:
             reach(child, x)
             down = 1 if y_of(child) > y else -1
+            middle = (y + y_of(child)) // 2 + 4
             if kind == "fork":
                 forked.add(child)
-                arrows.append({"kind": "fork", "x1": x, "y1": y, "x2": x, "y2": y_of(child) - 4 * down})
+                arrows.append({"kind": "fork", "x1": x, "y1": y, "x2": x, "y2": y_of(child) - 4 * down,
+                               "label": "fork", "lx": x + 4, "ly": middle})
             else:
-                arrows.append({"kind": "wait", "x1": x, "y1": y_of(child), "x2": x, "y2": y + 4 * down})
+                arrows.append({"kind": "wait", "x1": x, "y1": y_of(child), "x2": x, "y2": y + 4 * down,
+                               "label": "wait", "lx": x + 4, "ly": middle})
             continue
         conflict = bool(event.get("conflict"))
         shape = "conflict" if conflict else kind if kind in ("write", "fork", "wait") else "read"
         mark = {"x": x, "y": y, "kind": shape, "label": "", "label_y": y - 10,
                 "title": " · ".join(p for p in (_lane_label(task), kind, op, location) if p)}
-        if conflict:
-            mark["label"] = " · ".join(p for p in (op or kind, f"line {line}" if line else "") if p)
-            if x - last_label.get(task, -1000) < 150:  # two labels close on one lane: the second goes below
+        if conflict:  # numbered as the finding lists the accesses: "1 writes", "2 reads"
+            numbered += 1
+            mark["label"] = f"{numbered} {_VERBS.get(kind, kind)}"
+            if x - last_label.get(task, -1000) < 80:  # two labels close on one lane: the second goes below
                 mark["label_y"] = y + 18
             last_label[task] = x
         marks.append(mark)

@@ -1,19 +1,63 @@
-"""Text for the terminal: a failing item's findings, and the end-of-run summary."""
+"""Text for the terminal: a failing item's findings, a replay's outcome, and the end-of-run summary."""
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import sys
 from typing import Any, Iterable, Mapping, Optional
 
+from ..coverage import statement
+from ..task_names import task_names
 
-def replay_command(nodeid: str, token: str, replay_with: str = "") -> str:
-    """The shell command that reruns the failing example: ``replay_with`` and the token when the row says how (a
-    saved model's, see ``forkcheck.cli``), else pytest's; the node id is always quoted (``[`` is a glob)."""
+
+def invocation(argv0: Optional[str] = None, executable: Optional[str] = None) -> str:
+    """How this pytest was started, as the user's shell can run it again: ``.venv/bin/python -m pytest`` when it was
+    started with ``-m pytest``, else the ``pytest`` script (by name when that name finds it on PATH)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    executable = sys.executable if executable is None else executable
+    if os.path.basename(argv0) == "__main__.py" or not os.path.isfile(argv0):  # -m pytest, or python -c
+        return f"{_runnable(executable)} -m pytest"
+    return _runnable(argv0)
+
+
+def _runnable(program: str) -> str:
+    """A program path as a shell runs it: its bare name when PATH finds this very file, else relative to the
+    current directory when inside it, else absolute."""
+    name = os.path.basename(program)
+    found = shutil.which(name)
+    try:
+        if found and os.path.samefile(found, program):
+            return shlex.quote(name)
+    except OSError:
+        pass
+    absolute = os.path.abspath(program)
+    relative = os.path.relpath(absolute)
+    shown = absolute if relative.startswith("..") else relative if os.sep in relative else f".{os.sep}{relative}"
+    return shlex.quote(shown)
+
+
+def replay_command(nodeid: str, token: str, invocation: str = "pytest", replay_with: str = "") -> str:
+    """The shell command that reruns the failing example; the node id is always quoted (``[`` is a glob). A row
+    whose ``stats.replay_with`` says how (a saved model's, see ``forkcheck.cli``) replays with that and the token."""
     if replay_with:
         return f"{replay_with} {shlex.quote(token)}"
     quoted = shlex.quote(nodeid)
     if not quoted.startswith("'"):
         quoted = f"'{nodeid}'"
-    return f"pytest {quoted} --forkcheck-replay {shlex.quote(token)}"
+    return f"{invocation} {quoted} --forkcheck-replay {shlex.quote(token)}"
+
+
+def relative(text: str, rootdir: str) -> str:
+    """``text`` with the run's root directory left out of every path in it (``examples/x.py:3``, not ``/tmp/...``)."""
+    if not rootdir or not text:
+        return text
+    return text.replace(rootdir.rstrip(os.sep) + os.sep, "")
+
+
+def reason(text: str) -> str:
+    """An engine's reason as a clause: one line, without the trailing colon or full stop of a quoted error."""
+    return " ".join(str(text).split()).rstrip(" .:")
 
 
 def _get(record: Any, key: str, default: Any = "") -> Any:
@@ -23,56 +67,94 @@ def _get(record: Any, key: str, default: Any = "") -> Any:
     return getattr(record, key, default)
 
 
-def _replay_with(result: Any) -> str:
-    return (_get(result, "stats", {}) or {}).get("replay_with", "")
-
-
 def _first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "")
 
 
-def failure_text(result: Any) -> str:
-    """The failure section of one item: every finding, the minimal input, the replay command."""
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def replay_outcome(replays: Mapping[str, Any]) -> str:
+    """``reproduced 7 of 10 (5 with a wrong outcome)``."""
+    runs, reproduced, wrong = (int(replays.get(k) or 0) for k in ("runs", "reproduced", "wrong_outcome"))
+    return f"reproduced {reproduced} of {runs}" + (f" ({wrong} with a wrong outcome)" if reproduced else "")
+
+
+def replay_what(replays: Mapping[str, Any]) -> str:
+    """Which example and schedules a replay ran, e.g. ``the failing input and its 3 schedules (portfolio), on an
+    inter-op pool of 2 threads``."""
+    schedules, strategy, pool = replays.get("schedules"), replays.get("strategy"), replays.get("pool_size")
+    what = "the failing input" + (f" and its {_plural(int(schedules), 'schedule')}" if schedules else
+                                  " and its schedules")
+    if strategy:
+        what += f" ({strategy})"
+    if pool:
+        what += f", on an inter-op pool of {_plural(int(pool), 'thread')}"
+    return what
+
+
+def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> str:
+    """The failure section of one item: every finding, the minimal input, the replay command (or, for a replay,
+    what it ran and how often the failure came back)."""
+    target = _get(result, "target")
     if _get(result, "verdict") == "error":
-        return f"{_get(result, 'target')}: {_get(result, 'error')}"
+        return relative(f"{target}: {_get(result, 'error')}", rootdir)
     findings = _get(result, "findings", [])
+    stats = _get(result, "stats", {}) or {}
+    replays = stats.get("replays")
     kinds = ", ".join(dict.fromkeys(_get(f, "kind") for f in findings))
-    lines = [f"not safe to fork: {kinds} in {_get(result, 'target')} "
-             f"({_get(result, 'engine')} engine: {_get(result, 'engine_reason')})"]
+    lines = []
+    if replays:
+        lines.append(f"replayed {replay_what(replays)}, {replays.get('runs', 0)} times: {replay_outcome(replays)}")
+    lines.append(f"not safe to fork: {kinds} in {target} "
+                 f"({_get(result, 'engine')} engine; {reason(_get(result, 'engine_reason'))})")
     for finding in findings:
         lines.append(f"  [{_get(finding, 'kind')}] {_get(finding, 'message')}")
-        where, tasks = _get(finding, "location"), _get(finding, "tasks", [])
+        where, tasks = _get(finding, "location"), task_names(_get(finding, "tasks", []))
         if where or tasks:
-            lines.append(f"      at {where or '?'}" + (f" (tasks {', '.join(map(str, tasks))})" if tasks else ""))
-    per_size = _get(result, "stats", {}).get("pool_sizes")
+            lines.append(f"      at {where or '?'}" + (f" ({', '.join(tasks)})" if tasks else ""))
+    covered = statement(stats.get("coverage") or {})
+    if covered:
+        lines.append(f"coverage: {covered}")
+    per_size = stats.get("pool_sizes")
     if per_size:
         lines.append(f"inter-op pool sizes: {pool_line(per_size)}")
     failing = _get(result, "failing_input", {})
     if failing:
-        lines.append("minimal failing input:")
+        lines.append("replayed input:" if replays else "minimal failing input:")
         lines.extend(f"  {name} = {text}" for name, text in failing.items())
     token = next((_get(f, "replay") for f in findings if _get(f, "replay")), "")
-    if token:
-        lines.append("replay: " + replay_command(_get(result, "nodeid"), token, _replay_with(result)))
-    return "\n".join(lines)
+    if token and not replays:
+        lines.append("replay: " + replay_command(_get(result, "nodeid"), token, invocation,
+                                                 stats.get("replay_with", "")))
+    return relative("\n".join(lines), rootdir)
 
 
-def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[str, Any]]) -> list[str]:
-    """The counts, one line per failing item (first finding, replay command), then where the report is."""
+def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[str, Any]],
+                  invocation: str = "pytest", rootdir: str = "") -> list[str]:
+    """The counts, one line per failing item (first finding, replay command) or replay, then where the report is."""
     results = sorted(results, key=lambda r: r["nodeid"])
     counts = {v: sum(r["verdict"] == v for r in results) for v in ("pass", "fail", "error", "skipped")}
     lines = [", ".join(f"{n} {v}" for v, n in counts.items() if n)]
     for result in results:
+        replays = (result.get("stats") or {}).get("replays")
+        if replays:
+            lines.append(f"REPLAY {result['nodeid']}: {replay_what(replays)}, {replay_outcome(replays)}")
         if result["verdict"] == "error":
             lines.append(f"ERROR {result['nodeid']}: {_first_line(result.get('error') or 'error')}")
+        elif result["verdict"] == "pass" and statement((result.get("stats") or {}).get("coverage") or {}):
+            lines.append(f"PASS {result['nodeid']}: {statement(result['stats']['coverage'])}")
         elif result["verdict"] == "fail" and result["findings"]:
             first = result["findings"][0]
             lines.append(f"FAIL {result['nodeid']} [{first['kind']}] {_first_line(first['message'])}")
-            if first.get("replay"):
-                lines.append(f"  replay: {replay_command(result['nodeid'], first['replay'], _replay_with(result))}")
+            if first.get("replay") and not replays:
+                command = replay_command(result["nodeid"], first["replay"], invocation,
+                                         (result.get("stats") or {}).get("replay_with", ""))
+                lines.append(f"  replay: {command}")
     if paths:
         lines.append(f"report: {paths['html']} (machine-readable: {paths['json']})")
-    return lines
+    return [relative(line, rootdir) for line in lines]
 
 
 def pool_shown(summary: dict[str, Any]) -> str:

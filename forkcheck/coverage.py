@@ -1,0 +1,75 @@
+"""What the schedules of one check covered: distinct interleavings for every strategy, and for ``exhaustive`` whether
+each input's search (``forkcheck.dpor``) was complete. ``stats["coverage"]`` of a result, and the sentence saying it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+#: How interleavings are told apart, per engine.
+BY = {"eager": "the order of conflicting accesses",
+      "script": "the order in which tasks reached the ops that conflicted in each example's first run"}
+
+
+@dataclass
+class Coverage:
+    """Counted over a check: the signatures of its runs (``forkcheck.interleavings``) and its exhaustive searches."""
+
+    engine: str
+    signatures: set[int] = field(default_factory=set)
+    runs: int = 0  # runs with a signature
+    searches: list[dict[str, Any]] = field(default_factory=list)  # one per input explored exhaustively
+
+    def saw(self, run: Mapping[str, Any]) -> None:
+        """A run's ``last_run`` record; its ``trace`` is the signature, when the engine logged the run."""
+        if "trace" in run:
+            self.signatures.add(run["trace"])
+            self.runs += 1
+
+    def explored(self, exploration: Any, stopped: bool) -> None:
+        """An input's search is over (``stopped``: at a failing interleaving)."""
+        self.searches.append({"interleavings": exploration.interleavings, "runs": exploration.runs,
+                              "complete": exploration.complete and not stopped, "stopped": stopped,
+                              "pending": exploration.pending, "diverged": exploration.diverged})
+
+    def stats(self, bound: int, budget: int) -> dict[str, Any]:
+        data: dict[str, Any] = {"interleavings": len(self.signatures), "runs": self.runs, "by": BY.get(self.engine, "")}
+        if self.searches:
+            counts = [s["interleavings"] for s in self.searches]
+            data["exhaustive"] = {
+                "preemptions": bound, "budget": budget, "inputs": len(self.searches),
+                "complete": sum(s["complete"] for s in self.searches), "stopped": any(s["stopped"] for s in self.searches),
+                "per_input": [min(counts), max(counts)], "runs": sum(s["runs"] for s in self.searches),
+                "pending": sum(s["pending"] for s in self.searches if not s["complete"]),
+                "diverged": next((s["diverged"] for s in self.searches if s["diverged"]), ""),
+            }
+        return data
+
+
+def _span(low: int, high: int) -> str:
+    """``4`` or ``4-12`` distinct interleaving(s)."""
+    return f"{low} distinct interleaving" if low == high == 1 else \
+        f"{low if low == high else f'{low}-{high}'} distinct interleavings"
+
+
+def statement(coverage: Mapping[str, Any]) -> str:
+    """One sentence: what a check's schedules covered (``""`` when nothing was counted)."""
+    if not coverage:
+        return ""
+    search = coverage.get("exhaustive")
+    if search:
+        k, n = search["preemptions"], _span(*search["per_input"])
+        inputs = search["inputs"]
+        of = f"of {'the' if inputs == 1 else 'each of'} {inputs} input{'s' * (inputs != 1)}"
+        if search["stopped"]:
+            return (f"exhaustive (≤ {k} preemptions): stopped at a failing interleaving after {search['runs']} runs "
+                    f"({n} explored)")
+        if search["complete"] == inputs:
+            return f"explored all {n} with ≤ {k} preemptions {of} ({search['runs']} runs, DPOR)"
+        why = search["diverged"] or (f"the budget of {search['budget']} runs per input ran out on "
+                                     f"{inputs - search['complete']} of {inputs} inputs, at least {search['pending']} "
+                                     f"choices left untried")
+        return f"explored {n} with ≤ {k} preemptions {of}, not all: {why}"
+    runs = coverage.get("runs", 0)
+    return (f"{runs} schedule{'s' * (runs != 1)} covered {coverage.get('interleavings', 0)} distinct interleaving"
+            f"{'s' * (coverage.get('interleavings', 0) != 1)} (by {coverage.get('by') or 'conflicting accesses'})")

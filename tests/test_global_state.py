@@ -1,0 +1,178 @@
+"""Global state the user's code reaches is watched, through pytest: class variables, namespaces, other user modules'
+globals, names added through ``globals()``, torch's per-thread and backend settings. Each change is a
+``global-mutation`` naming what changed, and is put back; pure code that reads globals, calls helpers or takes a
+module-level lock passes."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from forkcheck.oracles.mutation import GlobalWatch, referenced_globals
+from sources import source
+
+HELPER = """
+import logging
+import threading
+
+COUNT = 0
+TABLE = {"scale": 2}
+LOCK = threading.Lock()
+LOG = logging.getLogger("helper")
+
+def bump():
+    global COUNT
+    COUNT += 1
+
+def scale_of():
+    with LOCK:
+        LOG.debug("read the scale")
+        return TABLE["scale"]
+"""
+
+CHANGES = """
+from types import SimpleNamespace
+import helper
+
+class Counter:
+    n = 0
+
+STATE = SimpleNamespace(n=0)
+
+@fork_safe
+def counts_on_its_class(x: Tensor) -> Tensor:
+    Counter.n += 1
+    return x * 2
+
+@fork_safe
+def counts_on_a_namespace(x: Tensor) -> Tensor:
+    STATE.n += 1
+    return x * 2
+
+@fork_safe
+def calls_a_counting_helper(x: Tensor) -> Tensor:
+    helper.bump()
+    return x * 2
+
+@fork_safe
+def adds_a_global(x: Tensor) -> Tensor:
+    globals()["ADDED"] = 1
+    return x * 2
+
+@fork_safe
+def sets_the_thread_count(x: Tensor) -> Tensor:
+    torch.set_num_threads(3)
+    return x * 2
+
+@fork_safe
+def reseeds(x: Tensor) -> Tensor:
+    torch.manual_seed(3)
+    return x * 2
+
+@fork_safe
+def makes_cudnn_deterministic(x: Tensor) -> Tensor:
+    torch.backends.cudnn.deterministic = True
+    return x * 2
+
+@fork_safe
+def turns_mkldnn_off(x: Tensor) -> Tensor:
+    torch.backends.mkldnn.enabled = False
+    return x * 2
+
+@fork_safe
+def lowers_the_matmul_precision(x: Tensor) -> Tensor:
+    torch.set_float32_matmul_precision("medium")
+    return x * 2
+"""
+
+PURE = """
+import logging
+import threading
+import helper
+
+LOCK = threading.Lock()
+LOG = logging.getLogger(__name__)
+OFFSETS = {"bias": 1.0}
+
+class Config:
+    factor = 3
+
+def _shifted(x: Tensor) -> Tensor:
+    return x + OFFSETS["bias"]
+
+@fork_safe
+def reads_globals_and_calls_helpers(x: Tensor) -> Tensor:
+    with LOCK:
+        LOG.debug("scaling")
+    return _shifted(x) * Config.factor * helper.scale_of()
+
+def test_no_state_leaked_to_later_threads():
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    reader.start()
+    reader.join()
+    assert seen == [torch.get_num_threads()]
+    assert torch.initial_seed() != 3 and not torch.backends.cudnn.deterministic
+    assert torch.backends.mkldnn.enabled and torch.get_float32_matmul_precision() == "highest"
+"""
+
+EXPECTED = {
+    "counts_on_its_class": ("class 'test_changes.Counter'", ".n changed from 0 to 1"),
+    "counts_on_a_namespace": ("global 'test_changes.STATE'", ".n changed from 0 to 1"),
+    "calls_a_counting_helper": ("global 'helper.COUNT'", "changed from 0 to 1"),
+    "adds_a_global": ("global 'test_changes.ADDED'", "was added"),
+    "sets_the_thread_count": ("torch intra-op threads", " to 3"),
+    "reseeds": ("torch default RNG", "was reseeded (torch.manual_seed(3))"),
+    "makes_cudnn_deterministic": ("torch.backends.cudnn.deterministic", "changed from False to True"),
+    "turns_mkldnn_off": ("torch.backends.mkldnn.enabled", "changed from True to False"),
+    "lowers_the_matmul_precision": ("torch float32 matmul precision", "changed from highest to medium"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isolation", ["child", "inprocess"])
+def test_global_state_changes_are_findings_and_pure_code_passes(fc, pytester: pytest.Pytester, isolation) -> None:
+    pytester.makepyfile(helper=HELPER, test_changes=source(CHANGES), test_pure=source(PURE))
+    result = fc.run("--forkcheck-isolation", isolation, "--forkcheck-pool-sizes", "1")
+    rows = fc.rows()
+    for name, (subject, says) in EXPECTED.items():
+        row = rows[f"test_changes.py::{name}"]
+        assert row["verdict"] == "fail", row
+        messages = [f["message"] for f in row["findings"] if f["kind"] == "global-mutation"]
+        assert len(messages) == 1 and messages[0].startswith(f"{subject} changed: "), row["findings"]
+        assert messages[0].endswith(says), messages
+        assert row["findings"][0]["location"].endswith(f"test_changes.py:{_line(pytester, name)}"), row
+    pure = rows["test_pure.py::reads_globals_and_calls_helpers"]
+    assert (pure["verdict"], pure["findings"], pure["error"]) == ("pass", [], "")
+    result.assert_outcomes(failed=len(EXPECTED), passed=2)  # the plain test saw nothing left behind
+
+
+def _line(pytester: pytest.Pytester, name: str) -> int:
+    """The line defining ``name``: where a finding without a line of its own points."""
+    lines = (pytester.path / "test_changes.py").read_text().splitlines()
+    return lines.index(f"def {name}(x: Tensor) -> Tensor:") + 1
+
+
+def test_a_thread_count_set_by_the_code_is_put_back_for_later_threads() -> None:
+    before = torch.get_num_threads()
+    watch = GlobalWatch({})
+    runner = threading.Thread(target=lambda: watch.run(lambda: torch.set_num_threads(before + 1)))
+    runner.start()
+    runner.join()
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    reader.start()
+    reader.join()
+    assert seen == [before]
+    assert watch.changed() == {"torch intra-op threads": [f"changed from {before} to {before + 1}"]}
+
+
+def _reads_torch_only(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.relu(x) + threading.active_count()
+
+
+def test_no_library_state_is_watched() -> None:
+    """torch, the standard library and site-packages are no user's state: none of their names is watched."""
+    names = referenced_globals([_reads_torch_only])
+    assert all(name.startswith(__name__) for name in names), names

@@ -1,0 +1,123 @@
+"""The report across runs: merging by node id, dropping vanished items, replays beside their rows, a fresh start,
+and the report directory checked before any check (a usage error), never overwriting a file forkcheck did not
+write."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from forkcheck.report.terminal import invocation
+from sources import ADD_IN_PLACE, SCALE, source
+
+
+def test_a_partial_run_merges_its_rows_into_the_report(fc, pytester) -> None:
+    pytester.makepyfile(test_ops=source(SCALE, ADD_IN_PLACE))
+    fc.run().assert_outcomes(passed=1, failed=1)
+    first = fc.rows()
+    assert all(row["run_at"] == fc.report()["run_at"] for row in first.values())
+    fc.run("-k", "scale").assert_outcomes(passed=1, deselected=1)
+    merged = fc.rows()
+    assert sorted(merged) == ["test_ops.py::add_in_place", "test_ops.py::scale"]
+    assert merged["test_ops.py::add_in_place"] == first["test_ops.py::add_in_place"]  # the earlier run's row
+    assert merged["test_ops.py::scale"]["stats"]["seed"] != first["test_ops.py::scale"]["stats"]["seed"] or \
+        merged["test_ops.py::scale"]["run_at"] >= first["test_ops.py::scale"]["run_at"]
+    fc.run("-k", "scale", "--forkcheck-fresh-report").assert_outcomes(passed=1, deselected=1)
+    assert list(fc.rows()) == ["test_ops.py::scale"]
+
+
+def test_rows_of_items_that_no_longer_exist_are_dropped(fc, pytester) -> None:
+    pytester.makepyfile(test_a=source(SCALE, ADD_IN_PLACE), test_b=source(SCALE))
+    fc.run().assert_outcomes(passed=2, failed=1)
+    assert len(fc.rows()) == 3
+    pytester.makepyfile(test_a=source(SCALE))  # add_in_place removed from a file this run collects
+    (pytester.path / "test_b.py").unlink()  # a file that is gone
+    fc.run("test_a.py").assert_outcomes(passed=1)
+    assert list(fc.rows()) == ["test_a.py::scale"]
+
+
+def test_a_file_not_collected_keeps_its_rows(fc, pytester) -> None:
+    pytester.makepyfile(test_a=source(SCALE), test_b=source(ADD_IN_PLACE))
+    fc.run().assert_outcomes(passed=1, failed=1)
+    fc.run("test_a.py").assert_outcomes(passed=1)
+    assert sorted(fc.rows()) == ["test_a.py::scale", "test_b.py::add_in_place"]
+
+
+def test_a_replay_is_one_block_and_its_row_goes_beside_the_row_it_replays(fc, pytester) -> None:
+    pytester.makepyfile(test_ops=source(SCALE, ADD_IN_PLACE))
+    (token,) = set(fc.tokens(fc.run()))
+    original = fc.rows()["test_ops.py::add_in_place"]
+    result = fc.run("test_ops.py::add_in_place", "--forkcheck-replay", token)
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "Failing test case" not in out + result.stderr.str()  # Hypothesis's own block, once per rerun
+    failures = out[out.index("= FAILURES ="):out.index("= forkcheck =")]
+    assert failures.count("reproduced 10 of 10 (10 with a wrong outcome)") == 1 and len(failures.splitlines()) < 15
+    result.stdout.fnmatch_lines(["REPLAY test_ops.py::add_in_place: the failing input *reproduced 10 of 10 "
+                                 "(10 with a wrong outcome)"])
+    rows = fc.rows()
+    assert sorted(rows) == ["test_ops.py::add_in_place", "test_ops.py::scale"]
+    row = rows["test_ops.py::add_in_place"]
+    assert row["findings"] == original["findings"]
+    assert row["replay_run"]["stats"]["replays"]["reproduced"] == 10
+    page = (pytester.path / "reports" / "index.html").read_text()
+    assert "Replayed " in page and "reproduced 10 of 10" in page
+
+
+def test_the_printed_replay_command_names_the_interpreter_that_ran_pytest(fc, pytester) -> None:
+    pytester.makepyfile(test_ops=source(ADD_IN_PLACE))
+    result = fc.run(subprocess=True)  # pytester runs ``python -m pytest`` in a subprocess
+    result.stdout.fnmatch_lines([f"  replay: {invocation(executable=sys.executable, argv0='__main__.py')} "
+                                 "'test_ops.py::add_in_place' --forkcheck-replay fc1.*"])
+    assert json.loads((pytester.path / "reports" / "forkcheck.json").read_text())["command"].endswith("-m pytest")
+
+
+def test_invocation_as_the_shell_runs_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    main = tmp_path / "pytest" / "__main__.py"
+    assert invocation(argv0=str(main), executable=str(python)) == ".venv/bin/python -m pytest"
+    script = tmp_path / ".venv" / "bin" / "pytest"
+    script.write_text("")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert invocation(argv0=str(script), executable=str(python)) == ".venv/bin/pytest"
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert invocation(argv0=str(script), executable=str(python)) == "pytest"  # PATH finds this very script
+
+
+@pytest.mark.parametrize("where", ["afile", "/dev/null", "afile/sub", "/proc/forkcheck-x"])
+def test_a_report_path_that_cannot_be_written_is_a_usage_error_before_any_check(fc, pytester, where) -> None:
+    pytester.makepyfile(test_ops=source(SCALE))
+    (pytester.path / "afile").write_text("a user's file\n")
+    result = fc.run("--forkcheck-report", where)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"--forkcheck-report {where}" in result.stderr.str()
+    assert "collected" not in result.stdout.str()  # before any check ran
+
+
+def test_never_overwrites_a_file_forkcheck_did_not_write(fc, pytester) -> None:
+    pytester.makepyfile(test_ops=source(SCALE))
+    site = pytester.mkdir("site")
+    (site / "index.html").write_text("<h1>my site</h1>")
+    result = fc.run("--forkcheck-report", "site")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "site/index.html exists" in result.stderr.str()
+    assert (site / "index.html").read_text() == "<h1>my site</h1>" and not (site / ".gitignore").exists()
+    (pytester.path / "reports").mkdir()
+    (pytester.path / "reports" / "forkcheck.json").write_text(json.dumps({"results": []}))  # not forkcheck's
+    assert fc.run().ret == pytest.ExitCode.USAGE_ERROR
+    assert json.loads((pytester.path / "reports" / "forkcheck.json").read_text()) == {"results": []}
+
+
+def test_the_gitignore_goes_only_into_a_directory_forkcheck_created(fc, pytester) -> None:
+    pytester.makepyfile(test_ops=source(SCALE))
+    fc.run("--forkcheck-report", "new/reports").assert_outcomes(passed=1)
+    assert (pytester.path / "new" / "reports" / ".gitignore").is_file()
+    own = pytester.mkdir("docs")
+    fc.run("--forkcheck-report", "docs").assert_outcomes(passed=1)
+    assert (own / "index.html").is_file() and not (own / ".gitignore").exists()
+    assert not os.path.exists(pytester.path / "new" / ".gitignore")
