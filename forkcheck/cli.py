@@ -108,11 +108,11 @@ def _check(args: argparse.Namespace) -> int:
 
 def _result_text(result: Any) -> str:
     """What the check found, as the plugin prints a failing item; for a pass, what was run."""
-    from .report.terminal import failure_text, pool_line
+    from .report.terminal import failure_text, pool_line, reason
 
     if result.verdict == "pass":
         lines = [f"safe to fork: no findings in {result.examples} examples, {result.schedules} schedules "
-                 f"({result.engine} engine: {result.engine_reason})"]
+                 f"({result.engine} engine; {reason(result.engine_reason)})"]
         if result.stats.get("pool_sizes"):
             lines.append(f"inter-op pool sizes: {pool_line(result.stats['pool_sizes'])}")
     else:
