@@ -1,8 +1,10 @@
 """forkcheck: make races and nondeterminism in ``torch.jit.fork``/``wait`` code show up, explained and replayable.
 
-Layout: ``marker`` (``fork_safe``), ``target`` (what is checked), ``runner`` (one check), ``engines/`` (real runtime,
-own scheduler), ``oracles/`` (mutation, determinism, static), ``findings`` (results), ``report/`` (JSON, HTML),
-``plugin`` (the thin pytest layer).
+Layout: ``marker`` (``fork_safe``), ``target`` (what is checked), ``runner`` (one check), ``marked`` (the check of a
+``@pytest.mark.fork_safe`` test body; ``scripted_calls`` puts the scripted code it calls under control, ``forked``
+runs it in a forked copy of the process), ``engines/`` (real runtime, own scheduler), ``oracles/`` (mutation,
+determinism, races, static), ``findings`` (results), ``report/`` (JSON, HTML), ``plugin`` (the thin pytest layer),
+``items`` (its pytest items and the adapter of marked tests).
 """
 from .findings import KINDS, CheckResult, Finding
 from .marker import MarkError, fork_safe

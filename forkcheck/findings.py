@@ -83,3 +83,26 @@ class CheckResult:
         data = dict(data)
         data["findings"] = [Finding.from_json(f) for f in data.get("findings", [])]
         return cls(**data)
+
+
+def hang_finding(what: str, timeout: float, *, because: str = "", location: str = "", tasks: Any = (),
+                 **detail: Any) -> Finding:
+    """``what`` did not finish within ``timeout`` seconds (or, told ``because``, for that reason: a deadlock);
+    ``detail`` adds what the one who saw it knows."""
+    ending = f": {because}" if because else f" within {timeout:g} s"
+    return Finding("hang", f"{what} did not finish{ending}", location=location, tasks=list(tasks),
+                   detail={"timeout_s": timeout, **detail})
+
+
+def exception_finding(who: str, err: BaseException, where: str, *, location: str = "", tasks: Any = (),
+                      kind: str = "exception", traceback_text: str = "") -> Finding:
+    """``who`` raised ``err`` (``where``: the run); located at the innermost line of the user's code it passed."""
+    import traceback
+
+    from .locate import error_location
+
+    text = str(err).strip()
+    problem = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    trace = traceback_text or "".join(traceback.format_exception(err))
+    return Finding(kind, f"{who} raised {problem} ({where})", location=error_location(err) or location,
+                   tasks=list(tasks), detail={"traceback": trace[-4000:]})

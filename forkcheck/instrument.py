@@ -546,12 +546,15 @@ _names = itertools.count()
 
 
 def instrument(scripted: Any) -> Instrumentation:
-    """Instrument a ``ScriptFunction`` or a scripted module (its ``forward``, called with the module as ``self``)."""
+    """Instrument a ``ScriptFunction``, a scripted module (its ``forward``, called with the module as ``self``) or
+    one method of a scripted module (a ``torch.ScriptMethod``, called with its owner as ``self``)."""
     ensure_ops()
     if isinstance(scripted, torch.jit.ScriptFunction):
         module, method = None, scripted
     elif isinstance(scripted, torch.jit.ScriptModule):
         module, method = scripted._c, scripted.forward
+    elif isinstance(scripted, torch.ScriptMethod):
+        module, method = scripted.owner, scripted
     else:
         raise TypeError(
             f"forkcheck can instrument a torch.jit.ScriptFunction or a scripted module, not {type(scripted).__name__}"

@@ -1,10 +1,13 @@
 """Checks in a child process: a hang is killed, a crash is an ``error`` naming its signal, and pytest runs no forks.
 
 The real runtime cannot interrupt a task stuck on the inter-op pool, and a target that aborts or segfaults takes its
-process with it, so targets are checked in a child process. One child serves many targets (it imports torch once,
-about 1.5 s): the parent names a target by module, file and attribute, the child imports it with the parent's
-``sys.path`` and working directory, runs ``runner.check`` and answers with the result's JSON. There is one child per
-inter-op pool size asked for (``forkcheck.pools``); each sizes its pool before its first check.
+process with it, so targets are checked in a child process. Children are forked from a warm template
+(``forkcheck._template``, preloaded once per session by multiprocessing's fork server): torch, Hypothesis, the
+dispatch machinery and the TorchScript frontend are loaded there once, and no inter-op pool exists yet, so a child
+is ready in a fraction of a second and sizes its own pool. One child serves many targets: the parent names a target
+by module, file and attribute, the child imports it with the parent's ``sys.path`` and working directory, runs
+``runner.check`` and answers with the result's JSON. There is one child per inter-op pool size asked for
+(``forkcheck.pools``); each sizes its pool before its first check, and children of different sizes check at once.
 
 While it checks, the child announces every run (the serial reference, each concurrent schedule). Each run may take
 the target's ``timeout`` (the child's own watch reports a run over it as a ``hang`` finding); the parent allows each
@@ -14,11 +17,11 @@ no longer clean, or where the target left processes running is retired after its
 fresh one. Each child leads its own process group, and stopping it stops the group: processes the target started
 (``subprocess.Popen``, ``os.fork``) go with it, instead of holding the child's pipes open and pytest's exit with them.
 
-Protocol, JSON lines. Parent to child (stdin): ``{"op": "check", ...}``. Child to parent, on its own copy of the
-original stdout (the child's fd 1 then points at its stderr, so what the user's code prints cannot break the
-channel): ``ready``, ``run`` (``timeout``, ``what``, ``engine``), ``result`` (``result``, ``retire``), and
-``unavailable`` (``reason``: the target does not import there; after a fresh child also fails, the parent checks the
-target in-process).
+Protocol, JSON lines over three pipes per child. Parent to child (requests): ``{"op": "check", ...}``. Child to
+parent (messages): ``ready``, ``run`` (``timeout``, ``what``, ``engine``, ``phase``), ``result`` (``result``,
+``retire``), and ``unavailable`` (``reason``: the target does not import there; after a fresh child also fails, the
+parent checks the target in-process). The child's standard output and error go to a third pipe, so what the user's
+code prints cannot break the channel.
 """
 from __future__ import annotations
 
@@ -54,6 +57,74 @@ class Unavailable(Exception):
 # --- the parent -------------------------------------------------------------------------------------------------
 
 
+class _Forked:
+    """A child forked from the warm template (``forkcheck._template``) by multiprocessing's fork server, with the
+    part of ``subprocess.Popen``'s face that ``ChildProcess`` uses: ``stdin`` (requests), ``stdout`` (messages) and
+    ``stderr`` (what it prints) pipes, ``pid``, ``poll``, ``kill``, ``wait``. It is forked on a thread of its own:
+    the first fork waits for the template's warm-up, which so overlaps the parent's other work."""
+
+    def __init__(self, pool_size: int):
+        from multiprocessing.connection import Connection
+
+        requests, requests_w = os.pipe()
+        messages_r, messages = os.pipe()
+        output_r, output = os.pipe()
+        self.stdin, self.stdout, self.stderr = (os.fdopen(requests_w, "wb"), os.fdopen(messages_r, "rb"),
+                                                os.fdopen(output_r, "rb"))
+        self._child_ends = [Connection(fd) for fd in (requests, messages, output)]  # the fork server passes them
+        self.process: Any = None
+        self.error = ""  # why the fork failed
+        self._forking = threading.Thread(target=self._fork, args=(pool_size,), name="forkcheck-fork", daemon=True)
+        self._forking.start()
+
+    def _fork(self, pool_size: int) -> None:
+        try:
+            process = _fork_server().Process(target=serve, args=(*self._child_ends, pool_size),
+                                             name=f"forkcheck-pool-{pool_size}")
+            process.start()
+            self.process = process
+        except Exception as err:  # the fork server did not start or answer
+            self.error = f"{type(err).__name__}: {err}"
+        finally:
+            for end in self._child_ends:  # the child has its own copies: its pipes end when it does
+                end.close()
+
+    @property
+    def pid(self) -> Optional[int]:
+        self._forking.join()
+        return self.process.pid if self.process is not None else None
+
+    def poll(self) -> Optional[int]:
+        if self._forking.is_alive():
+            return None
+        return self.process.exitcode if self.process is not None else 1
+
+    def kill(self) -> None:
+        self._forking.join()
+        if self.process is not None and self.process.exitcode is None:
+            self.process.kill()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        self._forking.join(timeout)
+        if self.process is None:
+            if self._forking.is_alive():
+                raise subprocess.TimeoutExpired("forkcheck child", timeout)
+            return 1
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired("forkcheck child", timeout)
+        return self.process.exitcode
+
+
+def _fork_server() -> Any:
+    """multiprocessing's fork server (one per process, started on first use), preloaded with the warm template."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["forkcheck._template"])
+    return context
+
+
 class ChildProcess:
     """One child: its process, a thread reading its messages and one keeping its recent output.
 
@@ -61,16 +132,13 @@ class ChildProcess:
     """
 
     def __init__(self, pool_size: int = 0):
-        bootstrap = (f"import sys; sys.path[:] = {json.dumps(sys.path)}; "
-                     "from forkcheck.isolation import serve; serve()")
         self.pool_size = pool_size
-        self.proc = subprocess.Popen([sys.executable, "-c", bootstrap, str(os.getpid()), str(pool_size)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True)  # its own process group: see ``kill``
+        self.proc = _Forked(pool_size)
         self.messages: queue.Queue = queue.Queue()
         self.output: collections.deque[str] = collections.deque(maxlen=KEPT_LINES)
         self.captured: list[str] = []  # the output of the check under way
         self.ready = False
+        self.template: dict[str, Any] = {}  # what the template said of itself (``_template_state``)
         self.served = 0
         self._readers = [threading.Thread(target=self._read_messages, name="forkcheck-child-messages", daemon=True),
                          threading.Thread(target=self._read_output, name="forkcheck-child-output", daemon=True)]
@@ -103,6 +171,9 @@ class ChildProcess:
     def wait_ready(self) -> None:
         if self.ready:
             return
+        if self.proc.error:
+            self.kill()
+            raise Unavailable(f"no child process could be forked: {self.proc.error}")
         try:
             message = self.receive(START_S)
         except queue.Empty:
@@ -110,7 +181,8 @@ class ChildProcess:
             raise Unavailable(f"the child process did not start within {START_S:g} s") from None
         if message is None or message.get("event") != "ready":
             self.kill()
-            raise Unavailable("the child process did not start: " + self.last_output(8).strip())
+            raise Unavailable("the child process did not start: " + (self.proc.error or self.last_output(8).strip()))
+        self.template = message.get("template") or {}
         self.ready = True
 
     def kill(self) -> Optional[int]:
@@ -119,10 +191,12 @@ class ChildProcess:
         A reader still blocked on a pipe that a process outside the group holds (it left with ``setsid``) is not
         waited for, nor its pipe closed (closing waits for the read): it is a daemon thread, and exit goes on.
         """
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the child leads its group (start_new_session)
-        except OSError:  # the group is gone
-            pass
+        pid = self.proc.pid
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # the child leads its group (``serve`` calls setsid)
+            except OSError:  # the group is gone
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         try:
@@ -164,43 +238,63 @@ class ChildProcess:
 
 
 _children: dict[int, ChildProcess] = {}  # by inter-op pool size (0: torch's default)
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _children and _size_locks
+_size_locks: dict[int, threading.Lock] = {}  # one check at a time per child; children of other sizes check alongside
 _unimportable: dict[tuple[str, str, float], str] = {}  # (module, file, mtime) -> why a fresh child did not import it
 
 
 def prewarm(pool_size: int = 0) -> None:
-    """Start the child for ``pool_size`` now (it imports torch while the parent does other work)."""
+    """Fork the child for ``pool_size`` now (the first one waits for the template's warm-up, which then overlaps
+    the parent's other work)."""
     with _lock:
         _current(pool_size)
 
 
 def _current(pool_size: int) -> ChildProcess:
+    """The live child for ``pool_size``, forked now if there is none (call with ``_lock`` held)."""
     child = _children.get(pool_size)
     if child is None or child.proc.poll() is not None:
         if child is not None:
             child.kill()
         if not _children:
+            import multiprocessing.util  # registers an exit handler that joins live children: ours must run first
+
             atexit.register(shutdown)
         child = _children[pool_size] = ChildProcess(pool_size)
     return child
 
 
 def _retire(pool_size: int) -> None:
-    child = _children.pop(pool_size, None)
+    with _lock:
+        child = _children.pop(pool_size, None)
     if child is not None:
         child.kill()
+
+
+def stop(pool_size: int) -> None:
+    """Kill the child for ``pool_size``: a check under way there ends (as a crash, which its caller drops)."""
+    _retire(pool_size)
+
+
+def _size_lock(pool_size: int) -> threading.Lock:
+    with _lock:
+        return _size_locks.setdefault(pool_size, threading.Lock())
 
 
 def shutdown() -> None:
     """Stop the children, if any (at exit)."""
     while _children:
-        _children.popitem()[1].close()
+        with _lock:
+            child = _children.popitem()[1] if _children else None
+        if child is not None:
+            child.close()
 
 
 def check_in_child(module: Any, attribute: str, target: Any, settings: Any, replay: Optional[str],
-                   nodeid: str, pool_size: int = 0) -> Any:
+                   nodeid: str, pool_size: int = 0, on_concurrent: Optional[threading.Event] = None) -> Any:
     """``runner.check`` of ``module.attribute`` in the child whose inter-op pool has ``pool_size`` threads (0:
-    torch's default); raises ``Unavailable`` when it cannot run there."""
+    torch's default); raises ``Unavailable`` when it cannot run there. ``on_concurrent`` is set when the check
+    starts its first concurrent run on the real runtime."""
     request = {"op": "check", "module": module.__name__, "file": getattr(module, "__file__", None) or "",
                "attribute": attribute, "target": target.name, "settings": _settings_json(settings),
                "replay": replay, "nodeid": nodeid, "sys_path": [_absolute(p) for p in sys.path],
@@ -209,12 +303,13 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
     if place in _unimportable:
         raise Unavailable(_unimportable[place])
     retried = ""
-    with _lock:
+    with _size_lock(pool_size):
         for _ in range(2):
-            child = _current(pool_size)
+            with _lock:
+                child = _current(pool_size)
             try:
                 child.wait_ready()
-                result = _exchange(child, request, target, settings, nodeid)
+                result = _exchange(child, request, target, settings, nodeid, on_concurrent)
                 if retried:
                     result.stats["isolation"] += f" (a fresh one: in the one before, {retried})"
                 return result
@@ -244,7 +339,8 @@ def _settings_json(settings: Any) -> dict[str, Any]:
     return dataclasses.asdict(settings)
 
 
-def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, settings: Any, nodeid: str) -> Any:
+def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, settings: Any, nodeid: str,
+              on_concurrent: Optional[threading.Event] = None) -> Any:
     from .findings import CheckResult
 
     child.captured = []
@@ -273,6 +369,8 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
         if event == "run":
             allowed, what = float(message["timeout"]), message.get("what") or "a run"
             engine = message.get("engine") or engine
+            if on_concurrent is not None and message.get("phase") == "concurrent" and engine.get("name") == "script":
+                on_concurrent.set()
         elif event == "unavailable":
             raise _Refused(message.get("reason", ""), fresh)
         elif event == "result":
@@ -359,8 +457,8 @@ class _Server:
         """``runner._with_timeout`` starts a run (a heartbeat to the parent) or abandons one that hung."""
         if event == "start":
             self.runs += 1
-            what, engine = _describe_run(self.runs)
-            self.send({"event": "run", "timeout": timeout, "what": what, "engine": engine})
+            what, engine, phase = _describe_run(self.runs)
+            self.send({"event": "run", "timeout": timeout, "what": what, "engine": engine, "phase": phase})
         elif event == "abandoned":
             self.abandoned += 1
 
@@ -472,8 +570,9 @@ def _left_running(settle_s: float = 0.5) -> list[str]:
         time.sleep(0.05)
 
 
-def _describe_run(number: int) -> tuple[str, dict[str, str]]:
-    """Which run is starting ("example 2, schedule 3: ..."), and the engine, from the checker's frame."""
+def _describe_run(number: int) -> tuple[str, dict[str, str], str]:
+    """Which run is starting ("example 2, schedule 3: ..."), the engine, and the phase ("serial", "concurrent" or
+    ""), from the checker's frame."""
     from .runner import Checker
 
     frame, found = sys._getframe(1), None
@@ -483,14 +582,14 @@ def _describe_run(number: int) -> tuple[str, dict[str, str]]:
             found = checker
             engine = {"name": checker.engine.name, "reason": checker.engine.reason}
             if frame.f_code.co_name == "_serial":
-                return f"example {checker.examples}: the serial reference run (forks inline)", engine
+                return f"example {checker.examples}: the serial reference run (forks inline)", engine, "serial"
             if frame.f_code.co_name == "_concurrent":
                 return (f"example {checker.examples}, schedule {checker.schedules}: a concurrent run of "
-                        f"{checker.settings.tasks} forked tasks"), engine
+                        f"{checker.settings.tasks} forked tasks"), engine, "concurrent"
         frame = frame.f_back
     if found is not None:
-        return f"example {found.examples}: run {number} of the check", engine
-    return f"run {number} of the check", {}
+        return f"example {found.examples}: run {number} of the check", engine, ""
+    return f"run {number} of the check", {}, ""
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -553,22 +652,27 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)
 
 
-def serve() -> None:
-    """The child's main loop: one request per input line, until the input ends."""
-    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)  # the user's prints (and C's stdout) go to stderr, which the parent reads
+def serve(requests: Any, messages: Any, output: Any, pool_size: int = 0) -> None:
+    """The child's main loop: one request per line of ``requests``, until it ends; replies go to ``messages``, and
+    the process's standard output and error to ``output`` (so what the user's code prints cannot break the
+    channel). Called in a child forked from the template (pipes as ``multiprocessing`` connections)."""
+    os.setsid()  # its own process group: what the target starts is stopped with it (``ChildProcess.kill``)
+    inbox = os.fdopen(os.dup(requests.fileno()), "r", encoding="utf-8")
+    channel = os.fdopen(os.dup(messages.fileno()), "w", encoding="utf-8")
+    for fd in (1, 2):  # the user's prints (and C's) go to the pipe the parent reads
+        os.dup2(output.fileno(), fd)
+    for end in (requests, messages, output):
+        end.close()
     sys.stdout.reconfigure(line_buffering=True)  # a line printed just before a crash is not lost
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
     faulthandler.enable()  # a crash leaves the Python stacks in the output the parent quotes
-    parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
-    pool_size = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    threading.Thread(target=_watch_parent, args=(parent,), name="forkcheck-parent-watch", daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="forkcheck-parent-watch", daemon=True).start()
     from ._exit import flush_everything
 
     try:
         server = _Server(channel, pool_size)
-        server.send({"event": "ready", "pid": os.getpid()})
-        for line in sys.stdin:
+        server.send({"event": "ready", "pid": os.getpid(), "template": _template_state()})
+        for line in inbox:
             request = json.loads(line)
             try:
                 reply = server.handle(request)
@@ -579,6 +683,14 @@ def serve() -> None:
         traceback.print_exc()
     flush_everything()
     os._exit(0)  # never through interpreter finalization: see forkcheck._exit
+
+
+def _template_state() -> dict[str, Any]:
+    """What the warm template this child was forked from says of itself ({} when it was not preloaded)."""
+    template = sys.modules.get("forkcheck._template")
+    if template is None:
+        return {}
+    return {"threads": list(template.THREADS), "warm_error": template.WARM_ERROR, "sympy_loaded": "sympy" in sys.modules}
 
 
 def _internal_error(request: dict[str, Any], trace: str) -> dict[str, Any]:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import random
-import time
 import traceback
 import zlib
 from pathlib import Path
@@ -178,118 +176,58 @@ def marked_test_settings(item: pytest.Item, marker: pytest.Mark) -> Any:
         pytest.fail(f"@pytest.mark.fork_safe: {err}", pytrace=False)
 
 
+CAPTURE_FIXTURES = {"capsys", "capsysbinary", "capfd", "capfdbinary"}  # they read the test's own sys.stdout
+
+
 def run_marked_test(item: pytest.Function, settings: Any) -> None:
-    """Run the test body under ``schedules`` schedules of forkcheck's own scheduler (one, when replaying).
+    """Run the test through ``forkcheck.marked.check_test``: its fixtures make the body, its result the outcome.
 
-    The oracle is the test's own assertions, plus ``exception`` (a forked task raised), ``hang`` (a deadlock, or
-    a schedule that did not finish within the timeout) and ``race`` (two tasks that fork/wait leaves unordered touched
-    the same tensor storage, one writing: the test fails even though its assertions passed). Every schedule records
-    its accesses, so a replayed schedule finds what the original one found.
+    In a forked copy of pytest's process unless checking in-process (``--forkcheck-isolation inprocess``). The body's
+    own failure reads as pytest reports it, with forkcheck's note (the schedule, the replay command) after it;
+    in-process it is raised again as it was, so ``--pdb`` and pytest's usual report work on it.
     """
-    from types import SimpleNamespace
+    from _pytest._code import ExceptionInfo
 
-    from . import _warnings
-    from .choices import strategy_for
-    from .engines.eager import ControlledScheduler, ScheduleError, race_log
-    from .findings import CheckResult, sort_findings
-    from .replay import ReplayToken
-    from .report.terminal import relative, replay_command
-    from .schedule import members
+    from .marked import check_test
+    from .report.terminal import failure_text
 
-    replay = item.config.stash[STATE].options.replay
-    if replay:  # replay under the strategy the failure was found with
-        settings = settings.replace(strategy=ReplayToken.decode(replay).strategy)
-    rng = random.Random(settings.seed)
-    seeds = [ReplayToken.decode(replay).schedule_seed] if replay else [
-        rng.randrange(2**32) for _ in range(settings.schedules)]
-    result = CheckResult(target=item.nodeid, kind="test", nodeid=item.nodeid, engine="eager",
-                         engine_reason="a marked test's forks run under forkcheck's scheduler", examples=1)
-    started = time.perf_counter()
+    state = item.config.stash[STATE]
     arguments = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
-    names = _argument_names(arguments)
-    kinds = members(settings.strategy)
-    for seed in seeds:
-        result.schedules += 1
-        which = f"schedule {result.schedules} of {len(seeds)}"
-        schedule = SimpleNamespace(seed=seed, strategy=kinds[(result.schedules - 1) % len(kinds)])
-        token = ReplayToken(item.nodeid, "", "", 0, seed, schedule.strategy).encode()
-        log = race_log(names)
-        scheduler = ControlledScheduler(strategy_for(schedule), timeout=settings.timeout, observer=log)
-        try:
-            with _warnings.quiet_jit(), scheduler:
-                item.obj(**arguments)
-        except Exception as err:
-            races = [] if isinstance(err, ScheduleError) else _races(log, token, failed=True)
-            result.findings = sort_findings([_finding(err, scheduler, which, token), *races])
-            result.verdict = "fail"
-            result.duration_s = round(time.perf_counter() - started, 3)
-            item.stash[RESULT] = result
-            invocation, rootdir = _shown_as(item.config)
-            raced = relative("".join(f"\n  - {race.message}" for race in races), rootdir)
-            err.add_note(f"forkcheck: failed under {which} ({settings.strategy})"
-                         + (f", which also showed {len(races)} race{'s' * (len(races) > 1)}:{raced}\n" if races
-                            else "; ")
-                         + f"replay it with\n  {replay_command(item.nodeid, token, invocation)}")
-            raise
-        races = _races(log, token, failed=False)
-        if races:
-            result.findings, result.verdict = races, "fail"
-            result.duration_s = round(time.perf_counter() - started, 3)
-            item.stash[RESULT] = result
-            invocation, rootdir = _shown_as(item.config)
-            listed = relative("\n".join(f"  - {race.message}" for race in races), rootdir)
-            pytest.fail(f"forkcheck: {len(races)} race{'s' * (len(races) > 1)} under {which} ({settings.strategy}), "
-                        f"although the test's assertions passed:\n{listed}\nreplay it with\n  "
-                        f"{replay_command(item.nodeid, token, invocation)}", pytrace=False)
-    result.duration_s = round(time.perf_counter() - started, 3)
+    raised: list[BaseException] = []
+
+    def describe(err: BaseException) -> str:
+        raised.append(err)
+        return str(item.repr_failure(ExceptionInfo.from_exception(err)))
+
+    result = check_test(lambda: item.obj(**arguments), settings, item.nodeid, replay=state.options.replay,
+                        arguments=arguments, describe_failure=describe, forked=state.isolation == "child",
+                        keep_python_streams=bool(CAPTURE_FIXTURES & set(item.fixturenames)))
     item.stash[RESULT] = result
+    if result.verdict == "error":
+        pytest.fail(f"forkcheck: {failure_text(result, *_shown_as(item.config))}", pytrace=False)
+    if result.verdict != "fail":
+        return
+    note = _failure_note(result, *_shown_as(item.config))
+    if raised:  # in-process: the exception the schedule ended with, as pytest reports it, and the note
+        raised[-1].add_note(note)
+        raise raised[-1]
+    first = result.findings[0]
+    shown = first.detail.get("traceback") or first.message if first.kind != "race" else ""
+    pytest.fail((shown.rstrip() + "\n\n" if shown else "") + note, pytrace=False)
 
 
-def _argument_names(arguments: dict[str, Any]) -> dict[int, str]:
-    """Storage key -> the fixture (or ``fixture.attribute`` of a Module fixture) a race report names it by."""
-    import torch
+def _failure_note(result: Any, invocation: str, rootdir: str) -> str:
+    """forkcheck's words after a failure: the schedule, the races it showed, the replay command."""
+    from .report.terminal import relative, replay_command
 
-    from .observe import storage_names
-
-    names = storage_names(arguments)
-    for name, value in arguments.items():
-        if isinstance(value, torch.nn.Module):
-            for key, path in storage_names(module=value).items():
-                names.setdefault(key, name + path[len("self"):])
-    return names
-
-
-def _races(log: Any, token: str, failed: bool) -> list[Any]:
-    """The schedule's ``race`` findings, each with the replay token and whether the test failed under it."""
-    from .oracles.races import race_findings
-
-    races = race_findings(log)
-    for race in races:
-        race.replay = token
-        race.detail["outputs_affected"] = failed
-        race.message += ("; the test failed under this schedule" if failed else
-                         "; the test's assertions passed under this schedule, another one's may not")
-    return races
-
-
-def _finding(err: Exception, scheduler: Any, which: str, token: str) -> Any:
-    """The one finding of a failed schedule: a hang, a task's exception, or the test's own failure."""
-    from .engines.eager import ScheduleError
-    from .findings import Finding
-    from .locate import error_location
-    from .task_names import task_name
-
-    order = scheduler.order[:24] + (["..."] if len(scheduler.order) > 24 else [])
-    where, problem = f"{which} (task order {' '.join(map(str, order))})", f"{type(err).__name__}: {err}"
-    if isinstance(err, ScheduleError):
-        kind, message = "hang", f"{where}: {err}"
-    elif scheduler.failed_task is not None:
-        kind, message = "exception", f"forked {task_name(scheduler.failed_task)} raised under {where}: {problem}"
-    else:
-        kind = "nondeterminism" if isinstance(err, AssertionError) else "exception"
-        message = f"the test failed under {where}: {problem}"
-    detail = {"order": scheduler.order[:500], "traceback": "".join(traceback.format_exception(err))[-4000:]}
-    tasks = sorted({scheduler.tree_id(task) for task in scheduler.order} - {0})
-    return Finding(kind, message, location=error_location(err), tasks=tasks, replay=token, detail=detail)
-
-
+    races = [f for f in result.findings if f.kind == "race"]
+    listed = relative("".join(f"\n  - {race.message}" for race in races), rootdir)
+    plural = "s" * (len(races) > 1)
+    under = result.stats.get("failed_under", "")
+    token = result.findings[0].replay
+    replay = f"replay it with\n  {replay_command(result.nodeid, token, invocation)}" if token else ""
+    if len(races) == len(result.findings):
+        return f"forkcheck: {len(races)} race{plural} under {under}, although the test's assertions passed:" \
+               f"{listed}\n{replay}"
+    also = f", which also showed {len(races)} race{plural}:{listed}\n" if races else "; "
+    return f"forkcheck: failed under {under}{also}{replay}"

@@ -163,6 +163,7 @@ class AccessLog(TorchDispatchMode):
         self._seq = itertools.count(1)  # ``next`` and ``list.append`` are atomic: no lock on the hot path
         self._entered = 0
         self._lock = threading.Lock()
+        self._nested = itertools.count(1)  # tasks and fork subgraphs absorbed from nested runs: -1, -2, ...
 
     # -- task identity (engines without scheduling ops call these) ----------------------------------------------
 
@@ -327,6 +328,69 @@ class AccessLog(TorchDispatchMode):
             torch.UntypedStorage._free_weak_ref(handle)
         if self._watch is not None:
             self._watch.close()
+
+    def absorb(self, nested: "AccessLog") -> None:
+        """Append the log of a nested run (a scripted call) that ran, on the calling thread, entirely between this
+        log's last event and its next: its root becomes the task running on this thread, its forked tasks (and fork
+        subgraphs) get new ids, negative until :meth:`number_nested`; its storages stay pinned here."""
+        caller = self._current.get(threading.get_ident(), (0, ""))[0]
+        tasks: dict[Optional[int], Optional[int]] = {None: None, 0: caller}
+        statics: dict[Optional[int], Optional[int]] = {None: None}
+
+        def task(t: Optional[int]) -> Optional[int]:
+            if t not in tasks:
+                tasks[t] = -next(self._nested)
+            return tasks[t]
+
+        def static(s: Optional[int]) -> Optional[int]:
+            if s not in statics:
+                statics[s] = -next(self._nested)
+            return statics[s]
+
+        for event in nested.events():
+            if isinstance(event, Access):
+                self.accesses.append(event._replace(seq=next(self._seq), task=task(event.task)))
+            else:
+                self.syncs.append(event._replace(seq=next(self._seq), task=task(event.task), child=task(event.child),
+                                                 static=static(event.static),
+                                                 waits=tuple(static(w) for w in event.waits)))
+        for key, (op, location, made_by) in nested.created.items():
+            self.created.setdefault(key, (op, location, task(made_by)))
+        for key, name in nested.names.items():
+            self.names.setdefault(key, name)
+        self.unattributed += nested.unattributed
+        pinned, nested._pinned = nested._pinned, {}
+        for key, handle in pinned.items():
+            if self._pinned.setdefault(key, handle) != handle:
+                torch.UntypedStorage._free_weak_ref(handle)
+
+    def number_nested(self) -> None:
+        """Give the tasks absorbed from nested runs their places in the task tree (``forkcheck.task_names``): the
+        k-th such task forked by task ``p`` is ``p * FANOUT + n + k``, after the ``n`` tasks ``p`` forked itself.
+        Called once the run is over."""
+        from .task_names import FANOUT, OVERFLOW_BASE
+
+        forks = sorted((s for s in self.syncs if s.kind == FORK and s.child is not None), key=lambda s: s.seq)
+        children: dict[int, int] = {}
+        for sync in forks:
+            if sync.child >= 0:
+                children[sync.task] = children.get(sync.task, 0) + 1
+        ids: dict[int, int] = {}
+        for sync in forks:  # in the order they happened: a task's parent has its place before it
+            if sync.child < 0:
+                parent = ids.get(sync.task, sync.task)
+                k = children[parent] = children.get(parent, 0) + 1
+                ids[sync.child] = parent * FANOUT + k if k < FANOUT and parent * FANOUT + k < OVERFLOW_BASE \
+                    else OVERFLOW_BASE - sync.child
+        if not ids:
+            return
+
+        def renamed(t: Optional[int]) -> Optional[int]:
+            return ids.get(t, t)
+
+        self.accesses = [a._replace(task=renamed(a.task)) for a in self.accesses]
+        self.syncs = [s._replace(task=renamed(s.task), child=renamed(s.child)) for s in self.syncs]
+        self.created = {key: (op, where, renamed(t)) for key, (op, where, t) in self.created.items()}
 
     def __enter__(self) -> "AccessLog":
         with self._lock:

@@ -17,10 +17,11 @@ KIND = pytest.StashKey[str]()  # on forkcheck's items: "target" or "test"
 RESULT = pytest.StashKey[Any]()  # on forkcheck's items: the CheckResult, once there is one
 MARKER_HELP = (
     "fork_safe(schedules=10, timeout=60): re-run this test under many fork/wait schedules of forkcheck's own "
-    "scheduler; it fails if any schedule fails (its assertions, a race between its tasks, a forked task's "
-    "exception, or a hang).")
+    "scheduler (forks inside scripted code it calls too), in a forked copy of pytest's process; it fails if any "
+    "schedule fails (its assertions, a race between its tasks, a forked task's exception, or a hang).")
 ISOLATION = Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, "
-                                "surviving a crash; default) or inprocess (this process, e.g. to debug forkcheck).",
+                                "surviving a crash; marked tests in a forked copy of this process; default) or "
+                                "inprocess (this process, e.g. to debug forkcheck).",
                    "child|inprocess")
 ISOLATIONS = ("child", "inprocess")
 
@@ -232,10 +233,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
     if pyfuncitem.stash.get(KIND, None) != "test":
         return None
-    from . import _exit
     from .items import SETTINGS, run_marked_test
 
-    _exit.forks_ran()
     run_marked_test(pyfuncitem, pyfuncitem.stash[SETTINGS])
     return True
 

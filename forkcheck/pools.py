@@ -3,7 +3,8 @@
 How many threads torch's inter-op pool has changes which interleavings the real runtime can take (one thread runs
 sibling forks one after another; more let them overlap), and it is fixed once per process. So a scripted target is
 checked once per size, each in a child process whose pool has that many threads (``forkcheck.isolation``), each
-running its share of the schedules on the same inputs (same seed); the results merge into one whose
+running its share of the schedules on the same inputs (same seed), as many sizes at once as there are cores for
+this process (``side_by_side``); the results merge into one whose
 ``stats["pool_sizes"]`` says, per size, what the schedules there found. Targets run by forkcheck's own scheduler do
 not use the pool: they are checked once. Later sizes are skipped when they cannot tell more: a defect the serial run
 shows involves no pool, a hang would wait out the timeout again, and a target whose module fixes the pool size gets
@@ -11,11 +12,14 @@ that size whatever is asked.
 """
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, Optional
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Optional
 
 from .findings import CheckResult, Finding, defect_key, sort_findings
-from .isolation import Unavailable, check_in_child, prewarm
+from .isolation import Unavailable, check_in_child, prewarm, stop
 from .replay import ReplayToken
 
 
@@ -25,18 +29,51 @@ PER_SIZE = ("pool_size", "failed_after", "wrong_outcome_after", "found_by")
 
 def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: Any, sizes: tuple[int, ...],
                           replay: Optional[str], nodeid: str) -> CheckResult:
-    """Check ``module.attribute`` under each pool size in ``sizes``; raises ``Unavailable`` when no child can."""
+    """Check ``module.attribute`` under each pool size in ``sizes``; raises ``Unavailable`` when no child can.
+
+    The first size checks alone until its first concurrent run on the real runtime (until then the check may end
+    in a way that makes the other sizes needless: a defect the serial run shows, an error, forkcheck's own
+    scheduler); then the other sizes start, ``side_by_side()`` at a time. Their results are taken in the order of
+    ``sizes``, as if they had run one after another: the same skips, the same merge.
+    """
     if replay:  # rerun the failure under the pool size it was found with (any, off the pool)
         pool_size = ReplayToken.decode(replay).pool_size or sizes[0]
         return check_in_child(module, attribute, target, settings, replay, nodeid, pool_size=pool_size)
+    split = settings.replace(pool_sizes=sizes) if len(sizes) > 1 else settings
+    for size in sizes:
+        prewarm(size)  # forked from the warm template while the first size checks
+    first_ran = threading.Event()
+    started: dict[int, Future] = {}
+    with ThreadPoolExecutor(max_workers=min(side_by_side(), len(sizes)), thread_name_prefix="forkcheck-size") as pool:
+
+        def start(size: int) -> Future:
+            if size not in started:
+                started[size] = pool.submit(check_in_child, module, attribute, target, split, None, nodeid,
+                                            pool_size=size, on_concurrent=first_ran if size == sizes[0] else None)
+            return started[size]
+
+        try:
+            start(sizes[0])
+            while not first_ran.wait(0.05) and not started[sizes[0]].done():
+                pass
+            if first_ran.is_set():
+                for size in sizes[1:]:
+                    start(size)
+            return _collect(sizes, start)
+        except BaseException:
+            for size, future in started.items():
+                if not future.cancel():
+                    stop(size)  # its check is under way: end it, so that this thread does not wait for it
+            raise
+
+
+def _collect(sizes: tuple[int, ...], start: Callable[[int], Future]) -> CheckResult:
+    """Take each size's result in order, skipping the sizes that cannot tell more (see the module's docstring)."""
     results: dict[int, CheckResult] = {}
     skipped: dict[int, str] = {}
-    split = settings.replace(pool_sizes=sizes) if len(sizes) > 1 else settings
     for index, size in enumerate(sizes):
-        if index + 1 < len(sizes):
-            prewarm(sizes[index + 1])  # it starts while this size checks
         try:
-            result = check_in_child(module, attribute, target, split, None, nodeid, pool_size=size)
+            result = start(size).result()
         except Unavailable as err:
             if not results:
                 raise
@@ -56,6 +93,14 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
             skipped.update((later, f"not run: {reason}") for later in sizes[index + 1:])
             break
     return merge(results, skipped) if len(sizes) > 1 else next(iter(results.values()))
+
+
+def side_by_side() -> int:
+    """How many pool sizes check at once: the cores this process may use, shared with pytest-xdist's other
+    workers (each checks its own targets)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    return max(1, cores // max(workers, 1))
 
 
 def check_module_level(target: Any, settings: Any, sizes: tuple[int, ...]) -> CheckResult:

@@ -19,7 +19,7 @@ from .coverage import Coverage
 from .engines import TaskError, choose_engine
 from .compiled import serial_program
 from .engines.eager import ScheduleError
-from .findings import CheckResult, Finding, defect_key, sort_findings
+from .findings import CheckResult, Finding, defect_key, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, error_location, user_location
 from .marker import MarkError
 from .oracles.determinism import differences
@@ -130,11 +130,6 @@ def _shown(inputs: dict[str, Any]) -> dict[str, str]:
 def _wrong_outcome(findings: list[Finding]) -> bool:
     """Whether a run's outcome went wrong: any finding but a race, which the race oracle only predicts."""
     return any(f.kind != "race" for f in findings)
-
-
-def _describe_error(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class Checker:
@@ -332,9 +327,8 @@ class Checker:
         except _Hang:
             return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
         except Exception as err:
-            return [Finding("exception", f"the target raised {_describe_error(err)} (serial run, forks inline)",
-                            location=error_location(err) or self.location, tasks=[1],
-                            detail={"traceback": "".join(traceback.format_exception(err))[-4000:]})], _NO_OUTPUT
+            return [exception_finding("the target", err, "serial run, forks inline", location=self.location,
+                                      tasks=[1])], _NO_OUTPUT
         finally:
             watches[1].restore()
 
@@ -359,14 +353,13 @@ class Checker:
         except _Hang:
             return [self._hang(f"a concurrent run of {len(tasks)} forked tasks")]
         except ScheduleError as err:  # forkcheck's scheduler saw a deadlock, or a task that never finished
-            return [Finding("hang", f"a concurrent run of {len(tasks)} forked tasks did not finish: {err}",
-                            location=error_location(err) or self.location, tasks=tasks,
-                            detail={"timeout_s": self.settings.timeout, "reason": type(err).__name__})]
+            return [hang_finding(f"a concurrent run of {len(tasks)} forked tasks", self.settings.timeout,
+                                 because=str(err), location=error_location(err) or self.location, tasks=tasks,
+                                 reason=type(err).__name__)]
         except Exception as err:
             cause = err.__cause__ if isinstance(err, TaskError) else err
-            return [Finding("exception", f"a forked task raised {_describe_error(cause)} (concurrent run, "
-                                         f"{self.engine.name} engine)", location=error_location(cause) or self.location,
-                            tasks=tasks, detail={"traceback": "".join(traceback.format_exception(cause))[-4000:]})]
+            return [exception_finding("a forked task", cause, f"concurrent run, {self.engine.name} engine",
+                                      location=self.location, tasks=tasks)]
         finally:
             watches[1].restore()
             if module_watch is not None:
@@ -386,8 +379,7 @@ class Checker:
         return findings
 
     def _hang(self, what: str) -> Finding:
-        return Finding("hang", f"{what} did not finish within {self.settings.timeout:g} s",
-                       location=self.location, detail={"timeout_s": self.settings.timeout})
+        return hang_finding(what, self.settings.timeout, location=self.location)
 
 
 _NO_OUTPUT = object()

@@ -14,6 +14,7 @@ the same task whatever order the threads reach it in.
 """
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -125,6 +126,8 @@ class PCTPolicy:
     back-offs end for good ``budget`` seconds after the run's first point. So a high-priority task waiting on a
     low-priority one is blocked in ``aten::wait`` and outranks nobody, and any other dependency PCT cannot see
     (a lock, a full pool) costs at most the bounded waits: a run is never more than ``budget`` slower.
+    ``leader``: a task that starts above every drawn priority (the root, so that the order its forks start in is
+    the drawn one, not the order they were forked in).
     """
 
     def __init__(
@@ -134,12 +137,14 @@ class PCTPolicy:
         steps: int = 64,
         max_wait: float = 2e-3,
         budget: float = 50e-3,
+        leader: int | None = None,
     ):
         if depth < 1 or steps < 1:
             raise ValueError(f"PCTPolicy: depth and steps must be at least 1, not {depth} and {steps}")
         if max_wait < 0 or budget < 0:
             raise ValueError("PCTPolicy: max_wait and budget must not be negative")
         self.seed, self.depth, self.steps, self.max_wait, self.budget = seed, depth, steps, max_wait, budget
+        self.leader = leader
         rng = random.Random(seed)
         points = rng.sample(range(1, steps + 1), min(depth - 1, steps))
         self.change_points = {step: float(i) for i, step in enumerate(sorted(points), start=1)}
@@ -171,7 +176,8 @@ class PCTPolicy:
     def _state(self, task: int) -> _TaskState:
         state = self._tasks.get(task)
         if state is None:
-            state = self._tasks[task] = _TaskState(self.depth + _unit(self.seed, task))
+            drawn = self.depth + (1.0 if task == self.leader else _unit(self.seed, task))
+            state = self._tasks[task] = _TaskState(drawn)
         return state
 
     def on_point(self, site: int, task: int) -> None:
@@ -371,13 +377,20 @@ def draw_schedules(draw: Callable[[Any, str], Schedule], strategy: str, count: i
     starts from the simplest draw (seed 0), and ten copies of one schedule would test one interleaving ten times.
     """
     kinds = members(strategy)
-    sources = {kind: schedules(kind) for kind in kinds}
+    sources = {kind: _drawn_schedules(kind) for kind in kinds}
     drawn = []
     for index in range(count):
         schedule = draw(sources[kinds[index % len(kinds)]], f"schedule {index}")
         mixed = zlib.crc32(f"{schedule.seed}:{index}".encode()) | (schedule.seed << 32)
         drawn.append(Schedule(schedule.strategy, mixed % 2**64, schedule.params))
     return drawn
+
+
+@functools.lru_cache(maxsize=None)
+def _drawn_schedules(kind: str) -> Any:
+    """``schedules(kind)``, built once: Hypothesis validates a new strategy (and describes its lambda from the
+    source) on its first draw, which cost more than the runs of an example whose serial run is all it runs."""
+    return schedules(kind)
 
 
 def with_steps(drawn: list[Schedule], steps: int) -> list[Schedule]:

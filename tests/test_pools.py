@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 import pytest
 
@@ -42,6 +43,26 @@ def test_the_schedules_are_split_over_the_sizes_on_the_same_inputs() -> None:
     assert [per_size[s]["schedules"] for s in per_size] == [3 * 2, 3 * 2, 3 * 1]  # 5 schedules: 2 + 2 + 1
     assert [per_size[s]["examples"] for s in per_size] == [3, 3, 3] and result.examples == 3
     assert result.schedules == 15 and [per_size[s]["pool_size"] for s in per_size] == [1, 2, 4]
+
+
+def test_children_fork_from_a_warm_template_that_started_no_pool() -> None:
+    import forkcheck.isolation
+
+    result = forkcheck.check(pool_programs.pure, pool_sizes=(1, 4), seed=2, examples=2, schedules=2)
+    assert result.verdict == "pass", result.findings
+    assert [result.stats["pool_sizes"][size]["pool_size"] for size in ("1", "4")] == [1, 4]
+    for size in (1, 4):
+        child = forkcheck.isolation._children[size]
+        # the warm-up started no thread in the template (no inter-op pool, no OpenMP team) and loaded the dispatch
+        # machinery, which the child then had without importing it
+        imported, warmed = child.template["threads"]
+        assert imported == warmed and child.template["warm_error"] == "" and child.template["sympy_loaded"]
+        assert _parent_of(child.proc.pid) != os.getpid()  # forked by the fork server, not started by this process
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def test_pool_sizes_need_a_target_the_child_can_import() -> None:

@@ -252,9 +252,17 @@ def _timeline(race: Race, log: AccessLog, hb: HappensBefore, joins: dict[int, li
     return [event for _, event in sorted(events, key=lambda item: item[0])]
 
 
-def outputs_affected(finding: Finding, affected: bool) -> Finding:
-    """Fill in whether the run that showed the race returned outputs other than the serial reference's."""
+_OUTCOMES = {  # what judged the run that showed a race: (it went wrong, it did not)
+    "outputs": ("this schedule's outputs differed from the serial reference",
+                "this schedule's outputs matched the serial reference, another one's may not"),
+    "test": ("the test failed under this schedule",
+             "the test's assertions passed under this schedule, another one's may not"),
+}
+
+
+def outputs_affected(finding: Finding, affected: bool, judged_by: str = "outputs") -> Finding:
+    """Fill in whether the run that showed the race went wrong: its outputs differed from the serial reference's,
+    or (``judged_by="test"``, a marked test) the test failed."""
     finding.detail["outputs_affected"] = affected
-    finding.message += ("; this schedule's outputs differed from the serial reference" if affected else
-                        "; this schedule's outputs matched the serial reference, another one's may not")
+    finding.message += "; " + _OUTCOMES[judged_by][0 if affected else 1]
     return finding
