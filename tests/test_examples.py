@@ -35,6 +35,8 @@ EXPECTED: dict[str, Optional[str]] = {
     "examples/random_mask.py::random_mask": "global-mutation",
     "examples/score_log.py::score_and_log": "input-mutation",
     "examples/chunked_sum.py::chunked_sum": "race",
+    "examples/saved_model.py::deployed_ensemble": None,
+    "examples/saved_model.py::monitored_ensemble": "attribute-mutation",
 }
 NOT_SCRIPTABLE = {"examples/global_cache.py::add_positions"}  # a global dict: runs on forkcheck's scheduler
 

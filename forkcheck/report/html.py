@@ -137,10 +137,10 @@ class _Page:
         anchor = self._unique("t-" + _slug(nodeid))
         findings = [self._finding(anchor, i, f, row) for i, f in enumerate(row.get("findings") or [])
                     if isinstance(f, Mapping)]
-        replays = self._replays(nodeid, findings)
         engine = str(row.get("engine") or "")
         stats = dict(row.get("stats") or {}) if isinstance(row.get("stats"), Mapping) else {}
         pools = stats.pop("pool_sizes", None)
+        replays = self._replays(nodeid, findings, str(stats.pop("replay_with", "") or ""))
         coverage = statement(stats.pop("coverage", None) or {})
         run_at = str(row.get("run_at") or "")
         replay_run = row.get("replay_run")
@@ -166,20 +166,21 @@ class _Page:
                 isinstance(replay_run, Mapping) and replay_run.get("run_at") == self.run_at) else "",
         }
 
-    def _replays(self, nodeid: str, findings: list[dict]) -> list[dict[str, str]]:
-        """The first finding's replay, labelled; then each finding whose own replay differs, labelled by it."""
+    def _replays(self, nodeid: str, findings: list[dict], replay_with: str = "") -> list[dict[str, str]]:
+        """The first finding's replay, labelled; then each finding whose own replay differs, labelled by it
+        (``replay_with``: the row's own replay command, see ``replay_command``)."""
         shown: list[dict[str, str]] = []
         first = next((f for f in findings if f["replay"]), None)
         if first is None:
             return shown
         shown.append({"label": f"reruns the example of the first finding ({first['kind']})", "href": "",
-                      "command": replay_command(nodeid, first["replay"], self.command)})
+                      "command": replay_command(nodeid, first["replay"], self.command, replay_with)})
         seen = {first["replay"]}
         for number, finding in enumerate(findings, 1):
             if finding["replay"] and finding["replay"] not in seen:
                 seen.add(finding["replay"])
                 shown.append({"label": f"reruns the example of finding {number} ({finding['kind']})",
-                              "command": replay_command(nodeid, finding["replay"], self.command),
+                              "command": replay_command(nodeid, finding["replay"], self.command, replay_with),
                               "href": "#" + finding["id"]})
         return shown
 

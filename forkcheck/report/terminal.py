@@ -37,8 +37,11 @@ def _runnable(program: str) -> str:
     return shlex.quote(shown)
 
 
-def replay_command(nodeid: str, token: str, invocation: str = "pytest") -> str:
-    """The shell command that reruns the failing example; the node id is always quoted (``[`` is a glob)."""
+def replay_command(nodeid: str, token: str, invocation: str = "pytest", replay_with: str = "") -> str:
+    """The shell command that reruns the failing example; the node id is always quoted (``[`` is a glob). A row
+    whose ``stats.replay_with`` says how (a saved model's, see ``forkcheck.cli``) replays with that and the token."""
+    if replay_with:
+        return f"{replay_with} {shlex.quote(token)}"
     quoted = shlex.quote(nodeid)
     if not quoted.startswith("'"):
         quoted = f"'{nodeid}'"
@@ -123,7 +126,8 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
         lines.extend(f"  {name} = {text}" for name, text in failing.items())
     token = next((_get(f, "replay") for f in findings if _get(f, "replay")), "")
     if token and not replays:
-        lines.append("replay: " + replay_command(_get(result, "nodeid"), token, invocation))
+        lines.append("replay: " + replay_command(_get(result, "nodeid"), token, invocation,
+                                                 stats.get("replay_with", "")))
     return relative("\n".join(lines), rootdir)
 
 
@@ -145,7 +149,9 @@ def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[
             first = result["findings"][0]
             lines.append(f"FAIL {result['nodeid']} [{first['kind']}] {_first_line(first['message'])}")
             if first.get("replay") and not replays:
-                lines.append(f"  replay: {replay_command(result['nodeid'], first['replay'], invocation)}")
+                command = replay_command(result["nodeid"], first["replay"], invocation,
+                                         (result.get("stats") or {}).get("replay_with", ""))
+                lines.append(f"  replay: {command}")
     if paths:
         lines.append(f"report: {paths['html']} (machine-readable: {paths['json']})")
     return [relative(line, rootdir) for line in lines]

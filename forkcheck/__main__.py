@@ -1,0 +1,6 @@
+"""``python -m forkcheck check PATH ...``: see ``forkcheck.cli``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

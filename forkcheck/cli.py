@@ -1,0 +1,283 @@
+"""``forkcheck check PATH``: check a model saved with ``torch.jit.save``, for those who have a ``.pt`` file and no tests.
+
+The model is checked as the plugin checks a target: in child processes, one per inter-op pool size
+(``forkcheck.pools``), each loading PATH itself. A loaded model is no module-level name a child could import, so the
+children reach it through this module: the attribute ``saved:{"path": ..., "inputs": [...]}`` loads PATH and marks it
+with the ``--input`` strategies (the module's ``__getattr__``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import sys
+import traceback
+from typing import Any, Optional
+
+SAFE, FINDINGS, USAGE, INTERNAL = 0, 1, 2, 3  # exit statuses
+SAVED = "saved:"
+SETUP_ERROR = "setup error: "
+SUGGESTED = {"Tensor": "float32[2,8]", "int": "int[0..5]", "float": "float[-1.0..1.0]", "bool": "bool", "str": "str"}
+
+DESCRIPTION = """\
+Check a TorchScript model saved with torch.jit.save: its forward runs on forkcheck's inputs under many schedules of
+its torch.jit.fork tasks, on the real runtime, and the oracles say whether it is safe to fork.
+
+Exit status: 0 safe, 1 findings, 2 usage error (the message names the fix), 3 no verdict: an internal error in
+forkcheck, or the process checking the model crashed."""
+INPUT_HELP = ("an input of forward and what to draw for it (repeat for each input; inputs not given are inferred "
+              "from the model's schema); SPEC as below")
+SPECS = """\
+input specs (NAME=SPEC):
+  DTYPE[SHAPE]   a tensor; DTYPE one of float16, bfloat16, float32, float64, int8, int16, int32, int64, uint8, bool;
+                 SHAPE comma-separated sizes, each N or a range LO..HI:
+                 x=float32[2,8]  ids=int64[3]  t=float32[] (0-dim)  x=float32[2,1..8]
+  int, float, bool, str, int[LO..HI], float[LO..HI]
+                 a Python value: k=int  k=int[0..5]  p=float[-1.0..1.0]  flag=bool  name=str
+
+example:
+  forkcheck check model.pt --input x=float32[4,8] --examples 20 --report reports"""
+
+
+class UsageError(Exception):
+    """The command line cannot be carried out as written; exit status 2, the message names the fix."""
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return _check(args)
+    except UsageError as err:
+        print(f"forkcheck check: error: {err}", file=sys.stderr)
+        return USAGE
+    except Exception:
+        traceback.print_exc()
+        print("forkcheck check: internal error in forkcheck (a bug in forkcheck, not in the model)", file=sys.stderr)
+        return INTERNAL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forkcheck", description="forkcheck: race and determinism checks for "
+                                                                   "torch.jit.fork/wait code")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="check")
+    check = commands.add_parser("check", help="check a model saved with torch.jit.save", description=DESCRIPTION,
+                                epilog=SPECS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("path", metavar="PATH", help="a .pt file written by torch.jit.save")
+    check.add_argument("--input", action="append", default=[], metavar="NAME=SPEC", help=INPUT_HELP)
+    check.add_argument("--examples", metavar="N", help="Hypothesis examples of inputs (default 10)")
+    check.add_argument("--schedules", metavar="N", help="concurrent schedules per example (default 10)")
+    check.add_argument("--seed", metavar="S", help="seed for inputs and schedules (default: random, printed)")
+    check.add_argument("--pool-sizes", metavar="N,N,...", default="1,2,4",
+                       help="inter-op pool sizes the schedules are split over, a child process each (default 1,2,4)")
+    check.add_argument("--replay", metavar="TOKEN", help="rerun the failing example a replay token names")
+    check.add_argument("--report", metavar="DIR", default="reports",
+                       help="directory for forkcheck.json and index.html (default reports)")
+    check.add_argument("--no-report", action="store_true", help="write no report files")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .marker import get_mark
+    from .report import write_reports
+    from .report.terminal import summary_lines
+    from .target import Target
+
+    settings, sizes = _settings(args)
+    _check_token(args.replay, args.path)
+    if not args.no_report:
+        _check_report_dir(args.report)
+    model = _load_or_explain(args.path, args.input)
+    inputs = _inferred(model, args.path)
+    print(f"forkcheck: replaying a failure of {args.path}" if args.replay else
+          f"forkcheck: checking {args.path}, seed {settings.seed} (rerun with --seed {settings.seed})", flush=True)
+    result = _run(Target.from_object(model, args.path), settings, sizes, args)
+    _blame_inferred_inputs(result, [name for name in inputs if name not in get_mark(model).strategies])
+    result.stats["replay_with"] = shlex.join(["forkcheck", "check", args.path, *[
+        part for spec in args.input for part in ("--input", spec)], "--replay"])  # the report's replay commands
+    print(_result_text(result))
+    rows = {args.path: result.to_json()}
+    paths = None if args.no_report else write_reports(args.report, rows, settings.seed)
+    print("\n".join(summary_lines(rows.values(), paths)))
+    if result.verdict != "error":
+        return FINDINGS if result.verdict == "fail" else SAFE
+    return USAGE if result.error.startswith(SETUP_ERROR) else INTERNAL
+
+
+def _result_text(result: Any) -> str:
+    """What the check found, as the plugin prints a failing item; for a pass, what was run."""
+    from .report.terminal import failure_text, pool_line, reason
+
+    if result.verdict == "pass":
+        lines = [f"safe to fork: no findings in {result.examples} examples, {result.schedules} schedules "
+                 f"({result.engine} engine; {reason(result.engine_reason)})"]
+        if result.stats.get("pool_sizes"):
+            lines.append(f"inter-op pool sizes: {pool_line(result.stats['pool_sizes'])}")
+    else:
+        lines = [failure_text(result)]
+    if "in-process" in result.stats.get("isolation", ""):
+        lines.append(f"checked {result.stats['isolation']}, with this process's inter-op pool only")
+    return "\n".join(lines)
+
+
+def _settings(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
+    """The check's settings (a drawn seed when none is given) and pool sizes; a bad value is a usage error."""
+    from .settings import Settings, SettingsError, validate
+
+    given = {name: value for name in ("examples", "schedules", "seed", "pool_sizes")
+             if (value := getattr(args, name)) is not None}
+    try:
+        values = validate(given, source="--")
+    except SettingsError as err:
+        raise UsageError(str(err).replace("--pool_sizes", "--pool-sizes")) from None
+    sizes = values.pop("pool_sizes")
+    values.setdefault("seed", random.randrange(2**32))
+    return Settings().replace(**values), sizes
+
+
+def _check_report_dir(directory: str) -> None:
+    """The report directory can be written, and holds no files forkcheck did not write (it never overwrites them)."""
+    from .report import ReportPathError, check_report_dir
+
+    try:
+        check_report_dir(directory)
+    except ReportPathError as err:
+        raise UsageError(str(err).replace("--forkcheck-no-report", "--no-report")
+                         .replace("--forkcheck-report", "--report")) from None
+
+
+def _check_token(token: Optional[str], path: str) -> None:
+    from .replay import ReplayError, ReplayToken
+
+    if token is None:
+        return
+    try:
+        target = ReplayToken.decode(token).target
+    except ReplayError as err:
+        raise UsageError(f"--replay: {err}") from None
+    if target != path:
+        raise UsageError(f"--replay: the token is for {target}, not {path}: replay it with forkcheck check {target} "
+                         "and the --input options the failure printed")
+
+
+def load_model(path: str, specs: list[str]) -> Any:
+    """The model saved at ``path``, marked with the strategies of the ``--input`` specs."""
+    import torch
+
+    from . import strategies as fst
+
+    from ._warnings import quiet_jit
+    from .compiled import parameter_names
+    from .marker import fork_safe
+
+    with quiet_jit():
+        model = torch.jit.load(path, map_location="cpu")
+    given = dict(fst.parse_input(spec) for spec in specs)
+    unknown = [name for name in given if name not in parameter_names(model)]
+    if unknown:
+        raise UsageError(f"--input {unknown[0]}: the model's forward takes no input {unknown[0]!r}; its inputs are "
+                         f"{', '.join(parameter_names(model)) or 'none'}")
+    return fork_safe(model, **given)
+
+
+def __getattr__(name: str) -> Any:
+    """``saved:{...}``: how a child process reaches the saved model it is to check (see the module docstring)."""
+    if name.startswith(SAVED):
+        request = json.loads(name[len(SAVED):])
+        return load_model(request["path"], request["inputs"])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _load_or_explain(path: str, specs: list[str]) -> Any:
+    """``load_model``, with each way it can fail told as a usage error."""
+    from . import strategies as fst
+
+    names = [spec.partition("=")[0].strip() for spec in specs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"--input {', '.join(twice)} given more than once: give each input once")
+    for spec in specs:
+        try:
+            fst.parse_input(spec)
+        except fst.SpecError as err:
+            raise UsageError(f"--input {err}") from None
+    if not os.path.isfile(path):
+        where = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise UsageError(f"{path} {where}: give the path of a .pt file written by torch.jit.save")
+    try:
+        return load_model(path, specs)
+    except UsageError:
+        raise
+    except Exception as err:
+        text = str(err).strip().splitlines()
+        raise UsageError(f"{path} is not a TorchScript archive (torch.jit.load: {type(err).__name__}: "
+                         f"{text[0] if text else ''}); save the model with "
+                         f"torch.jit.save(torch.jit.script(model), {path!r})") from None
+
+
+def _inferred(model: Any, path: str) -> list[str]:
+    """The inputs of ``forward``: given, or inferred from the schema; one that cannot be inferred is a usage
+    error that names it and the ``--input`` to give."""
+    from . import strategies as fst
+
+    from .marker import get_mark
+
+    try:
+        return list(fst.for_callable(model, get_mark(model).strategies, what=path))
+    except fst.InferenceError as err:
+        name = err.parameter
+        if name is None:
+            raise UsageError(str(err)) from None
+        kind = _schema_type(model, name)
+        if kind not in SUGGESTED:
+            raise UsageError(f"cannot infer input {name!r} of {path}: its type {kind or '?'} is none that "
+                             "forkcheck infers (Tensor, int, float, bool, str, and lists, tuples, dicts and "
+                             "optionals of them) or --input gives (tensors, int, float, bool, str). Check the "
+                             f"model from Python with a strategy for it: forkcheck.check(fork_safe(torch.jit.load("
+                             f"{path!r}), {name}=...))") from None
+        hint = " (the dtype and shape forward takes)" if kind == "Tensor" else ""
+        raise UsageError(f"cannot infer input {name!r} of {path}: {err}; give it: --input {name}={SUGGESTED[kind]}"
+                         f"{hint}") from None
+
+
+def _schema_type(model: Any, name: str) -> str:
+    """The type of ``forward``'s argument ``name`` in the model's schema, as TorchScript writes it."""
+    from .compiled import arguments
+
+    return next((str(argument.type) for argument in arguments(model) if argument.name == name), "")
+
+
+def _run(target: Any, settings: Any, sizes: tuple[int, ...], args: argparse.Namespace) -> Any:
+    """The check in child processes, one per pool size, each loading PATH; in this process if no child can."""
+    from .isolation import Unavailable
+    from .pools import check_over_pool_sizes
+    from .runner import check
+
+    attribute = SAVED + json.dumps({"path": os.path.abspath(args.path), "inputs": args.input})
+    try:
+        return check_over_pool_sizes(sys.modules[__name__], attribute, target, settings, sizes, args.replay,
+                                     args.path)
+    except Unavailable as err:
+        result = check(target, settings, replay=args.replay, nodeid=args.path)
+        result.stats["isolation"] = f"in-process ({err})"
+        return result
+
+
+def _blame_inferred_inputs(result: Any, inferred: list[str]) -> None:
+    """A model that raised on inputs forkcheck inferred, with its forks inline, was given inputs it does not take
+    (the schema says ``Tensor``, not which shape): not a finding but a usage error that names the inputs to give."""
+    serial = result.stats.get("found_by") == "serial run" or any(
+        size.get("found_by") == "serial run" for size in result.stats.get("pool_sizes", {}).values())
+    if not (inferred and serial and result.verdict == "fail" and all(f.kind == "exception" for f in result.findings)):
+        return
+    flags = " ".join(f"--input {name}={SUGGESTED['Tensor']}" for name in inferred)
+    shown = "; ".join(f"{name} = {text}" for name, text in result.failing_input.items() if name in inferred)
+    first = result.findings[0]
+    trace = [line for line in first.detail.get("traceback", "").splitlines() if line.strip()]
+    raised = trace[-1] if trace else first.message  # TorchScript's own message comes last, after its stack
+    result.verdict, result.findings = "error", []
+    result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline, on inputs inferred from its "
+                    f"schema ({shown}): give the inputs forward takes, e.g. {flags} (the dtype and shape it "
+                    "expects)")
