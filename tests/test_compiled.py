@@ -196,7 +196,7 @@ def test_a_compiled_target_s_replay_token_reproduces_its_failure(fc, pytester, n
     kind = UNSAFE[name][0]
     finding = next(f for f in fc.rows()[f"test_compiled_forms.py::{name}"]["findings"] if f["kind"] == kind)
     fc.run(f"test_compiled_forms.py::{name}", "--forkcheck-replay", finding["replay"]).assert_outcomes(failed=1)
-    row = fc.rows()[f"test_compiled_forms.py::{name}"]
+    row = fc.rows()[f"test_compiled_forms.py::{name}"]["replay_run"]  # the replay, beside the row it replays
     assert row["engine"] == "script"
     assert row["stats"]["replays"]["reproduced"] == row["stats"]["replays"]["runs"] == 10
     assert kind in {f["kind"] for f in row["findings"]}

@@ -205,19 +205,29 @@ def empty_sets():
     return st.just(set())
 
 
-@pytest.mark.slow
-def test_exhaustive_finds_every_seeded_bug_and_passes_their_fixed_versions() -> None:
+def _seeded(kind: str) -> list:
+    """The seeded bugs (``BUGS``) or their fixed versions (``PURE``), as parameters: xdist spreads them."""
     import seeded_bugs
 
-    for bug in seeded_bugs.BUGS:
-        result = forkcheck.check(bug.target, seed=1, examples=3, strategy="exhaustive")
-        assert result.verdict == "fail", bug.name
-        kinds = {f.kind for f in result.findings}
-        assert kinds & ({"race", *bug.kinds}), (bug.name, kinds)
-    for name, fixed in seeded_bugs.PURE.items():
-        result = forkcheck.check(fixed, seed=1, examples=3, strategy="exhaustive")
-        assert result.verdict == "pass", name
-        assert statement(result.stats["coverage"]).startswith("explored all "), name
+    return ([pytest.param(bug, id=bug.name) for bug in seeded_bugs.BUGS] if kind == "bugs" else
+            [pytest.param(fixed, id=name) for name, fixed in seeded_bugs.PURE.items()])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", _seeded("bugs"))
+def test_exhaustive_finds_every_seeded_bug(bug) -> None:
+    result = forkcheck.check(bug.target, seed=1, examples=3, strategy="exhaustive", budget=200)  # a race: at once
+    assert result.verdict == "fail", bug.name
+    kinds = {f.kind for f in result.findings}
+    assert kinds & ({"race", *bug.kinds}), (bug.name, kinds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixed", _seeded("pure"))
+def test_exhaustive_passes_the_seeded_bugs_fixed_versions_with_full_coverage(fixed) -> None:
+    result = forkcheck.check(fixed, seed=1, examples=3, strategy="exhaustive")
+    assert result.verdict == "pass"
+    assert statement(result.stats["coverage"]).startswith("explored all ")
 
 
 def test_the_coverage_statement_is_in_the_terminal_summary_and_the_html_report() -> None:
