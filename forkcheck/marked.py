@@ -29,7 +29,8 @@ from .replay import ReplayError, ReplayToken
 from .schedule import members
 from .settings import Settings
 
-REASON = "a marked test's forks run under forkcheck's scheduler (scripted code's on the real runtime)"
+REASON = ("a marked test's Python forks run under forkcheck's scheduler, and the forks of scripted code it calls on "
+          "the real runtime, under forkcheck's schedules")
 ORDER_SHOWN = 24  # tasks of the order a finding's message shows
 
 

@@ -67,8 +67,8 @@ class ScriptEngine:
 
     def __init__(self, instance: Any, param_names: Sequence[str], tasks: int):
         compiled = isinstance(instance, (torch.jit.ScriptFunction, torch.jit.ScriptModule))
-        self.reason = (f"the target {'is compiled TorchScript' if compiled else 'scripts'}: tasks run on "
-                       "TorchScript's inter-op thread pool")
+        self.reason = (f"the target {'is compiled TorchScript' if compiled else 'compiles with torch.jit.script'}: "
+                       "its tasks run on TorchScript's inter-op thread pool")
         self.scripted = instance if compiled else _script(instance)
         is_module = isinstance(instance, torch.nn.Module)
         self.module = self.scripted if is_module else None

@@ -206,7 +206,7 @@ class _Page:
             shown.append(("replay", f"{replay_what(replays)}: {replay_outcome(replays)}"))
         interleavings, switches = stats.pop("interleavings", None), stats.pop("switches", None)
         if interleavings:
-            shown.append(("interleavings", f"{interleavings} distinct" +
+            shown.append(("task orders", f"{interleavings} distinct (of every step, not only conflicting ones)" +
                           (f", {switches} task switches" if switches else "")))
         for key in ("failed_after", "wrong_outcome_after"):
             value = stats.pop(key, None)
