@@ -155,6 +155,20 @@ def test_a_crash_or_hang_in_a_marked_test_is_that_items_and_the_session_goes_on(
 
 
 @pytest.mark.slow
+def test_a_replay_whose_copy_is_stopped_counts_the_rerun_that_hung(fc, pytester, run) -> None:
+    pytester.makepyfile(test_ends=source(ENDS_ITS_PROCESS))
+    run("test_ends.py::test_loops").assert_outcomes(failed=1)
+    token = fc.rows()["test_ends.py::test_loops"]["findings"][0]["replay"]
+    replayed = run("test_ends.py::test_loops", "--forkcheck-replay", token)
+    replayed.assert_outcomes(failed=1)
+    again = fc.rows()["test_ends.py::test_loops"]["replay_run"]
+    assert [f["kind"] for f in again["findings"]] == ["hang"]
+    replays = again["stats"]["replays"]  # the copy stops at the first rerun: it hung, a wrong outcome
+    assert (replays["runs"], replays["reproduced"], replays["wrong_outcome"]) == (1, 1, 1)
+    assert "reproduced 1 of 1 (1 with a wrong outcome)" in replayed.stdout.str()
+
+
+@pytest.mark.slow
 def test_a_process_whose_inter_op_pool_runs_checks_marked_tests_in_process(fc, pytester, run) -> None:
     """A forked copy of a process whose pool has threads cannot run a scripted fork: the test runs here instead."""
     starts_the_pool = """
