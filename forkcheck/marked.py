@@ -2,10 +2,11 @@
 
 ``check_test(body, settings, name)`` runs a zero-argument callable once per schedule (a replay token's one schedule
 ``REPLAYS`` times, and ``stats.replays`` says how many reproduced a finding) under forkcheck's own scheduler; calls
-of scripted code that forks run on the real runtime under a schedule of their own (``forkcheck.scripted_calls``). The oracle is the body's own outcome (its assertions: ``nondeterminism``;
-anything else it raised: ``exception``), a forked task's exception (``exception``), a deadlock or a schedule over
-the timeout (``hang``), and ``race``: two tasks that fork/wait leaves unordered touched the same storage, one
-writing, under any schedule, whether or not the body then failed. The first schedule with a finding ends the check.
+of scripted code that forks run on the real runtime under a schedule of their own (``forkcheck.scripted_calls``).
+The oracle is the body's own outcome (its assertions: ``nondeterminism``; anything else it raised: ``exception``),
+a forked task's exception (``exception``), a deadlock or a schedule over the timeout (``hang``), and ``race``: two
+tasks that fork/wait leaves unordered touched the same storage, one writing, under any schedule, whether or not the
+body then failed. The first schedule with a finding ends the check (a replay's reruns all run).
 
 With ``forked=True`` the schedules run in a forked copy of this process (``forkcheck.forked``), so that a crash is an
 ``error`` naming the signal or exit status and the last output, and a hang that no switch point can see (a loop in

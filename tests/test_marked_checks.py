@@ -226,8 +226,10 @@ def test_a_replay_of_a_marked_test_whose_race_was_fixed_passes_reproducing_none(
     path = pytester.makepyfile(test_scripted=source(SCRIPTED))
     run("test_scripted.py::test_total", "--forkcheck-schedules", "2").assert_outcomes(failed=1)
     token = fc.rows()["test_scripted.py::test_total"]["findings"][0]["replay"]
-    fixed = path.read_text().replace("    total.add_(x)\n    return total", "    return total + x").replace(
-        "    torch.jit.wait(a)\n    torch.jit.wait(b)\n    return total", "    return torch.jit.wait(a) + torch.jit.wait(b)")
+    waits = "    torch.jit.wait(a)\n    torch.jit.wait(b)\n    return total"
+    summed = "    return torch.jit.wait(a) + torch.jit.wait(b)"
+    fixed = path.read_text().replace("    total.add_(x)\n    return total", "    return total + x")
+    fixed = fixed.replace(waits, summed)
     assert fixed.count("torch.jit.wait(a) + torch.jit.wait(b)") == 2  # two_accumulations' and doubled_pair's
     path.write_text(fixed)
     replayed = run("test_scripted.py::test_total", "--forkcheck-replay", token)
