@@ -240,24 +240,28 @@ def run_marked_test(item: pytest.Function, settings: Any) -> None:
     if result.verdict != "fail":
         return
     note = _failure_note(result, *_shown_as(item.config))
-    if raised:  # in-process: the exception the schedule ended with, as pytest reports it, and the note
-        raised[-1].add_note(note)
-        raise raised[-1]
+    if raised:  # in-process: the exception the (first failing) schedule ended with, as pytest reports it, and the note
+        raised[0].add_note(note)
+        raise raised[0]
     first = result.findings[0]
     shown = first.detail.get("traceback") or first.message if first.kind != "race" else ""
     pytest.fail((shown.rstrip() + "\n\n" if shown else "") + note, pytrace=False)
 
 
 def _failure_note(result: Any, invocation: str, rootdir: str) -> str:
-    """forkcheck's words after a failure: the schedule, the races it showed, the replay command."""
-    from .report.terminal import relative, replay_command
+    """forkcheck's words after a failure: the schedule, the races it showed, the replay command (a replay's: what
+    it reran and how often the failure came back)."""
+    from .report.terminal import relative, replay_command, replay_outcome, replay_what
 
     races = [f for f in result.findings if f.kind == "race"]
     listed = relative("".join(f"\n  - {race.message}" for race in races), rootdir)
     plural = "s" * (len(races) > 1)
     under = result.stats.get("failed_under", "")
-    token = result.findings[0].replay
-    replay = f"replay it with\n  {replay_command(result.nodeid, token, invocation)}" if token else ""
+    token, replays = result.findings[0].replay, result.stats.get("replays")
+    if replays:
+        replay = f"replayed {replay_what(replays)}, {replays['runs']} times: {replay_outcome(replays)}"
+    else:
+        replay = f"replay it with\n  {replay_command(result.nodeid, token, invocation)}" if token else ""
     if len(races) == len(result.findings):
         return f"forkcheck: {len(races)} race{plural} under {under}, although the test's assertions passed:" \
                f"{listed}\n{replay}"

@@ -1,11 +1,12 @@
 """The check of a marked test: its body under many schedules, what went wrong under them, as one result. No pytest.
 
-``check_test(body, settings, name)`` runs a zero-argument callable once per schedule (one when replaying a token)
-under forkcheck's own scheduler; calls of scripted code that forks run on the real runtime under a schedule of
-their own (``forkcheck.scripted_calls``). The oracle is the body's own outcome (its assertions: ``nondeterminism``;
-anything else it raised: ``exception``), a forked task's exception (``exception``), a deadlock or a schedule over
-the timeout (``hang``), and ``race``: two tasks that fork/wait leaves unordered touched the same storage, one
-writing, under any schedule, whether or not the body then failed. The first schedule with a finding ends the check.
+``check_test(body, settings, name)`` runs a zero-argument callable once per schedule (a replay token's one schedule
+``REPLAYS`` times, and ``stats.replays`` says how many reproduced a finding) under forkcheck's own scheduler; calls
+of scripted code that forks run on the real runtime under a schedule of their own (``forkcheck.scripted_calls``).
+The oracle is the body's own outcome (its assertions: ``nondeterminism``; anything else it raised: ``exception``),
+a forked task's exception (``exception``), a deadlock or a schedule over the timeout (``hang``), and ``race``: two
+tasks that fork/wait leaves unordered touched the same storage, one writing, under any schedule, whether or not the
+body then failed. The first schedule with a finding ends the check (a replay's reruns all run).
 
 With ``forked=True`` the schedules run in a forked copy of this process (``forkcheck.forked``), so that a crash is an
 ``error`` naming the signal or exit status and the last output, and a hang that no switch point can see (a loop in
@@ -74,7 +75,8 @@ def check_test(body: Callable[[], Any], settings: Settings = Settings(), name: s
 def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float, keep: bool) -> CheckResult:
     def work(send: Callable[[dict], None]) -> dict:
         run.announce = lambda number, what, token: send({"event": "run", "number": number, "what": what,
-                                                         "replay": token, "timeout": settings.timeout})
+                                                         "replay": token, "timeout": settings.timeout,
+                                                         "replays": run.replays})
         try:
             return {"result": run.check().to_json()}
         except Exception:
@@ -90,8 +92,13 @@ def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float,
                                "of silence)", settings.timeout, location=_innermost_user_line(stopped.output),
                                stacks=stopped.output[-4000:])
         finding.replay = stopped.last.get("replay", "")
+        stats: dict[str, Any] = {"isolation": "forked (stopped)", "failed_under": what}
+        if stopped.last.get("replays"):  # a replay's counts before the rerun that hung, and that one (reproduced)
+            replays = dict(stopped.last["replays"])
+            stats["replays"] = dict(replays, runs=replays["runs"] + 1, reproduced=replays["reproduced"] + 1,
+                                    wrong_outcome=replays["wrong_outcome"] + 1)
         return _result(name, started, verdict="fail", findings=[finding], schedules=run.count_of(stopped.last),
-                       stats={"isolation": "forked (stopped)", "failed_under": what})
+                       stats=stats)
     except ChildDied as died:
         what = died.last.get("what", "the test")
         replay = died.last.get("replay", "")
@@ -122,6 +129,8 @@ class _Schedules:
         rng = random.Random(settings.seed)
         self.seeds = [token.schedule_seed] if token is not None else [
             rng.randrange(2**32) for _ in range(settings.schedules)]
+        self.replaying = token is not None
+        self.replays: dict[str, Any] = {}  # a replay's counts so far (``stats.replays``)
         self.arguments = dict(arguments or {})
         self.describe_failure = describe_failure
         self.announce: Callable[[int, str, str], None] = lambda number, what, token: None
@@ -132,42 +141,21 @@ class _Schedules:
         return int(message.get("number", 0)) or (1 if message else 0)
 
     def check(self) -> CheckResult:
-        from .engines.eager import ControlledScheduler, ScheduleError, race_log
-        from .oracles.races import outputs_affected, race_findings
-        from .scripted_calls import ScriptedCalls
-
         started = time.perf_counter()
         result = _result(self.name, started)
-        kinds = members(self.strategy)
         names = _argument_names(self.arguments)
         notes: list[str] = []
-        for number, seed in enumerate(self.seeds, start=1):
-            kind = kinds[(number - 1) % len(kinds)]
-            which = f"schedule {number} of {len(self.seeds)}"
-            token = ReplayToken(self.name, "", "", 0, seed, kind).encode()
-            self.announce(number, which, token)
-            result.schedules = number
-            log = race_log(names)
-            choices = PCT(random.Random(seed)) if kind == "pct" else RandomChoices(random.Random(seed))
-            scheduler = ControlledScheduler(choices, timeout=self.timeout, observer=log)
-            scripted = ScriptedCalls(log, seed, self.programs)
-            failure: Optional[Exception] = None
-            try:
-                with _warnings.quiet_jit(), scripted, scheduler:
-                    self.body()
-            except Exception as err:
-                failure = err
-            notes += [note for note in scripted.notes if note not in notes]
-            log.number_nested()
-            races = [] if isinstance(failure, ScheduleError) else [
-                outputs_affected(race, failure is not None, judged_by="test") for race in race_findings(log)]
-            findings = races + ([self._finding(failure, scheduler, which, kind)] if failure is not None else [])
-            if findings:
-                for finding in findings:
-                    finding.replay = token
-                result.findings, result.verdict = sort_findings(findings), "fail"
-                result.stats["failed_under"] = f"{which} ({kind})"
-                break
+        if self.replaying:
+            self._replay(result, names, notes)
+        else:
+            for number, seed in enumerate(self.seeds, start=1):
+                which = f"schedule {number} of {len(self.seeds)}"
+                self.announce(number, which, self._token(number, seed))
+                result.schedules = number
+                findings = self._schedule(number, seed, which, names, notes)
+                if findings:
+                    self._failed(result, findings, number, which)
+                    break
         if notes:
             result.stats["scripted_calls"] = notes
         if self.strategy == "exhaustive":
@@ -175,6 +163,63 @@ class _Schedules:
                                              "were the portfolio's")
         result.duration_s = round(time.perf_counter() - started, 3)
         return result
+
+    def _replay(self, result: CheckResult, names: dict[int, str], notes: list[str]) -> None:
+        """Rerun the token's schedule ``REPLAYS`` times (its first failure is the result's); ``stats.replays`` says
+        how many reproduced a finding and how many of those went wrong (not only a predicted race)."""
+        from .runner import REPLAYS, _wrong_outcome
+
+        [seed] = self.seeds
+        which = "schedule 1 of 1"
+        self.replays = {"runs": 0, "reproduced": 0, "wrong_outcome": 0, "schedules": 1,
+                        "strategy": self._kind(1), "pool_size": 0, "what": "the test"}
+        for rerun in range(1, REPLAYS + 1):
+            self.announce(1, f"{which}, rerun {rerun} of {REPLAYS}", self._token(1, seed))
+            findings = self._schedule(1, seed, which, names, notes)
+            self.replays["runs"] = rerun
+            if findings:
+                self.replays["reproduced"] += 1
+                self.replays["wrong_outcome"] += _wrong_outcome(findings)
+                if result.verdict != "fail":
+                    self._failed(result, findings, 1, which)
+        result.schedules = 1
+        result.stats["replays"] = dict(self.replays)
+
+    def _kind(self, number: int) -> str:
+        kinds = members(self.strategy)
+        return kinds[(number - 1) % len(kinds)]
+
+    def _token(self, number: int, seed: int) -> str:
+        return ReplayToken(self.name, "", "", 0, seed, self._kind(number)).encode()
+
+    def _failed(self, result: CheckResult, findings: list[Finding], number: int, which: str) -> None:
+        for finding in findings:
+            finding.replay = self._token(number, self.seeds[number - 1])
+        result.findings, result.verdict = sort_findings(findings), "fail"
+        result.stats["failed_under"] = f"{which} ({self._kind(number)})"
+
+    def _schedule(self, number: int, seed: int, which: str, names: dict[int, str], notes: list[str]) -> list[Finding]:
+        """Run the body once under the schedule ``seed`` seeds; its findings (none: it passed)."""
+        from .engines.eager import ControlledScheduler, ScheduleError, race_log
+        from .oracles.races import outputs_affected, race_findings
+        from .scripted_calls import ScriptedCalls
+
+        kind = self._kind(number)
+        log = race_log(names)
+        choices = PCT(random.Random(seed)) if kind == "pct" else RandomChoices(random.Random(seed))
+        scheduler = ControlledScheduler(choices, timeout=self.timeout, observer=log)
+        scripted = ScriptedCalls(log, seed, self.programs)
+        failure: Optional[Exception] = None
+        try:
+            with _warnings.quiet_jit(), scripted, scheduler:
+                self.body()
+        except Exception as err:
+            failure = err
+        notes += [note for note in scripted.notes if note not in notes]
+        log.number_nested()
+        races = [] if isinstance(failure, ScheduleError) else [
+            outputs_affected(race, failure is not None, judged_by="test") for race in race_findings(log)]
+        return races + ([self._finding(failure, scheduler, which, kind)] if failure is not None else [])
 
     def _finding(self, err: Exception, scheduler: Any, which: str, kind: str) -> Finding:
         """The finding of a failed schedule: a hang, a forked task's exception, or the body's own failure."""

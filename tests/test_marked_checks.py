@@ -155,6 +155,20 @@ def test_a_crash_or_hang_in_a_marked_test_is_that_items_and_the_session_goes_on(
 
 
 @pytest.mark.slow
+def test_a_replay_whose_copy_is_stopped_counts_the_rerun_that_hung(fc, pytester, run) -> None:
+    pytester.makepyfile(test_ends=source(ENDS_ITS_PROCESS))
+    run("test_ends.py::test_loops").assert_outcomes(failed=1)
+    token = fc.rows()["test_ends.py::test_loops"]["findings"][0]["replay"]
+    replayed = run("test_ends.py::test_loops", "--forkcheck-replay", token)
+    replayed.assert_outcomes(failed=1)
+    again = fc.rows()["test_ends.py::test_loops"]["replay_run"]
+    assert [f["kind"] for f in again["findings"]] == ["hang"]
+    replays = again["stats"]["replays"]  # the copy stops at the first rerun: it hung, a wrong outcome
+    assert (replays["runs"], replays["reproduced"], replays["wrong_outcome"]) == (1, 1, 1)
+    assert "reproduced 1 of 1 (1 with a wrong outcome)" in replayed.stdout.str()
+
+
+@pytest.mark.slow
 def test_a_process_whose_inter_op_pool_runs_checks_marked_tests_in_process(fc, pytester, run) -> None:
     """A forked copy of a process whose pool has threads cannot run a scripted fork: the test runs here instead."""
     starts_the_pool = """
@@ -196,8 +210,35 @@ def test_forks_inside_scripted_code_are_scheduled_and_their_races_found(fc, pyte
     replayed = run("test_scripted.py::test_total", "--forkcheck-isolation", isolation,
                    "--forkcheck-replay", race["replay"])
     replayed.assert_outcomes(failed=1)
-    again = fc.rows()["test_scripted.py::test_total"]
+    again = fc.rows()["test_scripted.py::test_total"]["replay_run"]  # the replay, beside the row it replays
     assert again["schedules"] == 1 and [(f["kind"], f["location"]) for f in again["findings"]] == [("race", add)]
+    assert again["stats"]["replays"] == {"runs": 10, "reproduced": 10, "wrong_outcome": 0, "schedules": 1,
+                                         "strategy": "random", "pool_size": 0, "what": "the test"}
+    shown = replayed.stdout.str()  # the replay's block, not another replay command
+    said = "the test and its 1 schedule (random), reproduced 10 of 10 (0 with a wrong outcome)"
+    assert f"REPLAY test_scripted.py::test_total: {said}" in shown
+    assert "replayed the test and its 1 schedule (random), 10 times: reproduced 10 of 10" in shown
+    assert "replay it with" not in shown and "--forkcheck-replay fc1" not in shown
+
+
+@pytest.mark.slow
+def test_a_replay_of_a_marked_test_whose_race_was_fixed_passes_reproducing_none(fc, pytester, run) -> None:
+    path = pytester.makepyfile(test_scripted=source(SCRIPTED))
+    run("test_scripted.py::test_total", "--forkcheck-schedules", "2").assert_outcomes(failed=1)
+    token = fc.rows()["test_scripted.py::test_total"]["findings"][0]["replay"]
+    waits = "    torch.jit.wait(a)\n    torch.jit.wait(b)\n    return total"
+    summed = "    return torch.jit.wait(a) + torch.jit.wait(b)"
+    fixed = path.read_text().replace("    total.add_(x)\n    return total", "    return total + x")
+    fixed = fixed.replace(waits, summed)
+    assert fixed.count("torch.jit.wait(a) + torch.jit.wait(b)") == 2  # two_accumulations' and doubled_pair's
+    path.write_text(fixed)
+    replayed = run("test_scripted.py::test_total", "--forkcheck-replay", token)
+    replayed.assert_outcomes(passed=1)
+    again = fc.rows()["test_scripted.py::test_total"]["replay_run"]
+    assert again["verdict"] == "pass" and again["findings"] == []
+    assert (again["stats"]["replays"]["runs"], again["stats"]["replays"]["reproduced"]) == (10, 0)
+    assert "REPLAY test_scripted.py::test_total: the test and its 1 schedule (random), reproduced 0 of 10" \
+        in replayed.stdout.str()
 
 
 def _acc(total: Tensor, x: Tensor) -> Tensor:
@@ -235,7 +276,25 @@ def test_check_test_without_pytest_finds_a_race_inside_a_scripted_call_and_repla
         f"test_marked_checks.py:{_acc.__code__.co_firstlineno + 1}")
     replayed = check_test(lambda: _two_accumulations(x), Settings(), "accumulates", replay=race.replay)
     assert [f.kind for f in replayed.findings] == ["race"] and replayed.schedules == 1
+    replays = replayed.stats["replays"]  # the race is predicted, the sum right: no wrong outcome
+    assert (replays["runs"], replays["reproduced"], replays["wrong_outcome"]) == (10, 10, 0)
     assert _two_accumulations(x).tolist() == [3.0] * 100
+
+
+def test_a_replay_counts_the_reruns_whose_test_failed_as_wrong_outcomes() -> None:
+    def body() -> None:
+        order: list[int] = []
+        futures = [torch.jit.fork(order.append, i) for i in range(2)]
+        for future in futures:
+            torch.jit.wait(future)
+        assert order == [0, 1]
+
+    found = check_test(body, Settings(seed=1, schedules=20), "appends")
+    failed = next(f for f in found.findings if f.kind == "nondeterminism")
+    replayed = check_test(body, Settings(), "appends", replay=failed.replay)
+    assert replayed.verdict == "fail" and "nondeterminism" in {f.kind for f in replayed.findings}
+    replays = replayed.stats["replays"]
+    assert (replays["runs"], replays["reproduced"], replays["wrong_outcome"]) == (10, 10, 10)
 
 
 def test_scripted_forks_of_separate_data_are_no_race_and_routing_is_undone() -> None:

@@ -83,10 +83,10 @@ def replay_outcome(replays: Mapping[str, Any]) -> str:
 
 def replay_what(replays: Mapping[str, Any]) -> str:
     """Which example and schedules a replay ran, e.g. ``the failing input and its 3 schedules (portfolio), on an
-    inter-op pool of 2 threads``."""
+    inter-op pool of 2 threads``; a marked test's replay says ``the test`` (``replays["what"]``)."""
     schedules, strategy, pool = replays.get("schedules"), replays.get("strategy"), replays.get("pool_size")
-    what = "the failing input" + (f" and its {_plural(int(schedules), 'schedule')}" if schedules else
-                                  " and its schedules")
+    what = str(replays.get("what") or "the failing input")
+    what += f" and its {_plural(int(schedules), 'schedule')}" if schedules else " and its schedules"
     if strategy:
         what += f" ({strategy})"
     if pool:
