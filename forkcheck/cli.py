@@ -266,17 +266,18 @@ def _run(target: Any, settings: Any, sizes: tuple[int, ...], args: argparse.Name
 
 
 def _blame_inferred_inputs(result: Any, inferred: list[str]) -> None:
-    """A model that raised on inputs forkcheck inferred, with its forks inline, was given inputs it does not take
-    (the schema says ``Tensor``, not which shape): not a finding but a usage error that names the inputs to give."""
+    """A model that raised on inputs forkcheck inferred, with its forks inline, was given inputs it does not take (the
+    schema says ``Tensor``, not which shape): whatever else was found, not a finding but a usage error that names the
+    inputs to give."""
     serial = result.stats.get("found_by") == "serial run" or any(
         size.get("found_by") == "serial run" for size in result.stats.get("pool_sizes", {}).values())
-    if not (inferred and serial and result.verdict == "fail" and all(f.kind == "exception" for f in result.findings)):
+    error = next((f for f in result.findings if f.kind == "exception"), None) if result.verdict == "fail" else None
+    if not (inferred and serial and error):  # whatever else was found: the inputs were wrong, so it tells nothing
         return
     flags = " ".join(f"--input {name}={SUGGESTED['Tensor']}" for name in inferred)
     shown = "; ".join(f"{name} = {text}" for name, text in result.failing_input.items() if name in inferred)
-    first = result.findings[0]
-    trace = [line for line in first.detail.get("traceback", "").splitlines() if line.strip()]
-    raised = trace[-1] if trace else first.message  # TorchScript's own message comes last, after its stack
+    trace = [line for line in error.detail.get("traceback", "").splitlines() if line.strip()]
+    raised = trace[-1] if trace else error.message  # TorchScript's own message comes last, after its stack
     result.verdict, result.findings = "error", []
     result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline, on inputs inferred from its "
                     f"schema ({shown}): give the inputs forward takes, e.g. {flags} (the dtype and shape it "

@@ -269,6 +269,60 @@ def test_a_model_that_raises_on_inferred_inputs_asks_for_them(models: dict[str, 
     assert given.returncode == 0, given.stdout + given.stderr
 
 
+SAVE_BAD = """\
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+        self.register_buffer("total", torch.zeros(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.total.add_(self.linear(x).sum(0))  # every call writes the buffer: an attribute mutation
+        return self.total
+
+
+class Ensemble(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleList([Head(), Head()])
+
+    def forward(self, x: Tensor) -> Tensor:
+        futures: List[torch.jit.Future[Tensor]] = [torch.jit.fork(h, x) for h in self.heads]
+        return torch.stack([torch.jit.wait(f) for f in futures]).mean(0)
+
+
+torch.jit.save(torch.jit.script(Ensemble()), "bad.pt")
+"""
+
+
+@pytest.fixture
+def bad_model(tmp_path: Path) -> Path:
+    """``bad.pt``, saved by a script in ``tmp_path`` as a user saves one: its source lines are under ``tmp_path``."""
+    (tmp_path / "save_bad.py").write_text(SAVE_BAD)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    subprocess.run([sys.executable, "save_bad.py"], cwd=tmp_path, env=env, check=True, capture_output=True,
+                   timeout=900)
+    return tmp_path / "bad.pt"
+
+
+@pytest.mark.slow
+def test_a_model_that_raises_on_inferred_inputs_asks_for_them_whatever_else_it_does(bad_model: Path) -> None:
+    """The serial run raised on inferred inputs; the buffer writes it also shows tell nothing about forking."""
+    run = forkcheck("check", "bad.pt", *QUICK, "--pool-sizes", "2", cwd=bad_model.parent)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "mat1 and mat2 shapes cannot be multiplied" in run.stdout  # TorchScript's own message
+    assert "The following operation failed" not in run.stdout
+    assert "--input x=float32[2,8]" in run.stdout and "[exception]" not in run.stdout
+    row = _row(bad_model.parent / "reports")
+    assert row["verdict"] == "error" and row["error"].startswith("setup error") and not row["findings"]
+
+
 def test_an_error_inside_forkcheck_exits_3_with_the_traceback(models: dict[str, Path], tmp_path: Path) -> None:
     """A bug in forkcheck (here: its pool-size split breaks) is told apart from the model's problems."""
     code = ("import sys, forkcheck.cli, forkcheck.pools as pools\n"
