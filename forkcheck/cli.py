@@ -212,9 +212,23 @@ def _load_or_explain(path: str, specs: list[str]) -> Any:
         raise
     except Exception as err:
         text = str(err).strip().splitlines()
-        raise UsageError(f"{path} is not a TorchScript archive (torch.jit.load: {type(err).__name__}: "
-                         f"{text[0] if text else ''}); save the model with "
+        what = ("a torch.save file (a pickled model or state dict), not a TorchScript archive" if _torch_saved(path)
+                else f"not a TorchScript archive (torch.jit.load: {type(err).__name__}: {text[0] if text else ''})")
+        raise UsageError(f"{path} is {what}; save the model with "
                          f"torch.jit.save(torch.jit.script(model), {path!r})") from None
+
+
+def _torch_saved(path: str) -> bool:
+    """Whether ``path`` was written by ``torch.save``: a zip archive with a pickle and no TorchScript code, or the
+    legacy format (a bare pickle)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        return any(name.endswith("data.pkl") for name in names) and not any("/code/" in name for name in names)
+    with open(path, "rb") as stream:
+        return stream.read(1) == b"\x80"  # a pickle's protocol opcode
 
 
 def _inferred(model: Any, path: str) -> list[str]:

@@ -163,12 +163,23 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     assert not (tmp_path / "reports").exists()
 
 
-def test_a_file_that_is_no_torchscript_archive_is_a_usage_error(tmp_path: Path) -> None:
-    torch.save(Head().state_dict(), tmp_path / "weights.pt")  # a pickle, not a TorchScript archive
+@pytest.mark.parametrize("zipped", [True, False])
+def test_a_torch_save_file_is_a_usage_error_that_says_so(tmp_path: Path, zipped: bool) -> None:
+    # a pickle (zipped, or the legacy format), not a TorchScript archive
+    torch.save(Head().state_dict(), tmp_path / "weights.pt", _use_new_zipfile_serialization=zipped)
     run = forkcheck("check", "weights.pt", cwd=tmp_path)
     assert run.returncode == 2, run.stderr
-    assert "weights.pt is not a TorchScript archive" in run.stderr
+    assert "weights.pt is a torch.save file (a pickled model or state dict), not a TorchScript archive" in run.stderr
+    assert "corrupted" not in run.stderr  # torch.jit.load's guess, wrong for a torch.save file
     assert "torch.jit.save(torch.jit.script(model), 'weights.pt')" in run.stderr
+
+
+def test_a_file_that_is_no_torchscript_archive_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.pt").write_text("not a model")
+    run = forkcheck("check", "notes.pt", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "notes.pt is not a TorchScript archive (torch.jit.load: " in run.stderr and "torch.save" not in run.stderr
+    assert "torch.jit.save(torch.jit.script(model), 'notes.pt')" in run.stderr
 
 
 @pytest.mark.parametrize("spec, says", [
