@@ -124,9 +124,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def forkcheck(*args: object, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m forkcheck ...`` in ``cwd``, as a user runs it (not under this pytest's variables)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+def forkcheck(*args: object, cwd: Path, **variables: str) -> subprocess.CompletedProcess:
+    """``python -m forkcheck ...`` in ``cwd``, as a user runs it (not under this pytest's variables; ``variables``
+    over the environment)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, **variables}
     return subprocess.run([sys.executable, "-m", "forkcheck", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -262,7 +263,7 @@ def test_an_unsafe_model_fails_with_its_finding_and_a_replay_that_reproduces(mod
     assert "forkcheck check" in html and "--forkcheck-replay" not in html  # the report replays with this command
     replay = forkcheck("check", models[model], "--input", shape, "--replay", token, cwd=tmp_path)
     assert replay.returncode == 1, replay.stdout + replay.stderr
-    replays = _row(tmp_path / "reports")["stats"]["replays"]
+    replays = _row(tmp_path / "reports")["replay_run"]["stats"]["replays"]  # beside the row it replays
     assert replays["reproduced"] >= 1, replays
 
 
@@ -332,6 +333,29 @@ def test_a_model_that_raises_on_inferred_inputs_asks_for_them_whatever_else_it_d
     assert "--input x=float32[2,8]" in run.stdout and "[exception]" not in run.stdout
     row = _row(bad_model.parent / "reports")
     assert row["verdict"] == "error" and row["error"].startswith("setup error") and not row["findings"]
+
+
+@pytest.mark.slow
+def test_the_printed_replay_runs_in_a_shell_without_the_venv_and_joins_its_row(bad_model: Path) -> None:
+    here = bad_model.parent
+    bare = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and not Path(d, "forkcheck").exists() and not Path(d, "python").exists()
+                           and os.path.abspath(d) != os.path.dirname(sys.executable))
+    run = forkcheck("check", "bad.pt", "--input", "x=float32[2,8]", *QUICK, "--pool-sizes", "2", "--report", "out",
+                    cwd=here, PATH=bare)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "[attribute-mutation]" in run.stdout and "aten::add_ at save_bad.py:" in run.stdout
+    assert str(here) not in run.stdout  # paths relative to the working directory
+    html = (here / "out" / "index.html").read_text()
+    assert "aten::add_ at save_bad.py:" in html and str(here) not in html
+    assert "<code>--seed 1</code> repeats this run" in html and "--forkcheck-seed" not in html
+    (command,) = set(re.findall(r"replay: (.+)", run.stdout))
+    assert command.startswith(f"{sys.executable} -m forkcheck check bad.pt") and "--report out" in command
+    replay = subprocess.run(command, shell=True, cwd=here, env={"PATH": bare}, capture_output=True, text=True,
+                            timeout=900)  # pasted into a shell that has no venv on its PATH
+    assert replay.returncode == 1, replay.stdout + replay.stderr
+    row = _row(here / "out")  # the replay's row beside the row it replays
+    assert row["verdict"] == "fail" and row["replay_run"]["stats"]["replays"]["reproduced"] >= 1, row
 
 
 def test_an_error_inside_forkcheck_exits_3_with_the_traceback(models: dict[str, Path], tmp_path: Path) -> None:
