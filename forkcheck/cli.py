@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 SAFE, FINDINGS, USAGE, INTERNAL = 0, 1, 2, 3  # exit statuses
 SAVED = "saved:"
+REPORTS = "reports"  # the default report directory
 SETUP_ERROR = "setup error: "
 SUGGESTED = {"Tensor": "float32[2,8]", "int": "int[0..5]", "float": "float[-1.0..1.0]", "bool": "bool", "str": "str"}
 
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--pool-sizes", metavar="N,N,...", default="1,2,4",
                        help="inter-op pool sizes the schedules are split over, a child process each (default 1,2,4)")
     check.add_argument("--replay", metavar="TOKEN", help="rerun the failing example a replay token names")
-    check.add_argument("--report", metavar="DIR", default="reports",
+    check.add_argument("--report", metavar="DIR", default=REPORTS,
                        help="directory for forkcheck.json and index.html (default reports)")
     check.add_argument("--no-report", action="store_true", help="write no report files")
     return parser
@@ -81,9 +82,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(args: argparse.Namespace) -> int:
     from .marker import get_mark
-    from .report import write_reports
-    from .report.terminal import summary_lines
+    from .report.terminal import invocation, summary_lines
+    from .session import now
     from .target import Target
+
+    started = now()
 
     settings, sizes = _settings(args)
     _check_token(args.replay, args.path)
@@ -95,19 +98,42 @@ def _check(args: argparse.Namespace) -> int:
           f"forkcheck: checking {args.path}, seed {settings.seed} (rerun with --seed {settings.seed})", flush=True)
     result = _run(Target.from_object(model, args.path), settings, sizes, args)
     _blame_inferred_inputs(result, [name for name in inputs if name not in get_mark(model).strategies])
-    result.stats["replay_with"] = shlex.join(["forkcheck", "check", args.path, *[
-        part for spec in args.input for part in ("--input", spec)], "--replay"])  # the report's replay commands
-    print(_result_text(result))
+    command = f"{invocation(module='forkcheck')} check"
+    result.stats["replay_with"] = _replay_with(command, args)
+    root = os.getcwd()
+    print(_result_text(result, root))
     rows = {args.path: result.to_json()}
-    paths = None if args.no_report else write_reports(args.report, rows, settings.seed)
-    print("\n".join(summary_lines(rows.values(), paths)))
+    paths = None if args.no_report else _write_reports(args, rows, settings.seed, {
+        "run_at": started, "rootdir": root, "command": command, "seed_option": "--seed"})
+    print("\n".join(summary_lines(rows.values(), paths, rootdir=root)))
     if result.verdict != "error":
         return FINDINGS if result.verdict == "fail" else SAFE
     return USAGE if result.error.startswith(SETUP_ERROR) else INTERNAL
 
 
-def _result_text(result: Any) -> str:
-    """What the check found, as the plugin prints a failing item; for a pass, what was run."""
+def _replay_with(command: str, args: argparse.Namespace) -> str:
+    """The command that replays a failure of this run (the token follows): this run's own program and inputs, and
+    its report directory (when not the default), so the replay's row joins the row it replays."""
+    report = ["--no-report"] if args.no_report else ["--report", args.report] if args.report != REPORTS else []
+    return " ".join([command, shlex.join([args.path, *[part for spec in args.input for part in ("--input", spec)],
+                                          *report, "--replay"])])
+
+
+def _write_reports(args: argparse.Namespace, rows: dict[str, Any], seed: int, run: dict[str, Any]) -> Any:
+    """The reports in ``--report``, merged with the rows already there (a replay's row beside the row it replays)."""
+    from pathlib import Path
+
+    from .report import previous_report, write_reports
+    from .session import merge_rows
+
+    previous = previous_report(Path(args.report)).get("results", [])
+    merged = merge_rows(previous, rows, Path(run["rootdir"]), set(rows), bool(args.replay))
+    return write_reports(args.report, merged, seed, run=run)
+
+
+def _result_text(result: Any, rootdir: str) -> str:
+    """What the check found, as the plugin prints a failing item (paths relative to ``rootdir``); for a pass, what
+    was run."""
     from .report.terminal import failure_text, pool_line, reason
 
     if result.verdict == "pass":
@@ -116,7 +142,7 @@ def _result_text(result: Any) -> str:
         if result.stats.get("pool_sizes"):
             lines.append(f"inter-op pool sizes: {pool_line(result.stats['pool_sizes'])}")
     else:
-        lines = [failure_text(result)]
+        lines = [failure_text(result, rootdir=rootdir)]
     if "in-process" in result.stats.get("isolation", ""):
         lines.append(f"checked {result.stats['isolation']}, with this process's inter-op pool only")
     return "\n".join(lines)
@@ -212,9 +238,23 @@ def _load_or_explain(path: str, specs: list[str]) -> Any:
         raise
     except Exception as err:
         text = str(err).strip().splitlines()
-        raise UsageError(f"{path} is not a TorchScript archive (torch.jit.load: {type(err).__name__}: "
-                         f"{text[0] if text else ''}); save the model with "
+        what = ("a torch.save file (a pickled model or state dict), not a TorchScript archive" if _torch_saved(path)
+                else f"not a TorchScript archive (torch.jit.load: {type(err).__name__}: {text[0] if text else ''})")
+        raise UsageError(f"{path} is {what}; save the model with "
                          f"torch.jit.save(torch.jit.script(model), {path!r})") from None
+
+
+def _torch_saved(path: str) -> bool:
+    """Whether ``path`` was written by ``torch.save``: a zip archive with a pickle and no TorchScript code, or the
+    legacy format (a bare pickle)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        return any(name.endswith("data.pkl") for name in names) and not any("/code/" in name for name in names)
+    with open(path, "rb") as stream:
+        return stream.read(1) == b"\x80"  # a pickle's protocol opcode
 
 
 def _inferred(model: Any, path: str) -> list[str]:
@@ -266,17 +306,18 @@ def _run(target: Any, settings: Any, sizes: tuple[int, ...], args: argparse.Name
 
 
 def _blame_inferred_inputs(result: Any, inferred: list[str]) -> None:
-    """A model that raised on inputs forkcheck inferred, with its forks inline, was given inputs it does not take
-    (the schema says ``Tensor``, not which shape): not a finding but a usage error that names the inputs to give."""
+    """A model that raised on inputs forkcheck inferred, with its forks inline, was given inputs it does not take (the
+    schema says ``Tensor``, not which shape): whatever else was found, not a finding but a usage error that names the
+    inputs to give."""
     serial = result.stats.get("found_by") == "serial run" or any(
         size.get("found_by") == "serial run" for size in result.stats.get("pool_sizes", {}).values())
-    if not (inferred and serial and result.verdict == "fail" and all(f.kind == "exception" for f in result.findings)):
+    error = next((f for f in result.findings if f.kind == "exception"), None) if result.verdict == "fail" else None
+    if not (inferred and serial and error):  # whatever else was found: the inputs were wrong, so it tells nothing
         return
     flags = " ".join(f"--input {name}={SUGGESTED['Tensor']}" for name in inferred)
     shown = "; ".join(f"{name} = {text}" for name, text in result.failing_input.items() if name in inferred)
-    first = result.findings[0]
-    trace = [line for line in first.detail.get("traceback", "").splitlines() if line.strip()]
-    raised = trace[-1] if trace else first.message  # TorchScript's own message comes last, after its stack
+    trace = [line for line in error.detail.get("traceback", "").splitlines() if line.strip()]
+    raised = trace[-1] if trace else error.message  # TorchScript's own message comes last, after its stack
     result.verdict, result.findings = "error", []
     result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline, on inputs inferred from its "
                     f"schema ({shown}): give the inputs forward takes, e.g. {flags} (the dtype and shape it "

@@ -124,9 +124,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def forkcheck(*args: object, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m forkcheck ...`` in ``cwd``, as a user runs it (not under this pytest's variables)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+def forkcheck(*args: object, cwd: Path, **variables: str) -> subprocess.CompletedProcess:
+    """``python -m forkcheck ...`` in ``cwd``, as a user runs it (not under this pytest's variables; ``variables``
+    over the environment)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, **variables}
     return subprocess.run([sys.executable, "-m", "forkcheck", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -163,12 +164,23 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     assert not (tmp_path / "reports").exists()
 
 
-def test_a_file_that_is_no_torchscript_archive_is_a_usage_error(tmp_path: Path) -> None:
-    torch.save(Head().state_dict(), tmp_path / "weights.pt")  # a pickle, not a TorchScript archive
+@pytest.mark.parametrize("zipped", [True, False])
+def test_a_torch_save_file_is_a_usage_error_that_says_so(tmp_path: Path, zipped: bool) -> None:
+    # a pickle (zipped, or the legacy format), not a TorchScript archive
+    torch.save(Head().state_dict(), tmp_path / "weights.pt", _use_new_zipfile_serialization=zipped)
     run = forkcheck("check", "weights.pt", cwd=tmp_path)
     assert run.returncode == 2, run.stderr
-    assert "weights.pt is not a TorchScript archive" in run.stderr
+    assert "weights.pt is a torch.save file (a pickled model or state dict), not a TorchScript archive" in run.stderr
+    assert "corrupted" not in run.stderr  # torch.jit.load's guess, wrong for a torch.save file
     assert "torch.jit.save(torch.jit.script(model), 'weights.pt')" in run.stderr
+
+
+def test_a_file_that_is_no_torchscript_archive_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.pt").write_text("not a model")
+    run = forkcheck("check", "notes.pt", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "notes.pt is not a TorchScript archive (torch.jit.load: " in run.stderr and "torch.save" not in run.stderr
+    assert "torch.jit.save(torch.jit.script(model), 'notes.pt')" in run.stderr
 
 
 @pytest.mark.parametrize("spec, says", [
@@ -251,7 +263,7 @@ def test_an_unsafe_model_fails_with_its_finding_and_a_replay_that_reproduces(mod
     assert "forkcheck check" in html and "--forkcheck-replay" not in html  # the report replays with this command
     replay = forkcheck("check", models[model], "--input", shape, "--replay", token, cwd=tmp_path)
     assert replay.returncode == 1, replay.stdout + replay.stderr
-    replays = _row(tmp_path / "reports")["stats"]["replays"]
+    replays = _row(tmp_path / "reports")["replay_run"]["stats"]["replays"]  # beside the row it replays
     assert replays["reproduced"] >= 1, replays
 
 
@@ -267,6 +279,83 @@ def test_a_model_that_raises_on_inferred_inputs_asks_for_them(models: dict[str, 
     given = forkcheck("check", models["classifier"], "--input", "x=float32[2,8]", *QUICK, "--pool-sizes", "2",
                       cwd=tmp_path)
     assert given.returncode == 0, given.stdout + given.stderr
+
+
+SAVE_BAD = """\
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+        self.register_buffer("total", torch.zeros(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.total.add_(self.linear(x).sum(0))  # every call writes the buffer: an attribute mutation
+        return self.total
+
+
+class Ensemble(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleList([Head(), Head()])
+
+    def forward(self, x: Tensor) -> Tensor:
+        futures: List[torch.jit.Future[Tensor]] = [torch.jit.fork(h, x) for h in self.heads]
+        return torch.stack([torch.jit.wait(f) for f in futures]).mean(0)
+
+
+torch.jit.save(torch.jit.script(Ensemble()), "bad.pt")
+"""
+
+
+@pytest.fixture
+def bad_model(tmp_path: Path) -> Path:
+    """``bad.pt``, saved by a script in ``tmp_path`` as a user saves one: its source lines are under ``tmp_path``."""
+    (tmp_path / "save_bad.py").write_text(SAVE_BAD)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    subprocess.run([sys.executable, "save_bad.py"], cwd=tmp_path, env=env, check=True, capture_output=True,
+                   timeout=900)
+    return tmp_path / "bad.pt"
+
+
+@pytest.mark.slow
+def test_a_model_that_raises_on_inferred_inputs_asks_for_them_whatever_else_it_does(bad_model: Path) -> None:
+    """The serial run raised on inferred inputs; the buffer writes it also shows tell nothing about forking."""
+    run = forkcheck("check", "bad.pt", *QUICK, "--pool-sizes", "2", cwd=bad_model.parent)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "mat1 and mat2 shapes cannot be multiplied" in run.stdout  # TorchScript's own message
+    assert "The following operation failed" not in run.stdout
+    assert "--input x=float32[2,8]" in run.stdout and "[exception]" not in run.stdout
+    row = _row(bad_model.parent / "reports")
+    assert row["verdict"] == "error" and row["error"].startswith("setup error") and not row["findings"]
+
+
+@pytest.mark.slow
+def test_the_printed_replay_runs_in_a_shell_without_the_venv_and_joins_its_row(bad_model: Path) -> None:
+    here = bad_model.parent
+    bare = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and not Path(d, "forkcheck").exists() and not Path(d, "python").exists()
+                           and os.path.abspath(d) != os.path.dirname(sys.executable))
+    run = forkcheck("check", "bad.pt", "--input", "x=float32[2,8]", *QUICK, "--pool-sizes", "2", "--report", "out",
+                    cwd=here, PATH=bare)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "[attribute-mutation]" in run.stdout and "aten::add_ at save_bad.py:" in run.stdout
+    assert str(here) not in run.stdout  # paths relative to the working directory
+    html = (here / "out" / "index.html").read_text()
+    assert "aten::add_ at save_bad.py:" in html and str(here) not in html
+    assert "<code>--seed 1</code> repeats this run" in html and "--forkcheck-seed" not in html
+    (command,) = set(re.findall(r"replay: (.+)", run.stdout))
+    assert command.startswith(f"{sys.executable} -m forkcheck check bad.pt") and "--report out" in command
+    replay = subprocess.run(command, shell=True, cwd=here, env={"PATH": bare}, capture_output=True, text=True,
+                            timeout=900)  # pasted into a shell that has no venv on its PATH
+    assert replay.returncode == 1, replay.stdout + replay.stderr
+    row = _row(here / "out")  # the replay's row beside the row it replays
+    assert row["verdict"] == "fail" and row["replay_run"]["stats"]["replays"]["reproduced"] >= 1, row
 
 
 def test_an_error_inside_forkcheck_exits_3_with_the_traceback(models: dict[str, Path], tmp_path: Path) -> None:

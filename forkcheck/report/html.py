@@ -108,7 +108,8 @@ class _Page:
             "csp": (f"default-src 'none'; style-src {_csp_hash(style)}; script-src {_csp_hash(script)}; "
                     "img-src data:; base-uri 'none'; form-action 'none'"),
             "forkcheck": str(self.report.get("forkcheck", "")), "torch": str(self.report.get("torch", "")),
-            "seed": self.report.get("seed"), "complete": bool(self.report.get("complete", True)),
+            "seed": self.report.get("seed"), "seed_option": str(self.report.get("seed_option") or "--forkcheck-seed"),
+            "complete": bool(self.report.get("complete", True)),
             "run_at": _when(self.run_at),
             "items": items,
             "attention": [item for item in items if item["verdict"] in ("fail", "error")],

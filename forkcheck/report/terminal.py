@@ -11,13 +11,14 @@ from ..coverage import statement
 from ..task_names import task_names
 
 
-def invocation(argv0: Optional[str] = None, executable: Optional[str] = None) -> str:
-    """How this pytest was started, as the user's shell can run it again: ``.venv/bin/python -m pytest`` when it was
-    started with ``-m pytest``, else the ``pytest`` script (by name when that name finds it on PATH)."""
+def invocation(argv0: Optional[str] = None, executable: Optional[str] = None, module: str = "pytest") -> str:
+    """How this pytest (or the ``module`` command) was started, as the user's shell can run it again:
+    ``.venv/bin/python -m pytest`` when it was started with ``-m pytest``, else the ``pytest`` script (by name when
+    that name finds it on PATH)."""
     argv0 = sys.argv[0] if argv0 is None else argv0
     executable = sys.executable if executable is None else executable
     if os.path.basename(argv0) == "__main__.py" or not os.path.isfile(argv0):  # -m pytest, or python -c
-        return f"{_runnable(executable)} -m pytest"
+        return f"{_runnable(executable)} -m {module}"
     return _runnable(argv0)
 
 
