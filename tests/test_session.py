@@ -90,6 +90,21 @@ def test_invocation_as_the_shell_runs_it(tmp_path, monkeypatch) -> None:
     assert invocation(argv0=str(script), executable=str(python)) == "pytest"  # PATH finds this very script
 
 
+def test_a_venv_python_linked_to_the_interpreter_on_path_is_named_by_its_own_path(tmp_path, monkeypatch) -> None:
+    """A venv's python links to the base interpreter: printing the base's bare name would run without the venv."""
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "usr" / "bin" / "python3"
+    base.parent.mkdir(parents=True)
+    base.write_text("")
+    base.chmod(0o755)
+    python = tmp_path / ".venv" / "bin" / "python3"
+    python.parent.mkdir(parents=True)
+    python.symlink_to(base)
+    monkeypatch.setenv("PATH", str(base.parent))
+    main = tmp_path / "pytest" / "__main__.py"
+    assert invocation(argv0=str(main), executable=str(python)) == ".venv/bin/python3 -m pytest"
+
+
 @pytest.mark.parametrize("where", ["afile", "/dev/null", "afile/sub", "/proc/forkcheck-x"])
 def test_a_report_path_that_cannot_be_written_is_a_usage_error_before_any_check(fc, pytester, where) -> None:
     pytester.makepyfile(test_ops=source(SCALE))

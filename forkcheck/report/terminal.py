@@ -23,15 +23,13 @@ def invocation(argv0: Optional[str] = None, executable: Optional[str] = None, mo
 
 
 def _runnable(program: str) -> str:
-    """A program path as a shell runs it: its bare name when PATH finds this very file, else relative to the
-    current directory when inside it, else absolute."""
+    """A program path as a shell runs it: its bare name when PATH finds this very path, else relative to the
+    current directory when inside it, else absolute. Paths are compared as written, links unresolved: a venv's
+    ``python`` links to the base interpreter, and the base interpreter's name on PATH would run without the venv."""
     name = os.path.basename(program)
     found = shutil.which(name)
-    try:
-        if found and os.path.samefile(found, program):
-            return shlex.quote(name)
-    except OSError:
-        pass
+    if found and os.path.abspath(found) == os.path.abspath(program):
+        return shlex.quote(name)
     absolute = os.path.abspath(program)
     relative = os.path.relpath(absolute)
     shown = absolute if relative.startswith("..") else relative if os.sep in relative else f".{os.sep}{relative}"
