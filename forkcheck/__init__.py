@@ -1,11 +1,21 @@
 """forkcheck: make races and nondeterminism in ``torch.jit.fork``/``wait`` code show up, explained and replayable.
 
-Layout: ``marker`` (``fork_safe``), ``target`` (what is checked), ``strategies/`` (inputs: tensors, inference from
-annotations; the top-level ``strategies`` package re-exports it), ``runner`` (one check), ``marked`` (the check of a
-``@pytest.mark.fork_safe`` test body; ``scripted_calls`` puts the scripted code it calls under control, ``forked``
-runs it in a forked copy of the process), ``engines/`` (real runtime, own scheduler), ``oracles/`` (mutation,
-determinism, races, static), ``findings`` (results), ``report/`` (JSON, HTML), ``plugin`` (the thin pytest layer),
-``items`` (its pytest items and the adapter of marked tests).
+The path of data: target -> search -> example -> engine -> run -> oracles -> findings -> result -> report.
+
+- What is checked: ``marker`` (``fork_safe``), ``target`` (a function, Module or compiled object), ``compiled``
+  (TorchScript targets: schema, serial program), ``strategies/`` (inputs; the top-level ``strategies`` re-exports).
+- Checking: ``runner`` (one target: Hypothesis examples x schedules, the oracles over each run), ``marked`` (one
+  ``@pytest.mark.fork_safe`` test body; ``scripted_calls`` puts the scripted code it calls under control, ``forked``
+  runs it in a forked copy of the process), ``settings`` and ``options`` (what is asked), ``replay`` (tokens).
+- Running: ``engines/`` (``script``: the real runtime; ``eager``: forkcheck's own scheduler), ``instrument``
+  (scheduling points in TorchScript graphs), ``schedule`` (real-runtime policies), ``choices`` (the controlled
+  scheduler's), ``dpor`` (the exhaustive search), ``isolation``, ``_template`` and ``pools`` (child processes, one
+  per inter-op pool size), ``_exit`` (a steady exit status).
+- Observing and judging: ``observe`` (the access log), ``containers`` (eager list/dict accesses), ``state`` (snapshots),
+  ``locate`` (the user's line that did it), ``oracles/`` (mutation, determinism, races, static), ``interleavings`` and
+  ``coverage`` (what the schedules covered), ``findings`` (findings and results), ``task_names``.
+- Telling: ``report/`` (JSON, HTML, terminal), ``session`` (result rows and the report merge), ``plugin`` (pytest
+  hooks only), ``items`` (pytest items), ``cli`` (``forkcheck check PATH``).
 """
 from .findings import KINDS, CheckResult, Finding
 from .marker import MarkError, fork_safe

@@ -1,4 +1,4 @@
-"""pytest items: one per ``fork_safe`` target, and the schedules loop of ``@pytest.mark.fork_safe`` tests."""
+"""pytest items: one per ``fork_safe`` target, and the adapter that runs ``@pytest.mark.fork_safe`` tests through ``forkcheck.marked``."""
 from __future__ import annotations
 
 import importlib
