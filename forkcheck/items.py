@@ -1,4 +1,5 @@
-"""pytest items: one per ``fork_safe`` target, and the adapter that runs ``@pytest.mark.fork_safe`` tests through ``forkcheck.marked``."""
+"""pytest items: one per ``fork_safe`` target, and the adapter that runs ``@pytest.mark.fork_safe`` tests
+through ``forkcheck.marked``."""
 from __future__ import annotations
 
 import importlib
