@@ -70,6 +70,6 @@ def statement(coverage: Mapping[str, Any]) -> str:
                                      f"{inputs - search['complete']} of {inputs} inputs, at least {search['pending']} "
                                      f"choices left untried")
         return f"explored {n} with ≤ {k} preemptions {of}, not all: {why}"
-    runs = coverage.get("runs", 0)
-    return (f"{runs} schedule{'s' * (runs != 1)} covered {coverage.get('interleavings', 0)} distinct interleaving"
-            f"{'s' * (coverage.get('interleavings', 0) != 1)} (by {coverage.get('by') or 'conflicting accesses'})")
+    runs, seen = coverage.get("runs", 0), coverage.get("interleavings", 0)
+    return (f"{runs} schedule{'s' * (runs != 1)} covered {'at least ' if coverage.get('at_least') else ''}{seen} "
+            f"distinct interleaving{'s' * (seen != 1)} (by {coverage.get('by') or 'conflicting accesses'})")

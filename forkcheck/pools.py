@@ -145,12 +145,26 @@ def merge(results: dict[int, CheckResult], skipped: dict[int, str]) -> CheckResu
             merged.stats[key] = sum(r.stats.get(key, 0) for r in results.values())
     for key in PER_SIZE:
         merged.stats.pop(key, None)
+    coverage = _coverage([r.stats.get("coverage") for r in results.values()])
+    if coverage:
+        merged.stats["coverage"] = coverage
     merged.findings = _union({size: r.findings for size, r in results.items()})
     merged.failing_input = _replayed_input(merged.findings, failed)
     per_size = {size: _summary(result) for size, result in results.items()}
     per_size.update((size, {"verdict": "skipped", "reason": reason}) for size, reason in skipped.items())
     merged.stats["pool_sizes"] = {str(size): per_size[size] for size in sorted(per_size)}
     return merged
+
+
+def _coverage(per_size: list[Any]) -> dict[str, Any]:
+    """What the schedules of every size covered together: all their runs, and at least the most distinct
+    interleavings one size saw (sizes count theirs apart, and may have seen the same ones). An exhaustive search
+    (one size only: it runs under forkcheck's scheduler) stands as it is."""
+    counted = [c for c in per_size if isinstance(c, dict) and c]
+    if not counted or any("exhaustive" in c for c in counted) or len(counted) == 1:
+        return counted[0] if counted else {}
+    return {"interleavings": max(c.get("interleavings", 0) for c in counted), "at_least": True,
+            "runs": sum(c.get("runs", 0) for c in counted), "by": counted[0].get("by", "")}
 
 
 def _union(findings: dict[int, list[Finding]]) -> list[Finding]:

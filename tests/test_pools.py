@@ -140,3 +140,19 @@ def test_bad_pool_sizes_are_usage_errors(fc, pytester, args, ini, message) -> No
     result = fc.run(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_the_merged_coverage_counts_every_size_s_runs_and_at_least_the_most_one_size_saw() -> None:
+    from forkcheck.coverage import statement
+    from forkcheck.findings import CheckResult
+    from forkcheck.pools import merge
+
+    def sized(runs: int, seen: int) -> CheckResult:
+        return CheckResult(target="m:t", engine="script", examples=2, schedules=runs,
+                           stats={"coverage": {"interleavings": seen, "runs": runs, "by": "the order of ops"}})
+
+    merged = merge({1: sized(4, 1), 2: sized(3, 3), 4: sized(3, 2)}, {})
+    assert statement(merged.stats["coverage"]) == ("10 schedules covered at least 3 distinct interleavings "
+                                                   "(by the order of ops)")
+    alone = merge({2: sized(3, 3)}, {4: "not run: skipped"})
+    assert statement(alone.stats["coverage"]) == "3 schedules covered 3 distinct interleavings (by the order of ops)"
