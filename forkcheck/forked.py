@@ -231,12 +231,7 @@ class _Parent:
     def _end(self) -> None:
         """The child answered (it exits right after) or died: reap it, and take the rest of its output, for a
         moment only if a process it left behind holds the pipes open."""
-        deadline = time.monotonic() + _STOP_WAIT_S
-        while self.status is None and time.monotonic() < deadline:
-            self._read(0.02)
-            self._reap()
-        self._kill()
-        self._drain()
+        self._wait_then_kill(0.02)
 
     def _stop(self) -> None:
         """SIGABRT first (``faulthandler`` writes the stacks), SIGKILL if it is still there."""
@@ -244,9 +239,13 @@ class _Parent:
             os.kill(self.pid, signal.SIGABRT)
         except ProcessLookupError:
             return
+        self._wait_then_kill(0.05)
+
+    def _wait_then_kill(self, poll_s: float) -> None:
+        """Up to ``_STOP_WAIT_S`` for the child to exit (reading what it writes meanwhile), then kill and drain."""
         deadline = time.monotonic() + _STOP_WAIT_S
         while self.status is None and time.monotonic() < deadline:
-            self._read(0.05)
+            self._read(poll_s)
             self._reap()
         self._kill()
         self._drain()

@@ -406,16 +406,9 @@ def _hang(target: Any, settings: Any, nodeid: str, what: str, waited: float, sta
 def _crash(target: Any, nodeid: str, what: str, status: Optional[int], child: ChildProcess, started: float,
            engine: dict[str, str]) -> Any:
     from .findings import CheckResult
+    from .forked import exit_description
 
-    if status is not None and status < 0:
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
-        description = signal.strsignal(-status) or ""
-        how = f"was killed by {name}" + (f" ({description.lower()})" if description else "")
-    else:
-        how = f"exited with status {status}"
+    how = exit_description(status) if status is not None else "exited with an unknown status"
     output = child.last_output().rstrip()
     message = (f"the process checking this target {how} during {what}: the target's code, or torch under it, "
                "crashed the process. Its last output:\n" + (output or "(none)"))
