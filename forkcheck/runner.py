@@ -6,6 +6,8 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import os
+import queue
 import random
 import threading
 import time
@@ -89,12 +91,63 @@ def _fingerprint(value: Any) -> Any:
 RUN_OBSERVERS: list[Callable[[str, float], None]] = []
 
 
+class _RunThread:
+    """The thread runs go on, one per process and reused: torch sets up each new thread on its first ops (its
+    intra-op threads), which cost more than a small target's whole run when every run had a thread of its own. A
+    run that hangs keeps its thread; the next run gets a new one. Torch's per-thread state (grad mode, intra-op
+    threads) is put back after every run by ``GlobalWatch.run``, on this thread."""
+
+    _current: Optional["_RunThread"] = None
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()  # a forked process has none of its parent's threads
+        self.requests: "queue.SimpleQueue[Optional[Callable[[], None]]]" = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="forkcheck-run", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for body in iter(self.requests.get, None):
+            body()
+
+    def run(self, body: Callable[[], None]) -> None:
+        """Start ``body`` on this thread; a run started from a run gets a thread of its own (it would wait on itself)."""
+        if self.thread is threading.current_thread():
+            once = _RunThread()
+            once.requests.put(body)
+            once.requests.put(None)
+            return
+        self.requests.put(body)
+
+    @classmethod
+    def shared(cls) -> "_RunThread":
+        if cls._current is None or cls._current.pid != os.getpid():
+            cls._current = cls()
+        return cls._current
+
+    @classmethod
+    def abandon(cls) -> None:
+        """The current run hangs: leave its thread to it (it ends if the run ever does)."""
+        if cls._current is not None:
+            cls._current.requests.put(None)
+        cls._current = None
+
+    @classmethod
+    def stop(cls) -> None:
+        """End this process's run thread (the warm template forks children with no thread but its main one)."""
+        current, cls._current = cls._current, None
+        if current is not None and current.pid == os.getpid():
+            current.requests.put(None)
+            current.thread.join()
+
+
 def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
-    """Run ``call`` in a daemon thread; raise ``_Hang`` if it has not returned within ``timeout`` seconds."""
+    """Run ``call`` on the run thread (``_RunThread``); raise ``_Hang`` if it has not returned within ``timeout``
+    seconds."""
     _exit.forks_ran()
     for observe in RUN_OBSERVERS:
         observe("start", timeout)
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def body() -> None:
         try:
@@ -104,11 +157,12 @@ def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
         except BaseException as err:  # SystemExit from the user's code: raised on, it would end the check's process
             box["error"] = RuntimeError(f"{type(err).__name__}({err}) raised by the target")
             box["error"].__cause__ = err
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=body, name="forkcheck-run", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
+    _RunThread.shared().run(body)
+    if not done.wait(timeout):
+        _RunThread.abandon()
         _exit.run_abandoned()
         for observe in RUN_OBSERVERS:
             observe("abandoned", timeout)
