@@ -231,6 +231,7 @@ class Checker:
         self.pct_steps = 0  # steps of one run, for PCT (0: not counted yet; -1: the count failed)
         self.ran_once = self.engine.name != "script"  # the real runtime's program ran once (see ``_calibrated``)
         self._raced: Any = None  # the example whose first schedule ran with race detection
+        self._watching: Optional[ModuleWatch] = None  # see ``_module_watch``
         self.interleavings: set[int] = set()
         self.switches = 0
         self.per_example = schedules_here(settings, self.engine.name)
@@ -343,7 +344,7 @@ class Checker:
         if count or not self.ran_once:
             runs = 1 if self.ran_once else WARM_UP_RUNS
             self.ran_once = True
-            watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
+            watch = self._module_watch()
             global_watch = GlobalWatch(self.globals)  # the run may change what a check must leave as it was
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
@@ -357,6 +358,15 @@ class Checker:
                 if watch is not None:
                     watch.restore()
         return with_steps(drawn, self.pct_steps)
+
+    def _module_watch(self) -> Optional[ModuleWatch]:
+        """The watch of the module the engine runs, one for every run: each run ends with its ``restore``, which
+        snapshots the state it put back for the next run (a module's snapshot costs more than a small run)."""
+        if self.engine.module is None:
+            return None
+        if self._watching is None:
+            self._watching = ModuleWatch(self.engine.module)
+        return self._watching
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         with _warnings.quiet_jit():
@@ -409,7 +419,7 @@ class Checker:
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         tasks = list(range(1, self.settings.tasks + 1))
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
-        module_watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
+        module_watch = self._module_watch()
         if hasattr(self.engine, "races"):  # race detection predicts other schedules: once per example is enough
             self.engine.races = self._raced is not inputs
             self._raced = inputs

@@ -346,3 +346,25 @@ def test_a_run_s_per_thread_torch_state_does_not_reach_the_next_run_on_the_reuse
     changed = check(_disables_grad, examples=2, schedules=2)
     assert "torch grad mode" in {f.detail["name"] for f in changed.findings}
     assert runner._with_timeout(torch.is_grad_enabled, 60)  # the thread the runs went on has it back
+
+
+class BumpsWhenScripted(nn.Module):
+    """Writes its buffer only on the real runtime: the serial reference (eager) leaves it alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("hits", torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            self.hits.add_(1)
+        return x * 2
+
+
+def test_the_module_watch_shared_by_the_runs_sees_a_write_after_runs_it_put_back():
+    module = BumpsWhenScripted()
+    result = check(module, {"x": fst.tensors(shape=(2,))}, examples=2, schedules=3)
+    assert result.engine == "script" and result.stats["found_by"] == "concurrent runs"
+    mutation = next(f for f in result.findings if f.kind == "attribute-mutation")
+    assert mutation.detail["name"] == "hits" and "in place" not in mutation.message  # the values changed
+    assert torch.equal(module.hits, torch.zeros(1))
