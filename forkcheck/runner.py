@@ -110,7 +110,8 @@ class _RunThread:
             body()
 
     def run(self, body: Callable[[], None]) -> None:
-        """Start ``body`` on this thread; a run started from a run gets a thread of its own (it would wait on itself)."""
+        """Start ``body`` on this thread; a run started from a run gets a thread of its own (it would wait for
+        itself)."""
         if self.thread is threading.current_thread():
             once = _RunThread()
             once.requests.put(body)
