@@ -1,10 +1,10 @@
 """Which inter-op pool sizes show each seeded bug: ``forkcheck.check(bug, pool_sizes=(1, 2, 4))`` over a few seeds.
 
 Run on demand: ``python benchmarks/bench_pools.py [--seeds 3] [--only a,b] [--sizes 1,2,4]``. Each size checks its
-share of the default budget in a child process whose pool has that many threads. Per bug and size the table says in how many
-seeds an outcome went wrong there (and the median schedules until it did), or that the race was only predicted,
-or that the serial run already showed the defect (then the other sizes are not run); and in how many seeds the
-check as a whole failed.
+share of the default budget in a child process whose pool has that many threads. Per bug and size the table says in
+how many seeds an outcome went wrong there (and the median schedules until it did), or that the race was only
+predicted, or that the serial run already showed the defect (then the other sizes are not run); and in how many
+seeds the check as a whole failed.
 """
 from __future__ import annotations
 
