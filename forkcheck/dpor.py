@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple, Optional
 
-from .schedules import ReplayDiverged
 from .interleavings import signature
 from .observe import END, FORK, JOIN, Sync
+from .schedules import ReplayDiverged
 
 
 @dataclass
