@@ -280,6 +280,4 @@ def _draws(choose: Any) -> Callable[[int], int]:
 
 
 def _timeout(timeout: Optional[float]) -> Optional[float]:
-    if timeout is not None and (isinstance(timeout, bool) or not validate({"timeout": timeout})["timeout"] > 0):
-        raise ValueError(f"timeout must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
-    return timeout
+    return None if timeout is None else validate({"timeout": timeout})["timeout"]
