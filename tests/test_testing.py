@@ -65,6 +65,19 @@ def counts_both() -> None:
     assert bump_twice() == 2.0
 
 
+def record(parts: list, k: int) -> None:
+    parts.append(k)
+
+
+def appends_in_fork_order() -> None:
+    """Two tasks append to one Python list: the order is the schedule's."""
+    parts: list = []
+    a, b = fork(record, parts, 1), fork(record, parts, 2)
+    wait(a)
+    wait(b)
+    assert parts == [1, 2]
+
+
 # Switch points of ``bump_twice``: each fork (the block may go on: 0), the wait for a (the block cannot go on: 0 is a,
 # 1 is b), and before each of a task's tensor ops (clone, add, copy_; 0 lets it go on). Decisions are recorded only
 # where more than one task can run; past the end of a pinned list nothing is preempted.
@@ -177,6 +190,18 @@ def test_explore_finds_exactly_the_failing_interleavings_within_the_bound(preemp
         for _ in range(10):
             with controlled(decisions=failure.decisions):
                 assert bump_twice() == 1.0
+
+
+def test_explore_sees_a_python_list_written_by_two_tasks() -> None:
+    # a task's only switch points are its start and end: the order of the appends is chosen at the block's wait,
+    # free of preemption: a first (passes) or b first (fails), two interleavings
+    found = explore(appends_in_fork_order, preemptions=0)
+    assert found.complete and found.interleavings == 2
+    (failure,) = found.failures
+    assert failure.decisions[:3] == B_FIRST and "[2, 1]" in str(failure.error)
+    with pytest.raises(AssertionError):
+        with controlled(decisions=B_FIRST):
+            appends_in_fork_order()
 
 
 @pytest.mark.parametrize("program", [bump_in_order, bump_each_own])
@@ -336,3 +361,12 @@ def test_the_readme_example_runs() -> None:
     assert len(tests) == 4
     for test in tests:
         test()
+
+
+def test_a_user_s_own_test_file_uses_it_without_the_plugin(pytester: pytest.Pytester) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Pinning interleavings in your own tests (`forkcheck.testing`)", 1)[1]
+    pytester.makepyfile(test_user=section.split("```python\n", 1)[1].split("```", 1)[0])
+    result = pytester.runpytest_subprocess("-p", "no:forkcheck", "-p", "no:cacheprovider",
+                                           "-W", "error::DeprecationWarning", timeout=300)
+    result.assert_outcomes(passed=4)
