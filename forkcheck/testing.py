@@ -13,8 +13,8 @@ forks, waits and before every tensor op, in an order you choose:
 
 A failure inside a block gets a note with that run's decisions. A deadlock raises :class:`Deadlock`, a schedule
 that does not finish within ``timeout`` seconds :class:`ScheduleTimeout` (both :class:`ScheduleError`), recorded
-decisions the program no longer follows :class:`ReplayDiverged`. One block runs at a time per process; a block's
-own ``torch.jit`` deprecation warnings are hidden.
+decisions the program no longer follows :class:`ReplayDiverged`. One block runs at a time per process (blocks do not
+nest); inside one the ``torch.jit`` deprecation warning is hidden.
 
 >>> import torch
 >>> from forkcheck.testing import controlled, explore
@@ -39,9 +39,12 @@ own ``torch.jit`` deprecation warnings are hidden.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
 
 from . import _warnings
 from .choices import PCT, Choices, RandomChoices, Replay, ReplayDiverged
@@ -58,9 +61,9 @@ STRATEGIES = ("random", "pct")
 class ControlledRun:
     """One interleaving of a block: enter it (``with run:``) to run the block under it, read it afterwards.
 
-    ``decisions`` are the run's choices, one per switch point where more than one task could run (0: the current
-    task goes on; ``k``: the k-th other runnable task, by fork order); ``controlled(decisions=run.decisions)``
-    replays the run. ``order`` lists the task ids in the order they got to run (0 is the block itself, 1, 2, ...
+    ``decisions`` are the run's choices, one per switch point where more than one task could run: an index among
+    the runnable tasks, the current one first when it can go on, the others in fork order (so 0 never preempts);
+    ``controlled(decisions=run.decisions)`` replays the run. ``order`` lists the task ids in the order they got to run (0 is the block itself, 1, 2, ...
     the forked tasks in fork order); ``preemptions`` counts the switches away from a task that could go on.
     """
 
@@ -69,7 +72,7 @@ class ControlledRun:
         self._scheduler = ControlledScheduler(strategy, timeout=timeout, observer=observer)
         self._log = observer
         self._stack = ExitStack()
-        self.entered = False
+        self._entered = False
 
     @property
     def decisions(self) -> list[int]:
@@ -84,9 +87,12 @@ class ControlledRun:
         return self._scheduler.preemptions
 
     def __enter__(self) -> "ControlledRun":
-        if self.entered:
+        if self._entered:
             raise RuntimeError("a ControlledRun runs its block once; make a new one (controlled(...)) for the next")
-        self.entered = True
+        self._entered = True
+        installed = getattr(torch._C.fork, "__self__", None)
+        if isinstance(installed, ControlledScheduler) and installed._controller == threading.get_ident():
+            raise RuntimeError("controlled blocks do not nest: this thread is inside one already")
         if isinstance(self._strategy, Probe):
             self._strategy.observe(self._log)
         with ExitStack() as stack:
@@ -180,7 +186,7 @@ class Interleavings:
         for probe in self._search:
             run = ControlledRun(probe, self.timeout, observer=race_log())
             yield run
-            if not run.entered:
+            if not run._entered:
                 raise RuntimeError("enter each interleaving (`with run:`) before asking for the next: the search "
                                    "learns the next one from its accesses")
         if self._search.diverged:

@@ -329,6 +329,11 @@ def test_a_run_is_entered_once_and_each_interleaving_before_the_next() -> None:
     with pytest.raises(RuntimeError, match="runs its block once"):
         with run:
             pass
+    with controlled(decisions=[]):
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with controlled(decisions=[]):
+                pass
+        assert bump_twice() == 2.0  # the outer block still runs
     with pytest.raises(RuntimeError, match="enter each interleaving"):
         for _ in interleavings():
             pass
