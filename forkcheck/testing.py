@@ -171,7 +171,8 @@ class Interleavings:
     """Every interleaving of a block with at most ``preemptions`` preemptions, one :class:`ControlledRun` each.
 
     Interleavings that differ only in the order of independent steps (no two touch one tensor storage, list or
-    dict with one writing) run once (dynamic partial-order reduction). Each run learns from the last one's
+    dict with one writing) run once (dynamic partial-order reduction). Lists and dicts are seen through their
+    methods only: an order that matters only through a subscript, ``len`` or other Python state is not tried. Each run learns from the last one's
     accesses, so enter each run before asking for the next, and make the block's state afresh in every run.
     After the loop: ``complete`` (all were run; false when ``budget`` runs were not enough), ``runs`` and
     ``interleavings`` (distinct ones seen).
