@@ -368,6 +368,7 @@ def test_the_readme_example_runs() -> None:
         test()
 
 
+@pytest.mark.slow  # a whole pytest session in a subprocess
 def test_a_user_s_own_test_file_uses_it_without_the_plugin(pytester: pytest.Pytester) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("### Pinning interleavings in your own tests (`forkcheck.testing`)", 1)[1]
