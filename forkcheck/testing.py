@@ -55,7 +55,7 @@ from .settings import validate
 __all__ = ["ControlledRun", "Deadlock", "Explored", "Failure", "Interleavings", "ReplayDiverged", "ScheduleError",
            "ScheduleTimeout", "controlled", "explore", "interleavings"]
 
-STRATEGIES = ("random", "pct")
+_STRATEGIES = ("random", "pct")
 
 
 class ControlledRun:
@@ -152,8 +152,8 @@ def controlled(seed: Optional[int] = None, *, decisions: Optional[Sequence[int]]
     if len(given) != 1:
         raise TypeError("controlled() takes exactly one of seed=, decisions= or choose= (decisions=[]: never "
                         f"preempt); got {' and '.join(given) or 'none'}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"controlled(strategy={strategy!r}): use one of {', '.join(map(repr, STRATEGIES))}")
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"controlled(strategy={strategy!r}): use one of {', '.join(map(repr, _STRATEGIES))}")
     if decisions is not None:
         if strategy != "random":
             raise TypeError(f"controlled(decisions=...) replays them; strategy={strategy!r} applies to seed= or "
