@@ -18,6 +18,8 @@ The path of data: target -> search -> example -> engine -> run -> oracles -> fin
   ``coverage`` (what the schedules covered), ``findings`` (findings and results), ``task_names``.
 - Telling: ``report/`` (JSON, HTML, terminal), ``session`` (result rows and the report merge), ``plugin`` (pytest
   hooks only), ``items`` (pytest items), ``cli`` (``forkcheck check PATH``).
+- For users' own tests: ``testing`` (public: the controlled scheduler, to pin, replay or enumerate the interleavings
+  of one's own fork/wait code in a plain test).
 """
 from .findings import KINDS, CheckResult, Finding
 from .marker import MarkError, fork_safe
