@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from . import _warnings
-from .choices import PCT, Choices, RandomChoices, Replay, ReplayDiverged
+from .schedules import PCT, Choices, RandomChoices, Replay, ReplayDiverged
 from .dpor import Exploration, Probe
 from .engines.eager import ControlledScheduler, Deadlock, ScheduleError, ScheduleTimeout, race_log
 from .settings import validate
@@ -63,13 +63,14 @@ class ControlledRun:
 
     ``decisions`` are the run's choices, one per switch point where more than one task could run: an index among
     the runnable tasks, the current one first when it can go on, the others in fork order (so 0 never preempts);
-    ``controlled(decisions=run.decisions)`` replays the run. ``order`` lists the task ids in the order they got to run (0 is the block itself, 1, 2, ...
-    the forked tasks in fork order); ``preemptions`` counts the switches away from a task that could go on.
+    ``controlled(decisions=run.decisions)`` replays the run. ``order`` lists the task ids in the order they got to
+    run (0 is the block itself, 1, 2, ... the forked tasks in fork order); ``preemptions`` counts the switches away
+    from a task that could go on.
     """
 
-    def __init__(self, strategy: Any, timeout: Optional[float], observer: Any = None):
-        self._strategy = strategy
-        self._scheduler = ControlledScheduler(strategy, timeout=timeout, observer=observer)
+    def __init__(self, chooser: Any, timeout: Optional[float], observer: Any = None):
+        self._chooser = chooser
+        self._scheduler = ControlledScheduler(chooser, timeout=timeout, observer=observer)
         self._log = observer
         self._stack = ExitStack()
         self._entered = False
@@ -93,8 +94,8 @@ class ControlledRun:
         installed = getattr(torch._C.fork, "__self__", None)
         if isinstance(installed, ControlledScheduler) and installed._controller == threading.get_ident():
             raise RuntimeError("controlled blocks do not nest: this thread is inside one already")
-        if isinstance(self._strategy, Probe):
-            self._strategy.observe(self._log)
+        if isinstance(self._chooser, Probe):
+            self._chooser.observe(self._log)
         with ExitStack() as stack:
             stack.enter_context(_warnings.quiet_jit())
             stack.enter_context(self._scheduler)
@@ -111,7 +112,7 @@ class ControlledRun:
             if isinstance(exc, Exception):
                 self._note(exc)
             return None
-        replay = self._strategy
+        replay = self._chooser
         if isinstance(replay, Replay) and replay.position < len(replay.decisions):
             raise ReplayDiverged(f"the block made {replay.position} choices but {len(replay.decisions)} decisions "
                                  "were given: the program took another path than when they were recorded (pass "
@@ -172,13 +173,14 @@ class Interleavings:
 
     Interleavings that differ only in the order of independent steps (no two touch one tensor storage, list or
     dict with one writing) run once (dynamic partial-order reduction). Lists and dicts are seen through their
-    methods only: an order that matters only through a subscript, ``len`` or other Python state is not tried. Each run learns from the last one's
-    accesses, so enter each run before asking for the next, and make the block's state afresh in every run.
+    methods only: an order that matters only through a subscript, ``len`` or other Python state is not tried. Each
+    run learns from the last one's accesses, so enter each run before asking for the next, and make the block's state
+    afresh in every run.
     After the loop: ``complete`` (all were run; false when ``budget`` runs were not enough), ``runs`` and
     ``interleavings`` (distinct ones seen).
     """
 
-    def __init__(self, preemptions: int = 2, *, budget: int = 1000, timeout: Optional[float] = 60.0):
+    def __init__(self, preemptions: int = 2, *, budget: int = 500, timeout: Optional[float] = 60.0):
         checked = validate({"preemptions": preemptions, "budget": budget})
         self.timeout = _timeout(timeout)
         self._search = Exploration(checked["preemptions"], checked["budget"])
@@ -206,7 +208,7 @@ class Interleavings:
         return self._search.interleavings
 
 
-def interleavings(preemptions: int = 2, *, budget: int = 1000, timeout: Optional[float] = 60.0) -> Interleavings:
+def interleavings(preemptions: int = 2, *, budget: int = 500, timeout: Optional[float] = 60.0) -> Interleavings:
     """Enumerate a block's interleavings: assert a property in each; a failing one's error notes its decisions.
 
     >>> import torch
@@ -243,7 +245,7 @@ class Explored:
     complete: bool
 
 
-def explore(fn: Callable[[], Any], *, preemptions: int = 2, budget: int = 1000,
+def explore(fn: Callable[[], Any], *, preemptions: int = 2, budget: int = 500,
             timeout: Optional[float] = 60.0) -> Explored:
     """Call ``fn()`` under every interleaving within ``preemptions`` (see :func:`interleavings`); collect those
     where it raised (an assertion, a task's error, a :class:`Deadlock`...). ``fn`` makes its state afresh each call.
