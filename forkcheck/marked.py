@@ -202,7 +202,8 @@ class _Schedules:
 
     def _schedule(self, number: int, seed: int, which: str, names: dict[int, str], notes: list[str]) -> list[Finding]:
         """Run the body once under the schedule ``seed`` seeds; its findings (none: it passed)."""
-        from .engines.eager import ControlledScheduler, ScheduleError, race_log
+        from .engines import ScheduleError
+        from .engines.eager import ControlledScheduler, race_log
         from .oracles.races import outputs_affected, race_findings
         from .scripted_calls import ScriptedCalls
 
@@ -225,7 +226,7 @@ class _Schedules:
 
     def _finding(self, err: Exception, scheduler: Any, which: str, kind: str) -> Finding:
         """The finding of a failed schedule: a hang, a forked task's exception, or the body's own failure."""
-        from .engines.eager import ScheduleError
+        from .engines import ScheduleError
         from .task_names import task_name
 
         order = scheduler.order[:ORDER_SHOWN] + (["..."] if len(scheduler.order) > ORDER_SHOWN else [])

@@ -16,15 +16,14 @@ import torch
 
 from . import _exit, _warnings
 from .coverage import Coverage
-from .engines import TaskError, choose_engine
+from .engines import Observe, Run, ScheduleError, TaskError, choose_engine
 from .compiled import serial_program
-from .engines.eager import ScheduleError
 from .findings import CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, error_location, user_location
 from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
-from .oracles.races import outputs_affected
+from .oracles.races import outputs_affected, race_findings
 from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedules import Recorded, Schedule
 from .schedules.portfolio import draw_schedules, members, with_steps
@@ -244,7 +243,7 @@ class Checker:
             if index >= AFTER_A_RACE and self.hold_races and (findings or self.predicted) and not self.exhaustive:
                 break  # a race is predicted and the outcome stayed right: another input is likelier to show it
             self.schedules += 1
-            found = self._concurrent(inputs, schedule, reference)
+            found, run = self._concurrent(inputs, schedule, reference)
             if getattr(schedule, "diverged", False):  # the program did not repeat the replayed prefix: not its bug
                 self.schedules -= 1
                 continue
@@ -252,7 +251,7 @@ class Checker:
             if found and self.failed_after is None:
                 self.failed_after = self.schedules
             if found and (decisions is None or _wrong_outcome(found)):
-                decisions = list(self.engine.last_run.get("decisions", [])) if self.exhaustive else None
+                decisions = list(run.decisions if run is not None else []) if self.exhaustive else None
             if _wrong_outcome(found):
                 self.wrong_after = self.wrong_after or self.schedules
                 stopped = True
@@ -307,6 +306,9 @@ class Checker:
         with _warnings.quiet_jit():
             return _with_timeout(fn, self.settings.timeout)
 
+    def _concurrent_run(self) -> str:
+        return f"a concurrent run of {self.settings.tasks} forked tasks"
+
     def _serial(self, inputs: dict[str, Any]) -> tuple[list[Finding], Any]:
         """The reference: the target once, on copies, forks inline (plain eager Python, or the compiled program with
         its forks inlined: there the Python stack does not say which line wrote, the static pre-check's twin does)."""
@@ -350,38 +352,38 @@ class Checker:
                 f"{'its annotation' if one else 'their annotations'}: if the target needs particular inputs, give "
                 f"their strategies, e.g. {suggested_strategies({name: inputs[name] for name in names})}")
 
-    def _concurrent(self, inputs: dict[str, Any], schedule: Any, reference: Any) -> list[Finding]:
+    def _concurrent(self, inputs: dict[str, Any], schedule: Any,
+                    reference: Any) -> tuple[list[Finding], Optional[Run]]:
+        """One concurrent run's findings, and its record (``None`` when it hung or raised past the engine)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         tasks = list(range(1, self.settings.tasks + 1))
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
         module_watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
-        if hasattr(self.engine, "races"):  # race detection predicts other schedules: once per example is enough
-            self.engine.races = self._raced is not inputs
-            self._raced = inputs
+        # race detection predicts other schedules: once per example is enough; shrinking counts no coverage, so its
+        # runs go faster unlogged
+        observe = Observe.ACCESSES if self._raced is not inputs else \
+            Observe.SIGNATURE if self.shrink_until is None else Observe.NOTHING
+        self._raced = inputs
         try:
-            outputs = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule)))
-            findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]
-            if module_watch is not None:
-                findings += module_watch.findings(tasks, default_location=self.location)
-            run = getattr(self.engine, "last_run", {})
-            self.coverage.saw(run)
-            if "interleaving" in run:
-                self.interleavings.add(hash(run["interleaving"]))
-                self.switches += run["switches"]
+            run = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule, observe)))
+            if run.error is None:
+                findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]
+                if module_watch is not None:
+                    findings += module_watch.findings(tasks, default_location=self.location)
         except _Hang:
-            return [self._hang(f"a concurrent run of {len(tasks)} forked tasks")]
-        except ScheduleError as err:  # forkcheck's scheduler saw a deadlock, or a task that never finished
-            return [hang_finding(f"a concurrent run of {len(tasks)} forked tasks", self.settings.timeout,
-                                 because=str(err), location=error_location(err) or self.location, tasks=tasks,
-                                 reason=type(err).__name__)]
-        except Exception as err:
-            cause = err.__cause__ if isinstance(err, TaskError) else err
-            return [exception_finding("a forked task", cause, f"concurrent run, {self.engine.name} engine",
-                                      location=self.location, tasks=tasks)]
+            return [self._hang(self._concurrent_run())], None
+        except Exception as err:  # raised past the engine (the target's SystemExit: see ``_with_timeout``)
+            return [self._failed_run(err, tasks)], None
         finally:
             watches[1].restore()
             if module_watch is not None:
                 module_watch.restore()  # the next schedule starts from the same module state
+        if run.error is not None:
+            return [self._failed_run(run.error, tasks)], run
+        self.coverage.saw(run.trace)
+        self.interleavings.add(hash(run.interleaving))
+        self.switches += run.switches
+        outputs = run.outputs
         affected = False
         for task, output in zip(tasks, outputs):
             diffs = differences(reference, output, self.settings.atol, self.settings.rtol)
@@ -393,8 +395,19 @@ class Checker:
                     + "; ".join(diffs[:3]),
                     location=self.return_location, tasks=[task], detail={"differences": diffs[:10]}))
                 break
-        findings += [outputs_affected(race, affected) for race in getattr(self.engine, "last_races", ())]
-        return findings
+        if run.log is not None:
+            findings += [outputs_affected(race, affected) for race in race_findings(run.log)]
+        return findings, run
+
+    def _failed_run(self, err: Exception, tasks: list[int]) -> Finding:
+        """A concurrent run that did not finish: a hang forkcheck's scheduler saw (a deadlock, or a task that never
+        finished), or a forked task's exception."""
+        if isinstance(err, ScheduleError):
+            return hang_finding(self._concurrent_run(), self.settings.timeout, because=str(err),
+                                location=error_location(err) or self.location, tasks=tasks, reason=type(err).__name__)
+        cause = err.__cause__ if isinstance(err, TaskError) else err
+        return exception_finding("a forked task", cause, f"concurrent run, {self.engine.name} engine",
+                                 location=self.location, tasks=tasks)
 
     def _hang(self, what: str) -> Finding:
         return hang_finding(what, self.settings.timeout, location=self.location)
@@ -558,9 +571,6 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure,
             checker.coverage)
     checker.coverage = Coverage(checker.engine.name)
-    traced = getattr(checker.engine, "trace", None)
-    if traced is not None:
-        checker.engine.trace = False  # shrinking counts no coverage: its runs go faster unlogged
     checker.serial_only, checker.memo = checker.serial_failure, {}
     checker.hold_races = _wrong_outcome(failed.findings)
     checker.shrink_until = time.monotonic() + SHRINK_S
@@ -569,8 +579,6 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
         return shrunk if shrunk is not None and blob_from_notes(shrunk) else failed  # no blob: no token to show
     finally:
         checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
-        if traced is not None:
-            checker.engine.trace = traced
         (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after,
          checker.serial_failure, checker.coverage) = kept
 

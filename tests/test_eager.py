@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forkcheck import _warnings
+from forkcheck.engines import Observe
 from forkcheck.schedules import PCT, Choices, RandomChoices, Recorded, Replay, ReplayDiverged, Schedule
 from forkcheck.engines.eager import (ControlledFuture, ControlledScheduler, Deadlock, EagerEngine, ScheduleError,
                                      ScheduleTimeout)
@@ -431,7 +432,7 @@ def test_engine_runs_tasks_and_counts():
     finals = set()
     for seed in range(30):
         x = torch.zeros(1)
-        outputs = engine.run([x], Schedule("pct" if seed % 2 else "random", seed))
+        outputs = engine.run([x], Schedule("pct" if seed % 2 else "random", seed), Observe.NOTHING).result()
         assert len(outputs) == 2 and all(o is x for o in outputs)
         finals.add(x.item())
     assert finals == {1.0, 2.0}
@@ -452,6 +453,7 @@ def test_engine_calibrates_pct_steps_and_reads_schedule_params():
     finals = []
     for seed in range(50):
         x = torch.zeros(1)
-        engine.run([x], Schedule("pct", seed, {"d": 2, "k": steps}))
+        run = engine.run([x], Schedule("pct", seed, {"d": 2, "k": steps}), Observe.NOTHING)
+        run.result()
         finals.append(x.item())
-    assert 1.0 in finals and engine.last_run["interleaving"] == tuple(engine.last.order)
+    assert 1.0 in finals and run.interleaving == tuple(engine.last.order)

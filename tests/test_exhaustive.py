@@ -13,7 +13,7 @@ from torch import Tensor
 import forkcheck
 from forkcheck.coverage import statement
 from forkcheck.dpor import Exploration
-from forkcheck.engines import CONTROLLED
+from forkcheck.engines import CONTROLLED, Observe
 from forkcheck.engines.eager import EagerEngine
 from forkcheck.settings import SettingsError, validate
 
@@ -72,7 +72,7 @@ def explore(program, bound: int = 2, budget: int = 2000, reduce: bool = True, ta
     exploration = Exploration(bound, budget, reduce)
     outputs = set()
     for probe in exploration:
-        out = engine.run([ROWS.clone(), set()], probe)
+        out = engine.run([ROWS.clone(), set()], probe, Observe.NOTHING).result()
         outputs.add(tuple(torch.cat([o.flatten() for o in out]).tolist()))
     return exploration, outputs
 

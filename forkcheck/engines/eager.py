@@ -44,6 +44,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..schedules import Chooser, Choices, RandomChoices, Replay
+from . import Deadlock, Observe, Run, ScheduleError, ScheduleTimeout
 from ..task_names import FANOUT, OVERFLOW_BASE
 
 _install_lock = threading.Lock()
@@ -51,18 +52,6 @@ _install_lock = threading.Lock()
 RUNNABLE, BLOCKED, DONE = "runnable", "blocked", "done"
 _ALL = object()  # what the root waits for when the ``with`` block exits
 _RUN = object()  # controller message: the root holds the baton again
-
-
-class ScheduleError(Exception):
-    """The schedule could not finish: a deadlock or a timeout (a ``hang`` finding)."""
-
-
-class Deadlock(ScheduleError):
-    """Every unfinished task waits for another unfinished task (or for itself)."""
-
-
-class ScheduleTimeout(ScheduleError):
-    """The schedule did not finish within its timeout."""
 
 
 class _Abort(BaseException):
@@ -633,13 +622,11 @@ def race_log(names: Optional[dict[int, str]] = None, containers: Optional[dict[i
 
 
 class EagerEngine:
-    """Runs the target's instances through ``ControlledScheduler``, one schedule per run.
-
-    While ``races`` is true (the runner sets it for the first schedule of each example) a run records every task's
-    accesses and reports races in ``last_races``; ``param_names`` name the inputs in those reports.
-    """
+    """Runs the target's instances through ``ControlledScheduler``, one schedule per run; ``param_names`` name the
+    inputs in the access log's race reports."""
 
     name = "eager"
+    scripted = None
 
     def __init__(self, instance: Any, tasks: int, reason: str, timeout: Optional[float] = 60.0,
                  param_names: Sequence[str] = ()):
@@ -649,66 +636,61 @@ class EagerEngine:
         self.timeout = timeout
         self.param_names = list(param_names)
         self.module = instance if isinstance(instance, torch.nn.Module) else None
-        self.races = True
-        self.trace = True  # log every run, races or not: ``last_run["trace"]`` is its interleaving's signature
-        self.last_races: list[Any] = []  # ``race`` findings of the last run (``outputs_affected`` left to fill)
         self.last: Optional[ControlledScheduler] = None  # the last run's scheduler: order, decisions, events
-        self.last_order: list[int] = []
-        self.last_run: dict[str, Any] = {}
         self._interleavings: set[tuple[int, ...]] = set()
         self._totals = {"schedules": 0, "preemptions": 0, "decisions": 0, "switch_points": 0}
 
-    def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
+    def run(self, args: Sequence[Any], schedule: Any, observe: Observe) -> Run:
         """Fork ``tasks`` instances on ``args`` under ``schedule``'s chooser (``schedule.chooser()``: a
         ``forkcheck.schedules.Schedule``, ``Recorded`` or ``forkcheck.dpor.Probe``).
 
-        A task's exception is raised as is; a deadlock or timeout raises ``ScheduleError``.
+        A task's exception, a deadlock or a timeout (``ScheduleError``) is the run's ``error``. ``observe``: what
+        to log (an exhaustive search's run logs every access whatever it says: the search reads the log).
         """
-        return self._run(args, schedule.chooser(), self.timeout)
+        return self._run(args, schedule.chooser(), self.timeout, observe)
 
     def calibrate(self, args: Sequence[Any]) -> int:
         """Run once without preemption; return its steps (PCT's ``k``: switch points where a task could go on)."""
-        self._run(args, Replay([]), self.timeout, count=False)
-        return max(1, self.last.steps)
+        return max(1, self._run(args, Replay([]), self.timeout, Observe.NOTHING, count=False).steps)
 
-    def _run(self, args: Sequence[Any], chooser: Chooser, timeout: Optional[float], count: bool = True) -> list:
-        self.last_races = []
+    def _run(self, args: Sequence[Any], chooser: Chooser, timeout: Optional[float], observe: Observe,
+             count: bool = True) -> Run:
         log = None
         searched = hasattr(chooser, "observe")  # an exhaustive search's run (``forkcheck.dpor.Probe``) reads the log
-        if (self.races or self.trace or searched) and count:
+        if (observe is not Observe.NOTHING or searched) and count:
             from ..containers import container_names
             from ..observe import AccessLog, storage_names
 
             named = dict(zip(self.param_names, args))
-            if self.races or searched:
+            if observe is Observe.ACCESSES or searched:
                 log = race_log(storage_names(named, self.module), container_names(named, self.module))
             else:  # only the run's signature: tensor accesses, no lines (a third of a full log's cost, measured)
                 log = AccessLog()
             if searched:
                 chooser.observe(log)
         scheduler = self.last = ControlledScheduler(chooser, timeout=timeout, observer=log)
+        outputs: list[Any] = []
+        error: Optional[Exception] = None
         try:
             with scheduler:
                 futures = [torch._C.fork(self.instance, *args) for _ in range(self.tasks)]
                 outputs = [torch._C.wait(future) for future in futures]
-            if log is not None and self.races:
-                from ..oracles.races import race_findings
+        except Exception as err:  # the target's failure (or the schedule's): the runner judges it
+            error = err
+        stats = scheduler.stats
+        trace = None
+        if log is not None:
+            from ..interleavings import signature
 
-                self.last_races = race_findings(log)
-            return outputs
-        finally:
-            self.last_order = scheduler.order
-            self.last_run = {"interleaving": tuple(scheduler.order), **scheduler.stats,
-                             "decisions": list(scheduler.decisions)}
-            if log is not None:
-                from ..interleavings import signature
-
-                self.last_run["trace"] = signature(log)
-            if count:
-                self._interleavings.add(tuple(scheduler.order))
-                self._totals["schedules"] += 1
-                for key in ("preemptions", "decisions", "switch_points"):
-                    self._totals[key] += scheduler.stats[key]
+            trace = signature(log)
+        if count:
+            self._interleavings.add(tuple(scheduler.order))
+            self._totals["schedules"] += 1
+            for key in ("preemptions", "decisions", "switch_points"):
+                self._totals[key] += stats[key]
+        return Run(outputs, tuple(scheduler.order), stats["switches"], stats["steps"], error=error,
+                   log=log if observe is Observe.ACCESSES else None, trace=trace,
+                   decisions=list(scheduler.decisions))
 
     @property
     def stats(self) -> dict[str, int]:
