@@ -10,13 +10,13 @@ import random
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
 from . import _exit, _warnings
 from .coverage import Coverage
-from .engines import Observe, Run, ScheduleError, TaskError, choose_engine
+from .engines import Engine, Observe, Run, ScheduleError, TaskError, choose_engine
 from .compiled import serial_program
 from .findings import CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, error_location, user_location
@@ -84,16 +84,30 @@ def _fingerprint(value: Any) -> Any:
     return ("value", repr(value))
 
 
-#: Told ``("start", timeout)`` before every run and ``("abandoned", timeout)`` when a run is given up as a hang: the
-#: child process of ``forkcheck.isolation`` reports runs to its parent and retires itself after an abandoned one.
-RUN_OBSERVERS: list[Callable[[str, float], None]] = []
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    """A run a check starts, as a hang or crash during it is described."""
+
+    what: str  # "example 2, schedule 3: a concurrent run of 3 forked tasks"
+    phase: str  # "serial", "concurrent", or "" (an unperturbed run counting PCT's steps, or warming up)
+    engine: Engine
+    timeout: float  # the longest the run may take
 
 
-def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
-    """Run ``call`` in a daemon thread; raise ``_Hang`` if it has not returned within ``timeout`` seconds."""
+class RunObserver(Protocol):
+    """Told of every run of a check: the child process of ``forkcheck.isolation`` reports each to its parent (a
+    heartbeat naming the run) and retires itself after one abandoned as hung."""
+
+    def run_started(self, run: RunStart) -> None: ...
+
+    def run_abandoned(self, run: RunStart) -> None: ...
+
+
+def _with_timeout(call: Callable[[], Any], run: RunStart, observer: Optional[RunObserver] = None) -> Any:
+    """Run ``call`` in a daemon thread; raise ``_Hang`` if it has not returned within ``run.timeout`` seconds."""
     _exit.forks_ran()
-    for observe in RUN_OBSERVERS:
-        observe("start", timeout)
+    if observer is not None:
+        observer.run_started(run)
     box: dict[str, Any] = {}
 
     def body() -> None:
@@ -107,11 +121,11 @@ def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
 
     thread = threading.Thread(target=body, name="forkcheck-run", daemon=True)
     thread.start()
-    thread.join(timeout)
+    thread.join(run.timeout)
     if thread.is_alive():
         _exit.run_abandoned()
-        for observe in RUN_OBSERVERS:
-            observe("abandoned", timeout)
+        if observer is not None:
+            observer.run_abandoned(run)
         raise _Hang()
     if "error" in box:
         raise box["error"]
@@ -139,13 +153,16 @@ def _wrong_outcome(findings: list[Finding]) -> bool:
 
 
 class Checker:
-    """Everything fixed for one target: its strategies, engine, globals and static findings."""
+    """Everything fixed for one target: its strategies, engine, globals and static findings. ``observer`` is told of
+    every run (see :class:`RunObserver`)."""
 
-    def __init__(self, target: Target, settings: Settings):
+    def __init__(self, target: Target, settings: Settings, observer: Optional[RunObserver] = None):
         if target.mark.error:  # fork_safe was used wrongly in a file being collected (``marker.errors_deferred``)
             raise MarkError(target.mark.error)
         self.target = target
         self.settings = settings
+        self.observer = observer
+        self.runs = 0  # runs started (the serial reference, concurrent schedules, unperturbed runs)
         self.base = _instance(target)
         self.strategies = for_callable(self.base if target.is_compiled else target.obj, target.strategies,
                                        what=target.name)
@@ -292,7 +309,7 @@ class Checker:
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
                 steps = self._call(lambda: global_watch.run(
-                    lambda: [self.engine.calibrate(args) for _ in range(runs)][-1]))
+                    lambda: [self.engine.calibrate(args) for _ in range(runs)][-1]), "")
                 self.pct_steps = min(steps, 100_000) if count else self.pct_steps
             except Exception:  # it raised or hung where the serial run did not: the concurrent runs will tell
                 self.pct_steps = -1 if count else self.pct_steps
@@ -302,9 +319,21 @@ class Checker:
                     watch.restore()
         return with_steps(drawn, self.pct_steps)
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def _call(self, fn: Callable[[], Any], phase: str) -> Any:
+        """``fn()``, bounded by the timeout, as a run of ``phase`` (see :class:`RunStart`)."""
+        self.runs += 1
         with _warnings.quiet_jit():
-            return _with_timeout(fn, self.settings.timeout)
+            return _with_timeout(fn, self._run_start(phase), self.observer)
+
+    def _run_start(self, phase: str) -> RunStart:
+        """The run about to start: "example 2, schedule 3: a concurrent run of 3 forked tasks"."""
+        if phase == "serial":
+            what = f"example {self.examples}: {SERIAL_RUN}"
+        elif phase == "concurrent":
+            what = f"example {self.examples}, schedule {self.schedules}: {self._concurrent_run()}"
+        else:
+            what = f"example {self.examples}: run {self.runs} of the check"
+        return RunStart(what, phase, self.engine, self.settings.timeout)
 
     def _concurrent_run(self) -> str:
         return f"a concurrent run of {self.settings.tasks} forked tasks"
@@ -327,11 +356,11 @@ class Checker:
         # compiled code runs under no dispatch mode (see ``_calibrated``), and no Python line would tell who wrote
         locator = WriteLocator(watched) if self.serial_program is None else None
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
-            output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)))
+            output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)), "serial")
             locate = locator.locate if locator is not None else (lambda name: ("", ""))
             return [f for w in watches for f in w.findings([1], locate, self.location)], output
         except _Hang:
-            return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
+            return [self._hang(SERIAL_RUN)], _NO_OUTPUT
         except Exception as err:
             found = exception_finding("the target", err, "serial run, forks inline", location=self.location, tasks=[1])
             found.message += self._inferred_note(inputs)
@@ -365,7 +394,7 @@ class Checker:
             Observe.SIGNATURE if self.shrink_until is None else Observe.NOTHING
         self._raced = inputs
         try:
-            run = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule, observe)))
+            run = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule, observe)), "concurrent")
             if run.error is None:
                 findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]
                 if module_watch is not None:
@@ -414,6 +443,7 @@ class Checker:
 
 
 _NO_OUTPUT = object()
+SERIAL_RUN = "the serial reference run (forks inline)"
 
 
 def _instance(target: Target) -> Any:
@@ -459,8 +489,9 @@ REPLAYS = 10  # a replay token reruns its example this many times and says how m
 
 
 def check(target: Target, settings: Settings = Settings(), *, replay: Optional[str] = None,
-          nodeid: str = "") -> CheckResult:
-    """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict."""
+          nodeid: str = "", observer: Optional[RunObserver] = None) -> CheckResult:
+    """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict.
+    ``observer`` is told of every run (see :class:`RunObserver`)."""
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
     seed = settings.seed if settings.seed is not None else random.randrange(2**32)
@@ -474,7 +505,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
             settings = dataclasses.replace(settings.replace(
                 tasks=token.tasks, strategy=token.strategy, schedules=token.schedules or settings.schedules),
                 pool_sizes=())
-        checker = Checker(target, settings)
+        checker = Checker(target, settings, observer)
         if token is not None:
             token.check_fits(target.name, checker.param_names, checker.inputs.fingerprint)
             checker.pct_steps = token.pct_steps
