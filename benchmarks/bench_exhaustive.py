@@ -57,7 +57,8 @@ def search(subject: Any, cap: int, reduce: bool) -> dict[str, Any]:
     wrong_after: Optional[int] = None
     started = time.perf_counter()
     for probe in exploration:
-        if subject.judge(lambda args: subject.engine.run(args, probe, Observe.NOTHING).result()) and wrong_after is None:
+        wrong = subject.judge(lambda args: subject.engine.run(args, probe, Observe.NOTHING).result())
+        if wrong and wrong_after is None:
             wrong_after = exploration.runs
     return {"wrong_after": wrong_after, "runs": exploration.runs, "interleavings": exploration.interleavings,
             "complete": exploration.complete, "seconds": round(time.perf_counter() - started, 2)}

@@ -1,4 +1,8 @@
-"""One check: Hypothesis examples x schedules through an engine, the oracles over every run. No pytest needed."""
+"""One check: Hypothesis examples x schedules through an engine, the oracles over every run record. No pytest needed.
+
+An engine runs and records (``forkcheck.engines.Run``); the runner judges: watches, the serial reference, the race
+oracle over the run's access log. A :class:`RunObserver` passed to :func:`check` is told of every run.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -17,9 +17,10 @@ any thread will do, so Hypothesis data can drive them.
 
 A task's exception is raised at its wait; tasks nobody waits for run to completion before the ``with`` block exits.
 A deadlock (a task waiting for itself, a cycle of waits) raises :class:`Deadlock`; a schedule that does not finish
-within ``timeout`` seconds raises :class:`ScheduleTimeout`. Either way every blocked task is released and unwound
-(with an exception that ``except Exception`` does not catch); a task stuck in a pure-Python loop cannot be stopped and
-is left running as a daemon thread, no longer under control (its later forks and waits go to the real runtime).
+within ``timeout`` seconds raises :class:`ScheduleTimeout` (both ``forkcheck.engines.ScheduleError``). Either way
+every blocked task is released and unwound (with an exception that ``except Exception`` does not catch); a task
+stuck in a pure-Python loop cannot be stopped and is left running as a daemon thread, no longer under control (its
+later forks and waits go to the real runtime).
 The root task (the code inside the ``with`` block, on the controller thread) is not interrupted: a caller that
 needs a bound on it runs the block in a thread of its own.
 
