@@ -45,19 +45,20 @@ def eager_subject(bug: Any, instances: int) -> Any:
     function = instance.forward if isinstance(instance, torch.nn.Module) else instance
     names = [name for name in inspect.signature(function).parameters if name != "self"]
     engine = EagerEngine(instance, instances, "benchmark", param_names=names)
-    engine.races = False  # the searches read the access log; race findings are not what is measured
     return Subject(bug, engine)
 
 
 def search(subject: Any, cap: int, reduce: bool) -> dict[str, Any]:
     """One exhaustive search on the bug's fixed input: runs until wrong, runs in all, interleavings, complete."""
     from forkcheck.dpor import Exploration
+    from forkcheck.engines import Observe
 
     exploration = Exploration(bound=2, budget=cap, reduce=reduce)
     wrong_after: Optional[int] = None
     started = time.perf_counter()
     for probe in exploration:
-        if subject.judge(lambda args: subject.engine.run(args, probe)) and wrong_after is None:
+        wrong = subject.judge(lambda args: subject.engine.run(args, probe, Observe.NOTHING).result())
+        if wrong and wrong_after is None:
             wrong_after = exploration.runs
     return {"wrong_after": wrong_after, "runs": exploration.runs, "interleavings": exploration.interleavings,
             "complete": exploration.complete, "seconds": round(time.perf_counter() - started, 2)}

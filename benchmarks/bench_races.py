@@ -23,8 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from forkcheck._warnings import quiet_jit
+from forkcheck.engines import Observe
 from forkcheck.engines.script import ScriptEngine
-from forkcheck.schedule import Schedule
+from forkcheck.oracles.races import race_findings
+from forkcheck.schedules import Schedule
 
 
 def foo(a: Tensor, b: int) -> Tensor:
@@ -108,19 +110,6 @@ def per_run(calls: dict[str, Callable[[int], object]], runs: int, rounds: int = 
     return best
 
 
-class _Forced:
-    """Pins ``ScriptEngine.races`` for a whole check (the runner's per-example choice is ignored)."""
-
-    def __init__(self, value: bool):
-        self.value = value
-
-    def __get__(self, obj: object, owner: type) -> bool:
-        return self.value
-
-    def __set__(self, obj: object, value: bool) -> None:
-        pass
-
-
 def check_seconds(obj: object, name: str, make_input: Callable[[], Tensor], detection: str) -> tuple[float, int]:
     """One default check (10 examples x 10 schedules); detection ``off``, ``first`` (per example, the default) or
     ``all`` schedules."""
@@ -131,17 +120,17 @@ def check_seconds(obj: object, name: str, make_input: Callable[[], Tensor], dete
 
     shape = tuple(make_input().shape)
     target = Target.from_object(fork_safe(obj, **{name: fst.tensors(shape=shape)}), name=f"bench:{detection}")
-    saved = ScriptEngine.__dict__.get("races")
-    if detection != "first":
-        ScriptEngine.races = _Forced(detection == "all")
+    run = ScriptEngine.run
+    if detection != "first":  # what each run observes pinned for the whole check (the runner's choice ignored)
+        pinned = Observe.ACCESSES if detection == "all" else Observe.SIGNATURE
+        ScriptEngine.run = lambda engine, args, schedule, observe: run(engine, args, schedule, pinned)
     try:
         start = time.perf_counter()
         result = check(target, Settings(seed=1))
         assert result.verdict == "pass", result
         return time.perf_counter() - start, result.schedules
     finally:
-        if saved is None and "races" in ScriptEngine.__dict__:
-            del ScriptEngine.races
+        ScriptEngine.run = run
 
 
 def main() -> None:
@@ -162,8 +151,8 @@ def main() -> None:
             for policy, schedule in POLICIES.items():
                 def run(races: bool) -> Callable[[int], object]:
                     def call(i: int) -> object:
-                        engine.races = races
-                        return engine.run([inputs[i]], schedule(i))
+                        done = engine.run([inputs[i]], schedule(i), Observe.ACCESSES if races else Observe.SIGNATURE)
+                        return race_findings(done.log) if races else done.result()
                     return call
 
                 t = per_run({"plain": lambda i: engine.driver(inputs[i]), "sched": run(False), "races": run(True)},
@@ -186,7 +175,7 @@ def _accesses(engine: ScriptEngine, x: Tensor) -> int:
     """How many accesses one run records (the target's size in tensor reads and writes)."""
     from forkcheck.engines.script import _Recorder
     from forkcheck.observe import AccessLog
-    from forkcheck.schedule import run_under
+    from forkcheck.schedules import run_under
 
     log = AccessLog(engine.program.sites)
     with log:

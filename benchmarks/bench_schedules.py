@@ -88,7 +88,8 @@ def schedules_until_found(subject: Subject, strategy: str, seed: int, examples: 
     from hypothesis import HealthCheck, Phase
     from hypothesis import strategies as st
 
-    from forkcheck.schedule import draw_schedules, members, with_steps
+    from forkcheck.engines import Observe
+    from forkcheck.schedules.portfolio import draw_schedules, members, with_steps
 
     steps = 0
     if "pct" in members(strategy):
@@ -107,7 +108,7 @@ def schedules_until_found(subject: Subject, strategy: str, seed: int, examples: 
                            steps)
         for schedule in drawn:
             runs += 1
-            if subject.judge(lambda args: subject.engine.run(args, schedule)):
+            if subject.judge(lambda args: subject.engine.run(args, schedule, Observe.NOTHING).result()):
                 found = runs
                 _detected()
 

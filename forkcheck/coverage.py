@@ -4,7 +4,7 @@ each input's search (``forkcheck.dpor``) was complete. ``stats["coverage"]`` of 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 #: How interleavings are told apart, per engine.
 BY = {"eager": "the order of conflicting accesses",
@@ -20,10 +20,10 @@ class Coverage:
     runs: int = 0  # runs with a signature
     searches: list[dict[str, Any]] = field(default_factory=list)  # one per input explored exhaustively
 
-    def saw(self, run: Mapping[str, Any]) -> None:
-        """A run's ``last_run`` record; its ``trace`` is the signature, when the engine logged the run."""
-        if "trace" in run:
-            self.signatures.add(run["trace"])
+    def saw(self, trace: Optional[int]) -> None:
+        """A run's signature (``forkcheck.engines.Run.trace``; ``None``: the run was not told apart)."""
+        if trace is not None:
+            self.signatures.add(trace)
             self.runs += 1
 
     def explored(self, exploration: Any, stopped: bool) -> None:

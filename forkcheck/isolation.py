@@ -41,7 +41,10 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .runner import RunStart
 
 GRACE_S = 10.0  # beyond a run's timeout before the parent gives up on a silent child (a loaded machine is slow)
 PREPARE_S = 120.0  # importing the target's module, scripting it, the static pre-check: before the first run
@@ -434,27 +437,25 @@ class _Server:
         self.torch = torch
         self.fork, self.wait = torch._C.fork, torch._C.wait
         self.abandoned = 0
-        self.runs = 0
         self.loaded: dict[str, float] = {}  # module name -> its file's mtime when imported
         self.place: Any = None  # (sys.path, cwd) of the last request
         self.baseline_modules = set(sys.modules)
         runner._RunThread.shared()  # the thread every run goes on is this process's own, not the target's
         self.baseline_threads = {thread.ident for thread in threading.enumerate()}
         self.keep = _library_roots()
-        runner.RUN_OBSERVERS.append(self.observe)
 
     def send(self, message: dict[str, Any]) -> None:
         self.channel.write(json.dumps(message) + "\n")
         self.channel.flush()
 
-    def observe(self, event: str, timeout: float) -> None:
-        """``runner._with_timeout`` starts a run (a heartbeat to the parent) or abandons one that hung."""
-        if event == "start":
-            self.runs += 1
-            what, engine, phase = _describe_run(self.runs)
-            self.send({"event": "run", "timeout": timeout, "what": what, "engine": engine, "phase": phase})
-        elif event == "abandoned":
-            self.abandoned += 1
+    def run_started(self, run: RunStart) -> None:
+        """The check starts a run: a heartbeat to the parent, naming the run."""
+        engine = {"name": run.engine.name, "reason": run.engine.reason}
+        self.send({"event": "run", "timeout": run.timeout, "what": run.what, "engine": engine, "phase": run.phase})
+
+    def run_abandoned(self, run: RunStart) -> None:
+        """The check gave up a run as hung: it may still be running, and this process is unfit for another check."""
+        self.abandoned += 1
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         from .settings import Settings
@@ -464,10 +465,9 @@ class _Server:
             obj = self.load(request)
         except (Exception, SystemExit) as err:
             return {"event": "unavailable", "reason": f"the target did not import: {type(err).__name__}: {err}"}
-        self.runs = 0
         self.size_pool()
         result = self.runner.check(Target.from_object(obj, request["target"]), Settings(**request["settings"]),
-                                   replay=request["replay"], nodeid=request["nodeid"])
+                                   replay=request["replay"], nodeid=request["nodeid"], observer=self)
         result.stats["isolation"] = "child process"
         left = _left_running()
         if left:
@@ -562,28 +562,6 @@ def _left_running(settle_s: float = 0.5) -> list[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
-
-
-def _describe_run(number: int) -> tuple[str, dict[str, str], str]:
-    """Which run is starting ("example 2, schedule 3: ..."), the engine, and the phase ("serial", "concurrent" or
-    ""), from the checker's frame."""
-    from .runner import Checker
-
-    frame, found = sys._getframe(1), None
-    while frame is not None:
-        checker = frame.f_locals.get("self")
-        if isinstance(checker, Checker):
-            found = checker
-            engine = {"name": checker.engine.name, "reason": checker.engine.reason}
-            if frame.f_code.co_name == "_serial":
-                return f"example {checker.examples}: the serial reference run (forks inline)", engine, "serial"
-            if frame.f_code.co_name == "_concurrent":
-                return (f"example {checker.examples}, schedule {checker.schedules}: a concurrent run of "
-                        f"{checker.settings.tasks} forked tasks"), engine, "concurrent"
-        frame = frame.f_back
-    if found is not None:
-        return f"example {found.examples}: run {number} of the check", engine, ""
-    return f"run {number} of the check", {}, ""
 
 
 def _library_roots() -> tuple[str, ...]:

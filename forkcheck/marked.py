@@ -23,16 +23,18 @@ import weakref
 from typing import Any, Callable, Mapping, Optional
 
 from . import _exit, _warnings
-from .choices import PCT, RandomChoices
 from .findings import CheckResult, Finding, exception_finding, hang_finding, sort_findings
 from .forked import ChildDied, ChildFailed, ChildStopped, pool_started, run_forked
 from .replay import ReplayError, ReplayToken
-from .schedule import members
+from .schedules import Schedule
+from .schedules.portfolio import members
 from .settings import Settings
 
 REASON = ("a marked test's Python forks run under forkcheck's scheduler, and the forks of scripted code it calls on "
           "the real runtime, under forkcheck's schedules")
 ORDER_SHOWN = 24  # tasks of the order a finding's message shows
+#: A marked test's PCT: depth 3 over 48 steps (a test body's steps are not counted first, as a target's are).
+PCT_PARAMS = {"d": 3, "k": 48}
 
 
 def check_test(body: Callable[[], Any], settings: Settings = Settings(), name: str = "test", *,
@@ -200,14 +202,15 @@ class _Schedules:
 
     def _schedule(self, number: int, seed: int, which: str, names: dict[int, str], notes: list[str]) -> list[Finding]:
         """Run the body once under the schedule ``seed`` seeds; its findings (none: it passed)."""
-        from .engines.eager import ControlledScheduler, ScheduleError, race_log
+        from .engines import ScheduleError
+        from .engines.eager import ControlledScheduler, race_log
         from .oracles.races import outputs_affected, race_findings
         from .scripted_calls import ScriptedCalls
 
         kind = self._kind(number)
         log = race_log(names)
-        choices = PCT(random.Random(seed)) if kind == "pct" else RandomChoices(random.Random(seed))
-        scheduler = ControlledScheduler(choices, timeout=self.timeout, observer=log)
+        schedule = Schedule(kind, seed, PCT_PARAMS if kind == "pct" else {})
+        scheduler = ControlledScheduler(schedule.chooser(), timeout=self.timeout, observer=log)
         scripted = ScriptedCalls(log, seed, self.programs)
         failure: Optional[Exception] = None
         try:
@@ -223,7 +226,7 @@ class _Schedules:
 
     def _finding(self, err: Exception, scheduler: Any, which: str, kind: str) -> Finding:
         """The finding of a failed schedule: a hang, a forked task's exception, or the body's own failure."""
-        from .engines.eager import ScheduleError
+        from .engines import ScheduleError
         from .task_names import task_name
 
         order = scheduler.order[:ORDER_SHOWN] + (["..."] if len(scheduler.order) > ORDER_SHOWN else [])

@@ -1,4 +1,8 @@
-"""One check: Hypothesis examples x schedules through an engine, the oracles over every run. No pytest needed."""
+"""One check: Hypothesis examples x schedules through an engine, the oracles over every run record. No pytest needed.
+
+An engine runs and records (``forkcheck.engines.Run``); the runner judges: watches, the serial reference, the race
+oracle over the run's access log. A :class:`RunObserver` passed to :func:`check` is told of every run.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -12,23 +16,23 @@ import random
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
 from . import _exit, _warnings
 from .coverage import Coverage
-from .engines import TaskError, choose_engine
+from .engines import Engine, Observe, Run, ScheduleError, TaskError, choose_engine
 from .compiled import serial_program
-from .engines.eager import ScheduleError
 from .findings import CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, error_location, user_location
 from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
-from .oracles.races import outputs_affected
+from .oracles.races import outputs_affected, race_findings
 from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
-from .schedule import Schedule, draw_schedules, members, with_steps
+from .schedules import Recorded, Schedule
+from .schedules.portfolio import draw_schedules, members, with_steps
 from .settings import Settings
 from .state import module_state
 from .strategies import InferenceError, for_callable
@@ -86,9 +90,23 @@ def _fingerprint(value: Any) -> Any:
     return ("value", repr(value))
 
 
-#: Told ``("start", timeout)`` before every run and ``("abandoned", timeout)`` when a run is given up as a hang: the
-#: child process of ``forkcheck.isolation`` reports runs to its parent and retires itself after an abandoned one.
-RUN_OBSERVERS: list[Callable[[str, float], None]] = []
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    """A run a check starts, as a hang or crash during it is described."""
+
+    what: str  # "example 2, schedule 3: a concurrent run of 3 forked tasks"
+    phase: str  # "serial", "concurrent", or "" (an unperturbed run counting PCT's steps, or warming up)
+    engine: Engine
+    timeout: float  # the longest the run may take
+
+
+class RunObserver(Protocol):
+    """Told of every run of a check: the child process of ``forkcheck.isolation`` reports each to its parent (a
+    heartbeat naming the run) and retires itself after one abandoned as hung."""
+
+    def run_started(self, run: RunStart) -> None: ...
+
+    def run_abandoned(self, run: RunStart) -> None: ...
 
 
 class _RunThread:
@@ -141,12 +159,12 @@ class _RunThread:
             current.thread.join()
 
 
-def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
-    """Run ``call`` on the run thread (``_RunThread``); raise ``_Hang`` if it has not returned within ``timeout``
-    seconds."""
+def _with_timeout(call: Callable[[], Any], run: RunStart, observer: Optional[RunObserver] = None) -> Any:
+    """Run ``call`` on the run thread (``_RunThread``); raise ``_Hang`` if it has not returned within
+    ``run.timeout`` seconds."""
     _exit.forks_ran()
-    for observe in RUN_OBSERVERS:
-        observe("start", timeout)
+    if observer is not None:
+        observer.run_started(run)
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -162,11 +180,11 @@ def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
             done.set()
 
     _RunThread.shared().run(body)
-    if not done.wait(timeout):
+    if not done.wait(run.timeout):
         _RunThread.abandon()
         _exit.run_abandoned()
-        for observe in RUN_OBSERVERS:
-            observe("abandoned", timeout)
+        if observer is not None:
+            observer.run_abandoned(run)
         raise _Hang()
     if "error" in box:
         raise box["error"]
@@ -194,13 +212,16 @@ def _wrong_outcome(findings: list[Finding]) -> bool:
 
 
 class Checker:
-    """Everything fixed for one target: its strategies, engine, globals and static findings."""
+    """Everything fixed for one target: its strategies, engine, globals and static findings. ``observer`` is told of
+    every run (see :class:`RunObserver`)."""
 
-    def __init__(self, target: Target, settings: Settings):
+    def __init__(self, target: Target, settings: Settings, observer: Optional[RunObserver] = None):
         if target.mark.error:  # fork_safe was used wrongly in a file being collected (``marker.errors_deferred``)
             raise MarkError(target.mark.error)
         self.target = target
         self.settings = settings
+        self.observer = observer
+        self.runs = 0  # runs started (the serial reference, concurrent schedules, unperturbed runs)
         self.base = _instance(target)
         self.strategies = for_callable(self.base if target.is_compiled else target.obj, target.strategies,
                                        what=target.name)
@@ -213,7 +234,7 @@ class Checker:
                 copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
                 settings.timeout, controlled=settings.strategy == "exhaustive")
         # ``exhaustive``: each input's interleavings are searched (``forkcheck.dpor``), not drawn; a compiled target
-        # runs on TorchScript's runtime, where its schedules are the portfolio's (``forkcheck.schedule.members``)
+        # runs on TorchScript's runtime, where its schedules are the portfolio's (``forkcheck.schedules.portfolio.members``)
         self.exhaustive = settings.strategy == "exhaustive" and self.engine.name == "eager"
         self.coverage = Coverage(self.engine.name)
         self.replay_decisions: Optional[list[int]] = None  # ``exhaustive`` replay: the interleaving to rerun
@@ -278,7 +299,7 @@ class Checker:
             key = (_fingerprint(inputs), "exhaustive")
         else:
             drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
-            key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
+            key = (_fingerprint(inputs), tuple(drawn))
         if key in self.memo:
             self.failing_decisions = self.decisions_of.get(key, [])
             _fail(self.memo[key], inputs)
@@ -299,7 +320,7 @@ class Checker:
             if index >= AFTER_A_RACE and self.hold_races and (findings or self.predicted) and not self.exhaustive:
                 break  # a race is predicted and the outcome stayed right: another input is likelier to show it
             self.schedules += 1
-            found = self._concurrent(inputs, schedule, reference)
+            found, run = self._concurrent(inputs, schedule, reference)
             if getattr(schedule, "diverged", False):  # the program did not repeat the replayed prefix: not its bug
                 self.schedules -= 1
                 continue
@@ -307,7 +328,7 @@ class Checker:
             if found and self.failed_after is None:
                 self.failed_after = self.schedules
             if found and (decisions is None or _wrong_outcome(found)):
-                decisions = list(self.engine.last_run.get("decisions", [])) if self.exhaustive else None
+                decisions = list(run.decisions if run is not None else []) if self.exhaustive else None
             if _wrong_outcome(found):
                 self.wrong_after = self.wrong_after or self.schedules
                 stopped = True
@@ -328,9 +349,7 @@ class Checker:
     def _interleavings(self) -> Any:
         """``exhaustive``: this input's search, or the one interleaving a replay token names."""
         if self.replay_decisions is not None:
-            from types import SimpleNamespace
-
-            return [SimpleNamespace(decisions=self.replay_decisions)]
+            return [Recorded(self.replay_decisions)]
         from .dpor import Exploration
 
         return Exploration(self.settings.preemptions, self.settings.budget)
@@ -350,7 +369,7 @@ class Checker:
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
                 steps = self._call(lambda: global_watch.run(
-                    lambda: [self.engine.calibrate(args) for _ in range(runs)][-1]))
+                    lambda: [self.engine.calibrate(args) for _ in range(runs)][-1]), "")
                 self.pct_steps = min(steps, 100_000) if count else self.pct_steps
             except Exception:  # it raised or hung where the serial run did not: the concurrent runs will tell
                 self.pct_steps = -1 if count else self.pct_steps
@@ -369,9 +388,24 @@ class Checker:
             self._watching = ModuleWatch(self.engine.module)
         return self._watching
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def _call(self, fn: Callable[[], Any], phase: str) -> Any:
+        """``fn()``, bounded by the timeout, as a run of ``phase`` (see :class:`RunStart`)."""
+        self.runs += 1
         with _warnings.quiet_jit():
-            return _with_timeout(fn, self.settings.timeout)
+            return _with_timeout(fn, self._run_start(phase), self.observer)
+
+    def _run_start(self, phase: str) -> RunStart:
+        """The run about to start: "example 2, schedule 3: a concurrent run of 3 forked tasks"."""
+        if phase == "serial":
+            what = f"example {self.examples}: {SERIAL_RUN}"
+        elif phase == "concurrent":
+            what = f"example {self.examples}, schedule {self.schedules}: {self._concurrent_run()}"
+        else:
+            what = f"example {self.examples}: run {self.runs} of the check"
+        return RunStart(what, phase, self.engine, self.settings.timeout)
+
+    def _concurrent_run(self) -> str:
+        return f"a concurrent run of {self.settings.tasks} forked tasks"
 
     def _serial(self, inputs: dict[str, Any]) -> tuple[list[Finding], Any]:
         """The reference: the target once, on copies, forks inline (plain eager Python, or the compiled program with
@@ -391,11 +425,11 @@ class Checker:
         # compiled code runs under no dispatch mode (see ``_calibrated``), and no Python line would tell who wrote
         locator = WriteLocator(watched) if self.serial_program is None else None
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
-            output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)))
+            output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)), "serial")
             locate = locator.locate if locator is not None else (lambda name: ("", ""))
             return [f for w in watches for f in w.findings([1], locate, self.location)], output
         except _Hang:
-            return [self._hang("the serial reference run (forks inline)")], _NO_OUTPUT
+            return [self._hang(SERIAL_RUN)], _NO_OUTPUT
         except Exception as err:
             found = exception_finding("the target", err, "serial run, forks inline", location=self.location, tasks=[1])
             found.message += self._inferred_note(inputs)
@@ -416,38 +450,38 @@ class Checker:
                 f"{'its annotation' if one else 'their annotations'}: if the target needs particular inputs, give "
                 f"their strategies, e.g. {suggested_strategies({name: inputs[name] for name in names})}")
 
-    def _concurrent(self, inputs: dict[str, Any], schedule: Any, reference: Any) -> list[Finding]:
+    def _concurrent(self, inputs: dict[str, Any], schedule: Any,
+                    reference: Any) -> tuple[list[Finding], Optional[Run]]:
+        """One concurrent run's findings, and its record (``None`` when it hung or raised past the engine)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         tasks = list(range(1, self.settings.tasks + 1))
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
         module_watch = self._module_watch()
-        if hasattr(self.engine, "races"):  # race detection predicts other schedules: once per example is enough
-            self.engine.races = self._raced is not inputs
-            self._raced = inputs
+        # race detection predicts other schedules: once per example is enough; shrinking counts no coverage, so its
+        # runs go faster unlogged
+        observe = Observe.ACCESSES if self._raced is not inputs else \
+            Observe.SIGNATURE if self.shrink_until is None else Observe.NOTHING
+        self._raced = inputs
         try:
-            outputs = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule)))
-            findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]
-            if module_watch is not None:
-                findings += module_watch.findings(tasks, default_location=self.location)
-            run = getattr(self.engine, "last_run", {})
-            self.coverage.saw(run)
-            if "interleaving" in run:
-                self.interleavings.add(hash(run["interleaving"]))
-                self.switches += run["switches"]
+            run = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule, observe)), "concurrent")
+            if run.error is None:
+                findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]
+                if module_watch is not None:
+                    findings += module_watch.findings(tasks, default_location=self.location)
         except _Hang:
-            return [self._hang(f"a concurrent run of {len(tasks)} forked tasks")]
-        except ScheduleError as err:  # forkcheck's scheduler saw a deadlock, or a task that never finished
-            return [hang_finding(f"a concurrent run of {len(tasks)} forked tasks", self.settings.timeout,
-                                 because=str(err), location=error_location(err) or self.location, tasks=tasks,
-                                 reason=type(err).__name__)]
-        except Exception as err:
-            cause = err.__cause__ if isinstance(err, TaskError) else err
-            return [exception_finding("a forked task", cause, f"concurrent run, {self.engine.name} engine",
-                                      location=self.location, tasks=tasks)]
+            return [self._hang(self._concurrent_run())], None
+        except Exception as err:  # raised past the engine (the target's SystemExit: see ``_with_timeout``)
+            return [self._failed_run(err, tasks)], None
         finally:
             watches[1].restore()
             if module_watch is not None:
                 module_watch.restore()  # the next schedule starts from the same module state
+        if run.error is not None:
+            return [self._failed_run(run.error, tasks)], run
+        self.coverage.saw(run.trace)
+        self.interleavings.add(hash(run.interleaving))
+        self.switches += run.switches
+        outputs = run.outputs
         affected = False
         for task, output in zip(tasks, outputs):
             diffs = differences(reference, output, self.settings.atol, self.settings.rtol)
@@ -459,14 +493,26 @@ class Checker:
                     + "; ".join(diffs[:3]),
                     location=self.return_location, tasks=[task], detail={"differences": diffs[:10]}))
                 break
-        findings += [outputs_affected(race, affected) for race in getattr(self.engine, "last_races", ())]
-        return findings
+        if run.log is not None:
+            findings += [outputs_affected(race, affected) for race in race_findings(run.log)]
+        return findings, run
+
+    def _failed_run(self, err: Exception, tasks: list[int]) -> Finding:
+        """A concurrent run that did not finish: a hang forkcheck's scheduler saw (a deadlock, or a task that never
+        finished), or a forked task's exception."""
+        if isinstance(err, ScheduleError):
+            return hang_finding(self._concurrent_run(), self.settings.timeout, because=str(err),
+                                location=error_location(err) or self.location, tasks=tasks, reason=type(err).__name__)
+        cause = err.__cause__ if isinstance(err, TaskError) else err
+        return exception_finding("a forked task", cause, f"concurrent run, {self.engine.name} engine",
+                                 location=self.location, tasks=tasks)
 
     def _hang(self, what: str) -> Finding:
         return hang_finding(what, self.settings.timeout, location=self.location)
 
 
 _NO_OUTPUT = object()
+SERIAL_RUN = "the serial reference run (forks inline)"
 
 
 def _instance(target: Target) -> Any:
@@ -512,8 +558,9 @@ REPLAYS = 10  # a replay token reruns its example this many times and says how m
 
 
 def check(target: Target, settings: Settings = Settings(), *, replay: Optional[str] = None,
-          nodeid: str = "") -> CheckResult:
-    """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict."""
+          nodeid: str = "", observer: Optional[RunObserver] = None) -> CheckResult:
+    """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict.
+    ``observer`` is told of every run (see :class:`RunObserver`)."""
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
     seed = settings.seed if settings.seed is not None else random.randrange(2**32)
@@ -527,7 +574,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
             settings = dataclasses.replace(settings.replace(
                 tasks=token.tasks, strategy=token.strategy, schedules=token.schedules or settings.schedules),
                 pool_sizes=())
-        checker = Checker(target, settings)
+        checker = Checker(target, settings, observer)
         if token is not None:
             token.check_fits(target.name, checker.param_names, checker.inputs.fingerprint)
             checker.pct_steps = token.pct_steps
@@ -624,9 +671,6 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure,
             checker.coverage)
     checker.coverage = Coverage(checker.engine.name)
-    traced = getattr(checker.engine, "trace", None)
-    if traced is not None:
-        checker.engine.trace = False  # shrinking counts no coverage: its runs go faster unlogged
     checker.serial_only, checker.memo = checker.serial_failure, {}
     checker.hold_races = _wrong_outcome(failed.findings)
     checker.shrink_until = time.monotonic() + SHRINK_S
@@ -635,8 +679,6 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
         return shrunk if shrunk is not None and blob_from_notes(shrunk) else failed  # no blob: no token to show
     finally:
         checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
-        if traced is not None:
-            checker.engine.trace = traced
         (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after,
          checker.serial_failure, checker.coverage) = kept
 

@@ -13,8 +13,10 @@ import torch
 from torch import Tensor, nn
 
 import forkcheck
+from forkcheck.engines import Observe
 from forkcheck.engines.eager import EagerEngine
-from forkcheck.schedule import Schedule
+from forkcheck.oracles.races import race_findings
+from forkcheck.schedules import Schedule
 
 from test_races import SEEDS, engine_for, line_of, races_per_run, vector
 
@@ -227,8 +229,9 @@ def eager_reads(x: Tensor, tags: set, table: dict) -> Tensor:
 
 def eager_races(program, args, names, seed: int) -> list[forkcheck.Finding]:
     engine = EagerEngine(program, 1, "test", param_names=names)
-    engine.run(args, Schedule("random", seed))
-    return engine.last_races
+    run = engine.run(args, Schedule("random", seed), Observe.ACCESSES)
+    run.result()
+    return race_findings(run.log)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

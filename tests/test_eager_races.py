@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,9 +11,10 @@ from torch import Tensor
 
 import forkcheck
 import strategies as fst
-from forkcheck.choices import Replay
+from forkcheck.engines import Observe
 from forkcheck.engines.eager import ControlledScheduler, EagerEngine, race_log
 from forkcheck.oracles.races import race_findings
+from forkcheck.schedules import Replay, Schedule
 
 # -- programs: a dict of mixed values goes into every fork, so none of them scripts -----------------------------------
 
@@ -139,13 +139,13 @@ def test_a_wait_in_another_task_and_future_wait_order_the_accesses() -> None:
         assert races_under(wait_in_another_task, random.Random(seed)) == []
 
 
-def test_engine_logs_only_while_races_is_on() -> None:
+def test_engine_logs_accesses_only_when_asked() -> None:
     engine = EagerEngine(nested_read_write, tasks=2, reason="does not script", param_names=["x"])
-    engine.run([torch.ones(2, 4)], SimpleNamespace(seed=0))
-    assert [f.kind for f in engine.last_races] == ["race"]
-    engine.races = False
-    engine.run([torch.ones(2, 4)], SimpleNamespace(seed=1))
-    assert engine.last_races == []
+    logged = engine.run([torch.ones(2, 4)], Schedule("random", 0), Observe.ACCESSES)
+    assert logged.error is None and [f.kind for f in race_findings(logged.log)] == ["race"]
+    for observe in (Observe.SIGNATURE, Observe.NOTHING):
+        run = engine.run([torch.ones(2, 4)], Schedule("random", 1), observe)
+        assert run.error is None and run.log is None
 
 
 def test_a_race_on_an_input_is_named_after_the_parameter() -> None:
@@ -153,8 +153,8 @@ def test_a_race_on_an_input_is_named_after_the_parameter() -> None:
         return bumped(x, options())
 
     engine = EagerEngine(bump_input, tasks=2, reason="does not script", param_names=["x"])
-    engine.run([torch.ones(2, 4)], SimpleNamespace(seed=0))
-    assert [f.detail["storage"] for f in engine.last_races] == ["x"]
+    run = engine.run([torch.ones(2, 4)], Schedule("random", 0), Observe.ACCESSES)
+    assert run.error is None and [f.detail["storage"] for f in race_findings(run.log)] == ["x"]
 
 
 # -- @pytest.mark.fork_safe tests ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch import Tensor
 import forkcheck
 from forkcheck.coverage import statement
 from forkcheck.dpor import Exploration
-from forkcheck.engines import CONTROLLED
+from forkcheck.engines import CONTROLLED, Observe
 from forkcheck.engines.eager import EagerEngine
 from forkcheck.settings import SettingsError, validate
 
@@ -72,7 +72,7 @@ def explore(program, bound: int = 2, budget: int = 2000, reduce: bool = True, ta
     exploration = Exploration(bound, budget, reduce)
     outputs = set()
     for probe in exploration:
-        out = engine.run([ROWS.clone(), set()], probe)
+        out = engine.run([ROWS.clone(), set()], probe, Observe.NOTHING).result()
         outputs.add(tuple(torch.cat([o.flatten() for o in out]).tolist()))
     return exploration, outputs
 
@@ -162,7 +162,7 @@ def test_a_target_that_scripts_is_explored_under_forkcheck_s_scheduler() -> None
 def test_a_compiled_target_stays_on_torchscript_s_runtime_where_schedules_are_the_portfolio_s() -> None:
     import seeded_bugs
     from forkcheck.engines import choose_engine
-    from forkcheck.schedule import PORTFOLIO, members
+    from forkcheck.schedules.portfolio import PORTFOLIO, members
 
     with forkcheck._warnings.quiet_jit():
         compiled = torch.jit.script(seeded_bugs.local_update_in_order)

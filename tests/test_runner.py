@@ -150,6 +150,54 @@ def test_public_check_needs_no_pytest_and_no_mark():
     assert failed.verdict == "fail" and [f.kind for f in failed.findings] == ["input-mutation"]
 
 
+class Runs:
+    """A run observer that keeps what it is told."""
+
+    def __init__(self):
+        self.started, self.abandoned = [], []
+
+    def run_started(self, run):
+        self.started.append(run)
+
+    def run_abandoned(self, run):
+        self.abandoned.append(run)
+
+
+def test_an_observer_is_told_every_run_by_what_phase_and_engine():
+    runs = Runs()
+    result = run_check(Target.from_object(scale_in_tasks), Settings().replace(**QUICK, strategy="pct"), observer=runs)
+    assert result.verdict == "pass" and runs.abandoned == []
+    tasks = Settings().tasks
+    serial = [r.what for r in runs.started if r.phase == "serial"]
+    concurrent = [r.what for r in runs.started if r.phase == "concurrent"]
+    assert serial == [f"example {n}: the serial reference run (forks inline)" for n in range(1, result.examples + 1)]
+    assert concurrent == [f"example {n}, schedule {s}: a concurrent run of {tasks} forked tasks"
+                          for n in range(1, result.examples + 1) for s in range(3 * n - 2, 3 * n + 1)]
+    # once, after the first serial run: PCT's steps counted, and the real runtime's program warmed up
+    assert [(r.what, r.phase) for r in runs.started[1:2]] == [("example 1: run 2 of the check", "")]
+    assert len(runs.started) == len(serial) + len(concurrent) + 1
+    assert {(r.engine.name, r.timeout) for r in runs.started} == {("script", Settings().timeout)}
+
+
+def sleeps(x: Tensor) -> Tensor:
+    import time
+
+    time.sleep(5.0)  # ten times the timeout: the run is given up long before
+    return x
+
+
+def test_an_observer_is_told_of_a_run_given_up_as_hung(monkeypatch):
+    from forkcheck import _exit
+
+    monkeypatch.setattr(_exit, "_abandoned", _exit.abandoned())  # this process's later checks do not see it
+    runs = Runs()
+    result = run_check(Target.from_object(sleeps), Settings().replace(**QUICK, timeout=0.5), observer=runs)
+    assert result.verdict == "fail" and [f.kind for f in result.findings] == ["hang"]
+    assert "the serial reference run (forks inline)" in result.findings[0].message
+    assert runs.abandoned == runs.started[:1] and runs.abandoned[0].phase == "serial"
+    assert runs.abandoned[0].engine.name == "eager" and runs.abandoned[0].timeout == 0.5
+
+
 def test_unknown_setting_is_an_error():
     with pytest.raises(forkcheck.SettingsError, match="unknown forkcheck setting 'example'"):
         forkcheck.check(scale_in_tasks, example=3)
@@ -317,22 +365,29 @@ def test_a_failure_under_forkcheck_s_scheduler_shrinks_to_a_minimal_input_that_s
 # -- the run thread -------------------------------------------------------------------------------------------------
 
 
+def _run(timeout: float):
+    from forkcheck import runner
+
+    return runner.RunStart("a test's run", "", None, timeout)
+
+
 def test_runs_go_on_one_reused_thread_and_a_hung_run_keeps_its_own(monkeypatch):
     import threading
 
     from forkcheck import _exit, runner
 
     monkeypatch.setattr(_exit, "_abandoned", False)  # this test's hang ends in it: no task outlives it
-    first, second = (runner._with_timeout(threading.get_ident, 60) for _ in range(2))
+    first, second = (runner._with_timeout(threading.get_ident, _run(60)) for _ in range(2))
     assert first == second != threading.get_ident()
     release = threading.Event()
     with pytest.raises(runner._Hang):
-        runner._with_timeout(lambda: release.wait(60), 0.2)
+        runner._with_timeout(lambda: release.wait(60), _run(0.2))
     try:
-        assert runner._with_timeout(threading.get_ident, 60) not in (first, threading.get_ident())
+        assert runner._with_timeout(threading.get_ident, _run(60)) not in (first, threading.get_ident())
     finally:
         release.set()
-    assert runner._with_timeout(lambda: runner._with_timeout(lambda: 7, 60), 60) == 7  # a run started from a run
+    nested = runner._with_timeout(lambda: runner._with_timeout(lambda: 7, _run(60)), _run(60))
+    assert nested == 7  # a run started from a run
 
 
 def _disables_grad(x: Tensor) -> Tensor:
@@ -345,7 +400,7 @@ def test_a_run_s_per_thread_torch_state_does_not_reach_the_next_run_on_the_reuse
 
     changed = check(_disables_grad, examples=2, schedules=2)
     assert "torch grad mode" in {f.detail["name"] for f in changed.findings}
-    assert runner._with_timeout(torch.is_grad_enabled, 60)  # the thread the runs went on has it back
+    assert runner._with_timeout(torch.is_grad_enabled, _run(60))  # the thread the runs went on has it back
 
 
 class BumpsWhenScripted(nn.Module):

@@ -10,16 +10,17 @@ forked task runs on its own thread, but only the task holding the baton runs. Sw
   tensor arguments are not switch points: they read no shared data),
 - the end of a task.
 
-At each point a strategy (``forkcheck.choices``) picks the next task among the runnable ones, the current task first
-(index 0: no preemption). Every real choice is recorded in ``decisions``; ``Replay(decisions)`` reruns the same
-interleaving. Choices are made on the thread that entered the scheduler (the controller) unless the strategy says
+At each point a chooser (``forkcheck.schedules.Chooser``) picks the next task among the runnable ones, the current
+task first (index 0: no preemption). Every real choice is recorded in ``decisions``; ``Replay(decisions)`` reruns the
+same interleaving. Choices are made on the thread that entered the scheduler (the controller) unless the chooser says
 any thread will do, so Hypothesis data can drive them.
 
 A task's exception is raised at its wait; tasks nobody waits for run to completion before the ``with`` block exits.
 A deadlock (a task waiting for itself, a cycle of waits) raises :class:`Deadlock`; a schedule that does not finish
-within ``timeout`` seconds raises :class:`ScheduleTimeout`. Either way every blocked task is released and unwound
-(with an exception that ``except Exception`` does not catch); a task stuck in a pure-Python loop cannot be stopped and
-is left running as a daemon thread, no longer under control (its later forks and waits go to the real runtime).
+within ``timeout`` seconds raises :class:`ScheduleTimeout` (both ``forkcheck.engines.ScheduleError``). Either way
+every blocked task is released and unwound (with an exception that ``except Exception`` does not catch); a task
+stuck in a pure-Python loop cannot be stopped and is left running as a daemon thread, no longer under control (its
+later forks and waits go to the real runtime).
 The root task (the code inside the ``with`` block, on the controller thread) is not interrupted: a caller that
 needs a bound on it runs the block in a thread of its own.
 
@@ -43,7 +44,8 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..choices import Choices, RandomChoices, Replay, Strategy, strategy_for
+from ..schedules import Chooser, Choices, RandomChoices, Replay
+from . import Deadlock, Observe, Run, ScheduleError, ScheduleTimeout
 from ..task_names import FANOUT, OVERFLOW_BASE
 
 _install_lock = threading.Lock()
@@ -51,18 +53,6 @@ _install_lock = threading.Lock()
 RUNNABLE, BLOCKED, DONE = "runnable", "blocked", "done"
 _ALL = object()  # what the root waits for when the ``with`` block exits
 _RUN = object()  # controller message: the root holds the baton again
-
-
-class ScheduleError(Exception):
-    """The schedule could not finish: a deadlock or a timeout (a ``hang`` finding)."""
-
-
-class Deadlock(ScheduleError):
-    """Every unfinished task waits for another unfinished task (or for itself)."""
-
-
-class ScheduleTimeout(ScheduleError):
-    """The schedule did not finish within its timeout."""
 
 
 class _Abort(BaseException):
@@ -74,7 +64,7 @@ class _Task:
                  "result", "error", "baton", "thread", "ident", "future", "grad", "inference")
 
     def __init__(self, task_id: int, parent: Optional["_Task"], call: Optional[tuple]):
-        self.id = task_id  # the order tasks were forked in: what the strategies choose among
+        self.id = task_id  # the order tasks were forked in: what the choosers choose among
         self.forks = 0
         if parent is not None:  # the id reports name as a tree (``forkcheck.task_names``): 1001 is task 1.1
             parent.forks += 1
@@ -200,7 +190,7 @@ def _pool_threads_saw_the_mode() -> None:
         atexit.register(time.sleep, 0.2)
 
 
-def _as_strategy(choose: Any) -> Strategy:
+def _as_chooser(choose: Any) -> Chooser:
     if choose is None:
         return RandomChoices(random.Random())
     if isinstance(choose, random.Random):
@@ -209,7 +199,7 @@ def _as_strategy(choose: Any) -> Strategy:
         return choose
     if callable(choose):
         return Choices(choose)
-    raise TypeError(f"ControlledScheduler takes a random.Random, a strategy or a choose(n) callable, not {choose!r}")
+    raise TypeError(f"ControlledScheduler takes a random.Random, a chooser or a choose(n) callable, not {choose!r}")
 
 
 _NOT_USER = tuple(os.path.dirname(path) + os.sep for path in (torch.__file__, os.path.dirname(__file__)))
@@ -230,16 +220,16 @@ def _user_line(frame: Any) -> str:
 class ControlledScheduler:
     """One controlled schedule. ``with ControlledScheduler(choose, timeout=60) as s:`` installs it on this thread.
 
-    ``choose``: a ``random.Random`` (uniform random choices), a strategy from ``forkcheck.choices`` (``PCT``,
+    ``choose``: a ``random.Random`` (uniform random choices), a chooser from ``forkcheck.schedules`` (``PCT``,
     ``Replay``, ...), or a bare ``choose(n) -> index`` callable (called only on this thread, only where ``n > 1``).
     After the block: ``order`` (task ids in the order they got the baton, starting with the root 0),
     ``decisions`` (every real choice, for ``Replay``), ``failed_task`` (the first task that raised, or None),
     ``errors`` (task id -> exception), ``events`` and ``stats``. ``observer``: an access log (see :class:`Observer`).
     """
 
-    def __init__(self, choose: Union[random.Random, Strategy, Callable[[int], int], None] = None, *,
+    def __init__(self, choose: Union[random.Random, Chooser, Callable[[int], int], None] = None, *,
                  timeout: Optional[float] = 60.0, observer: Optional[Observer] = None):
-        self.strategy = _as_strategy(choose)
+        self.chooser = _as_chooser(choose)
         self.timeout = timeout
         self.observer = observer
         self._observing = False  # the observer is entered on the controller thread
@@ -462,7 +452,7 @@ class ControlledScheduler:
             options = list(self._runnable)
         if not options:
             raise self._deadlock_error()
-        if not self.strategy.any_thread:
+        if not self.chooser.any_thread:
             if len(options) == 1:
                 return self._note(options[0])
             if task is not self._root:
@@ -472,7 +462,7 @@ class ControlledScheduler:
         return self._decide(options, can_continue)
 
     def _decide(self, options: list[_Task], can_continue: bool) -> _Task:
-        index = self.strategy.pick([t.id for t in options], can_continue)
+        index = self.chooser.pick([t.id for t in options], can_continue)
         if len(options) > 1:
             if not 0 <= index < len(options):
                 raise ValueError(f"the schedule chose option {index} of {len(options)}")
@@ -633,13 +623,11 @@ def race_log(names: Optional[dict[int, str]] = None, containers: Optional[dict[i
 
 
 class EagerEngine:
-    """Runs the target's instances through ``ControlledScheduler``, one schedule per run.
-
-    While ``races`` is true (the runner sets it for the first schedule of each example) a run records every task's
-    accesses and reports races in ``last_races``; ``param_names`` name the inputs in those reports.
-    """
+    """Runs the target's instances through ``ControlledScheduler``, one schedule per run; ``param_names`` name the
+    inputs in the access log's race reports."""
 
     name = "eager"
+    scripted = None
 
     def __init__(self, instance: Any, tasks: int, reason: str, timeout: Optional[float] = 60.0,
                  param_names: Sequence[str] = ()):
@@ -649,66 +637,61 @@ class EagerEngine:
         self.timeout = timeout
         self.param_names = list(param_names)
         self.module = instance if isinstance(instance, torch.nn.Module) else None
-        self.races = True
-        self.trace = True  # log every run, races or not: ``last_run["trace"]`` is its interleaving's signature
-        self.last_races: list[Any] = []  # ``race`` findings of the last run (``outputs_affected`` left to fill)
         self.last: Optional[ControlledScheduler] = None  # the last run's scheduler: order, decisions, events
-        self.last_order: list[int] = []
-        self.last_run: dict[str, Any] = {}
         self._interleavings: set[tuple[int, ...]] = set()
         self._totals = {"schedules": 0, "preemptions": 0, "decisions": 0, "switch_points": 0}
 
-    def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
-        """Fork ``tasks`` instances on ``args`` under ``schedule`` (see ``forkcheck.choices.strategy_for``).
+    def run(self, args: Sequence[Any], schedule: Any, observe: Observe) -> Run:
+        """Fork ``tasks`` instances on ``args`` under ``schedule``'s chooser (``schedule.chooser()``: a
+        ``forkcheck.schedules.Schedule``, ``Recorded`` or ``forkcheck.dpor.Probe``).
 
-        A task's exception is raised as is; a deadlock or timeout raises ``ScheduleError``.
+        A task's exception, a deadlock or a timeout (``ScheduleError``) is the run's ``error``. ``observe``: what
+        to log (an exhaustive search's run logs every access whatever it says: the search reads the log).
         """
-        timeout = getattr(schedule, "timeout", None) or self.timeout
-        return self._run(args, strategy_for(schedule), timeout)
+        return self._run(args, schedule.chooser(), self.timeout, observe)
 
     def calibrate(self, args: Sequence[Any]) -> int:
         """Run once without preemption; return its steps (PCT's ``k``: switch points where a task could go on)."""
-        self._run(args, Replay([]), self.timeout, count=False)
-        return max(1, self.last.steps)
+        return max(1, self._run(args, Replay([]), self.timeout, Observe.NOTHING, count=False).steps)
 
-    def _run(self, args: Sequence[Any], strategy: Strategy, timeout: Optional[float], count: bool = True) -> list:
-        self.last_races = []
+    def _run(self, args: Sequence[Any], chooser: Chooser, timeout: Optional[float], observe: Observe,
+             count: bool = True) -> Run:
         log = None
-        searched = hasattr(strategy, "observe")  # an exhaustive search's run (``forkcheck.dpor.Probe``) reads the log
-        if (self.races or self.trace or searched) and count:
+        searched = hasattr(chooser, "observe")  # an exhaustive search's run (``forkcheck.dpor.Probe``) reads the log
+        if (observe is not Observe.NOTHING or searched) and count:
             from ..containers import container_names
             from ..observe import AccessLog, storage_names
 
             named = dict(zip(self.param_names, args))
-            if self.races or searched:
+            if observe is Observe.ACCESSES or searched:
                 log = race_log(storage_names(named, self.module), container_names(named, self.module))
             else:  # only the run's signature: tensor accesses, no lines (a third of a full log's cost, measured)
                 log = AccessLog()
             if searched:
-                strategy.observe(log)
-        scheduler = self.last = ControlledScheduler(strategy, timeout=timeout, observer=log)
+                chooser.observe(log)
+        scheduler = self.last = ControlledScheduler(chooser, timeout=timeout, observer=log)
+        outputs: list[Any] = []
+        error: Optional[Exception] = None
         try:
             with scheduler:
                 futures = [torch._C.fork(self.instance, *args) for _ in range(self.tasks)]
                 outputs = [torch._C.wait(future) for future in futures]
-            if log is not None and self.races:
-                from ..oracles.races import race_findings
+        except Exception as err:  # the target's failure (or the schedule's): the runner judges it
+            error = err
+        stats = scheduler.stats
+        trace = None
+        if log is not None:
+            from ..interleavings import signature
 
-                self.last_races = race_findings(log)
-            return outputs
-        finally:
-            self.last_order = scheduler.order
-            self.last_run = {"interleaving": tuple(scheduler.order), **scheduler.stats,
-                             "decisions": list(scheduler.decisions)}
-            if log is not None:
-                from ..interleavings import signature
-
-                self.last_run["trace"] = signature(log)
-            if count:
-                self._interleavings.add(tuple(scheduler.order))
-                self._totals["schedules"] += 1
-                for key in ("preemptions", "decisions", "switch_points"):
-                    self._totals[key] += scheduler.stats[key]
+            trace = signature(log)
+        if count:
+            self._interleavings.add(tuple(scheduler.order))
+            self._totals["schedules"] += 1
+            for key in ("preemptions", "decisions", "switch_points"):
+                self._totals[key] += stats[key]
+        return Run(outputs, tuple(scheduler.order), stats["switches"], stats["steps"], error=error,
+                   log=log if observe is Observe.ACCESSES else None, trace=trace,
+                   decisions=list(scheduler.decisions))
 
     @property
     def stats(self) -> dict[str, int]:

@@ -1,4 +1,8 @@
-"""The real runtime: a scripted driver forks the scripted target ``tasks`` times; tasks run on the inter-op pool."""
+"""The real runtime: a scripted driver forks the scripted target ``tasks`` times; tasks run on the inter-op pool.
+
+A run observing ``ACCESSES`` logs every op of every task; the ops that conflicted in it are kept, and each later run
+is told apart by the order in which its tasks reached them (``forkcheck.interleavings.point_signature``).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +10,7 @@ import itertools
 import linecache
 import sys
 import types
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -14,8 +18,8 @@ from .._warnings import quiet_jit
 from ..instrument import instrument
 from ..interleavings import conflict_groups, point_signature
 from ..observe import AccessLog, storage_names
-from ..oracles.races import race_findings
-from ..schedule import run_under
+from ..schedules import run_under
+from . import Observe, Run
 
 _counter = itertools.count()
 
@@ -90,35 +94,34 @@ class ScriptEngine:
                                   if info.name.startswith("self.target.") else info
                                   for site, info in self.program.sites.items()}
         self.param_names = list(param_names)
-        # record every task's accesses and report races in ``last_races`` (the runner: first schedule per example)
-        self.races = True
-        self.last_races: list[Any] = []  # ``race`` findings of the last run (``outputs_affected`` left to fill)
-        self.steps = 0  # points a run passes unperturbed: PCT's k (see ``calibrate``)
-        self.last_run: dict[str, Any] = {}
         self._conflicting: Any = None  # per task pair, the ops that conflicted in the last logged run
 
     def calibrate(self, args: Sequence[Any]) -> int:
         """Run once unperturbed to count the scheduling points a run passes."""
         self.program.run(*args)
-        self.steps = max(self.program.steps, 1)
-        return self.steps
+        return max(self.program.steps, 1)
 
-    def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
-        """One run with ``schedule``'s policy deciding at every scheduling point."""
+    def run(self, args: Sequence[Any], schedule: Any, observe: Observe) -> Run:
+        """One run with ``schedule``'s policy deciding at every scheduling point; what it raised is its ``error``."""
         recorder = _Recorder(schedule.policy())
-        self.last_races = []
-        if not self.races:
-            outputs = list(run_under(recorder, self.program, *args))
-        else:  # the access log sees every op of every task, and the scheduling ops that say which task runs it
-            log = AccessLog(self.program.sites, storage_names(dict(zip(self.param_names, args)), self.module))
-            with log:
+        log = None
+        outputs: list[Any] = []
+        error: Optional[Exception] = None
+        try:
+            if observe is not Observe.ACCESSES:
                 outputs = list(run_under(recorder, self.program, *args))
-            self.last_races = race_findings(log)
-            self._conflicting = conflict_groups(log)
-        self.last_run = recorder.summary()
-        if self._conflicting is not None:
-            self.last_run["trace"] = point_signature(recorder.points, self.program.sites, self._conflicting)
-        return outputs
+            else:  # the access log sees every op of every task, and the scheduling ops that say which task runs it
+                log = AccessLog(self.program.sites, storage_names(dict(zip(self.param_names, args)), self.module))
+                with log:
+                    outputs = list(run_under(recorder, self.program, *args))
+                self._conflicting = conflict_groups(log)
+        except Exception as err:  # the target's failure: the runner judges it
+            error = err
+        trace = None
+        if self._conflicting is not None and observe is not Observe.NOTHING:
+            trace = point_signature(recorder.points, self.program.sites, self._conflicting)
+        runs = recorder.runs()
+        return Run(outputs, runs, max(len(runs) - 1, 0), len(recorder.trace), error=error, log=log, trace=trace)
 
 
 class _Recorder:
@@ -137,7 +140,6 @@ class _Recorder:
         self.trace.append(task)  # after the policy let the task go on: the order ops really ran in
         self.points.append((site, task))
 
-    def summary(self) -> dict[str, Any]:
-        """The interleaving as task runs (``[0, 1, 1, 2, 1]`` -> ``(0, 1, 2, 1)``), and its number of switches."""
-        runs = tuple(task for i, task in enumerate(self.trace) if i == 0 or self.trace[i - 1] != task)
-        return {"interleaving": hash(runs), "switches": max(len(runs) - 1, 0), "steps": len(self.trace)}
+    def runs(self) -> tuple[int, ...]:
+        """The interleaving as task runs: ``[0, 1, 1, 2, 1]`` -> ``(0, 1, 2, 1)``."""
+        return tuple(task for i, task in enumerate(self.trace) if i == 0 or self.trace[i - 1] != task)
