@@ -31,16 +31,16 @@ def check(obj, *, pool_sizes=None, **settings):
     inter-op pool size, and the result says which sizes showed a bug.
     """
     from .runner import check as run_check
+    from .settings import resolve_settings
     from .target import Target
 
     target = Target.from_object(obj)
-    if pool_sizes is None:
-        return run_check(target, Settings().replace(**settings))
+    resolved = resolve_settings(settings if pool_sizes is None else {**settings, "pool_sizes": pool_sizes})
+    if not resolved.pool_sizes:
+        return run_check(target, resolved)
     from .pools import check_module_level
-    from .settings import validate
 
-    sizes = validate({"pool_sizes": pool_sizes})["pool_sizes"]
-    return check_module_level(target, Settings().replace(**settings), sizes)
+    return check_module_level(target, resolved, resolved.pool_sizes)
 
 
 __all__ = ["CheckResult", "Finding", "KINDS", "MarkError", "Settings", "SettingsError", "check", "fork_safe",

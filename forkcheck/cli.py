@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shlex
 import sys
 import traceback
@@ -71,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--examples", metavar="N", help="Hypothesis examples of inputs (default 10)")
     check.add_argument("--schedules", metavar="N", help="concurrent schedules per example (default 10)")
     check.add_argument("--seed", metavar="S", help="seed for inputs and schedules (default: random, printed)")
-    check.add_argument("--pool-sizes", metavar="N,N,...", default="1,2,4",
+    check.add_argument("--pool-sizes", metavar="N,N,...",
                        help="inter-op pool sizes the schedules are split over, a child process each (default 1,2,4)")
     check.add_argument("--replay", metavar="TOKEN", help="rerun the failing example a replay token names")
     check.add_argument("--report", metavar="DIR", default=REPORTS,
@@ -150,17 +149,17 @@ def _result_text(result: Any, rootdir: str) -> str:
 
 def _settings(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
     """The check's settings (a drawn seed when none is given) and pool sizes; a bad value is a usage error."""
-    from .settings import Settings, SettingsError, validate
+    import dataclasses
+
+    from .settings import DEFAULT_POOL_SIZES, SettingsError, resolve_settings, validate
 
     given = {name: value for name in ("examples", "schedules", "seed", "pool_sizes")
              if (value := getattr(args, name)) is not None}
     try:
-        values = validate(given, source="--")
+        settings = resolve_settings(options=validate(given, source="--"))
     except SettingsError as err:
         raise UsageError(str(err).replace("--pool_sizes", "--pool-sizes")) from None
-    sizes = values.pop("pool_sizes")
-    values.setdefault("seed", random.randrange(2**32))
-    return Settings().replace(**values), sizes
+    return dataclasses.replace(settings, pool_sizes=()), settings.pool_sizes or DEFAULT_POOL_SIZES
 
 
 def _check_report_dir(directory: str) -> None:

@@ -7,7 +7,6 @@ import importlib.machinery
 import importlib.util
 import sys
 import traceback
-import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,12 +22,11 @@ class TargetFailed(Exception):
     """The target has findings; the item's failure text lists them."""
 
 
-def _settings_for(config: pytest.Config, name: str, overrides: dict[str, Any]):
-    from .settings import Settings
+def _settings_for(config: pytest.Config, name: str, keywords: dict[str, Any]):
+    from .settings import resolve_settings
 
     state = config.stash[STATE]
-    seed = (state.seed ^ zlib.crc32(name.encode())) & 0xFFFFFFFF  # per target: independent of order and worker
-    return Settings().replace(**state.options.settings).replace(seed=seed, **overrides)
+    return resolve_settings(keywords, state.options.settings, session_seed=state.seed, name=name)
 
 
 def forkcheck_name(item: pytest.Item) -> Optional[str]:

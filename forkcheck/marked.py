@@ -28,7 +28,7 @@ from .findings import CheckResult, Finding, exception_finding, hang_finding, sor
 from .forked import ChildDied, ChildFailed, ChildStopped, pool_started, run_forked
 from .replay import ReplayError, ReplayToken
 from .schedule import members
-from .settings import Settings
+from .settings import Settings, default_seed, replayed
 
 REASON = ("a marked test's Python forks run under forkcheck's scheduler, and the forks of scripted code it calls on "
           "the real runtime, under forkcheck's schedules")
@@ -124,9 +124,10 @@ class _Schedules:
                  arguments: Optional[Mapping[str, Any]], describe_failure: Optional[Callable[[BaseException], str]]):
         self.body = body
         self.name = name
+        settings = replayed(settings, token) if token is not None else settings
         self.timeout = settings.timeout
-        self.strategy = token.strategy if token is not None else settings.strategy
-        rng = random.Random(settings.seed)
+        self.strategy = settings.strategy
+        rng = random.Random(default_seed(settings.seed))
         self.seeds = [token.schedule_seed] if token is not None else [
             rng.randrange(2**32) for _ in range(settings.schedules)]
         self.replaying = token is not None

@@ -1,12 +1,14 @@
-"""The command-line options and ini keys, resolved once per session into validated ``SessionOptions``."""
+"""The command-line options and ini keys (one table, ``OPTIONS``), resolved once per session into validated
+``SessionOptions``; a check's own settings come of them through ``forkcheck.settings.resolve_settings``."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pytest
 
-from .settings import SettingsError, validate
+from .settings import DEFAULT_POOL_SIZES, Settings, SettingsError, isolation, validate
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,16 @@ OPTIONS = (
                          "each; the report says which sizes showed a bug (default 1,2,4).", "N,N,..."),
     Option("modules", "comma-separated importable modules whose fork_safe targets are checked too, in every run.",
            "MODS", ini_type="args"),
+    Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, surviving a "
+                        "crash; marked tests in a forked copy of this process; default) or inprocess (this process, "
+                        "e.g. to debug forkcheck).", "child|inprocess"),
     Option("report", "directory for forkcheck.json and index.html (default reports).", "DIR"),
     Option("no_report", "write no report files.", flag_only=True),
     Option("fresh_report", "start the report over: without it, a run's rows are merged into the forkcheck.json "
                            "there by node id (for -k, --lf and replays).", flag_only=True),
 )
 
-DEFAULT_POOL_SIZES = (1, 2, 4)
-_SETTING_NAMES = ("examples", "schedules", "tasks", "seed", "strategy", "timeout", "pool_sizes", "preemptions", "budget")
+_SETTING_NAMES = tuple(option.name for option in OPTIONS if option.name in {f.name for f in dataclasses.fields(Settings)})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -67,13 +71,14 @@ class SessionOptions:
     """What the options and ini keys ask of this run, validated."""
 
     settings: dict[str, Any] = field(default_factory=dict)  # Settings fields given by option or ini key
-    seed: Optional[int] = None
+    seed: Optional[int] = None  # given by option or ini key (the session's own: ``ForkcheckState.seed``)
     replay: Optional[str] = None
     modules: tuple[str, ...] = ()
     report: str = "reports"
     no_report: bool = False
     fresh_report: bool = False
     pool_sizes: tuple[int, ...] = DEFAULT_POOL_SIZES
+    isolation: str = "child"
 
 
 def _raw(config: pytest.Config, option: Option) -> tuple[Any, str]:
@@ -110,11 +115,16 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
     if isinstance(modules, (list, tuple)):
         modules = ",".join(modules)
     report, _ = raw["report"]
+    where, source = raw["isolation"]
+    try:
+        where = isolation(source, where) if where is not None else "child"
+    except SettingsError as err:
+        raise pytest.UsageError(f"{source}: {err}") from None
     return SessionOptions(
         settings=settings, seed=seed, replay=replay or None,
         modules=tuple(m.strip() for m in (modules or "").split(",") if m.strip()),
         report=report or "reports", no_report=_switch(*raw["no_report"]),
-        fresh_report=_switch(*raw["fresh_report"]), pool_sizes=pool_sizes)
+        fresh_report=_switch(*raw["fresh_report"]), pool_sizes=pool_sizes, isolation=where)
 
 
 def _switch(value: Any, source: str) -> bool:

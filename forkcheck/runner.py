@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import functools
 import hashlib
-import random
 import threading
 import time
 import traceback
@@ -27,7 +25,7 @@ from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_g
 from .oracles.races import outputs_affected
 from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedule import Schedule, draw_schedules, members, with_steps
-from .settings import Settings
+from .settings import Settings, default_seed, replayed
 from .state import module_state
 from .strategies import InferenceError, for_callable
 from .strategies.inference import inferred_parameters, suggested_strategies
@@ -451,7 +449,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
     """Check one target; never raises for the user's code: problems become findings or an ``error`` verdict."""
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
-    seed = settings.seed if settings.seed is not None else random.randrange(2**32)
+    seed = default_seed(settings.seed)
     result.stats["seed"] = seed
     try:
         token = ReplayToken.decode(replay) if replay else None
@@ -459,9 +457,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
             raise ReplayError(f"this replay token is for {token.target}, not {target.name}")
         if token is not None:  # replay with what the failure was found with
             token.check_hypothesis()
-            settings = dataclasses.replace(settings.replace(
-                tasks=token.tasks, strategy=token.strategy, schedules=token.schedules or settings.schedules),
-                pool_sizes=())
+            settings = replayed(settings, token)
         checker = Checker(target, settings)
         if token is not None:
             token.check_fits(target.name, checker.param_names, checker.inputs.fingerprint)

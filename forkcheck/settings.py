@@ -1,13 +1,20 @@
-"""Check settings, resolved in one place: ``fork_safe(...)`` keywords over options over ini keys over defaults."""
+"""Check settings, resolved in one place: ``fork_safe(...)`` keywords over options over ini keys over defaults.
+
+``resolve_settings`` owns that precedence and defaults the seed (``default_seed``, the one place a seed is drawn;
+``target_seed`` derives a check's own from a session's); ``replayed`` is what a replay token overrides.
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import threading
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 STRATEGIES = ("random", "pct", "portfolio", "exhaustive")
+ISOLATIONS = ("child", "inprocess")  # where a session checks: child processes (and forked copies), or in-process
 
 
 class SettingsError(ValueError):
@@ -69,6 +76,7 @@ def _seed(name: str, value: Any) -> Optional[int]:
 
 
 MAX_POOL = 256
+DEFAULT_POOL_SIZES = (1, 2, 4)  # a session's and ``forkcheck check``'s (a library check runs in its own process)
 
 
 def _pool_sizes(name: str, value: Any) -> tuple[int, ...]:
@@ -88,6 +96,14 @@ def _strategy(name: str, value: Any) -> str:
     if value not in STRATEGIES:
         raise SettingsError(f"{name} must be one of {', '.join(STRATEGIES)}, got {value!r}")
     return value
+
+
+def isolation(name: str, value: Any) -> str:
+    """``--forkcheck-isolation``: a session's choice, not a ``Settings`` field (``forkcheck.options``)."""
+    text = str(value).strip()
+    if text not in ISOLATIONS:
+        raise SettingsError(f"must be one of {', '.join(ISOLATIONS)}, got {text!r}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -139,3 +155,35 @@ def validate(values: Mapping[str, Any], *, source: str = "") -> dict[str, Any]:
             raise SettingsError(f"unknown forkcheck setting {name!r}; known: {', '.join(_VALIDATORS)}")
         clean[name] = _VALIDATORS[name](f"{source}{name}", value)
     return clean
+
+
+def default_seed(seed: Optional[int]) -> int:
+    """``seed``, or a drawn one when none was given: the one place forkcheck draws a seed."""
+    return seed if seed is not None else random.randrange(2**32)
+
+
+def target_seed(session_seed: int, name: str) -> int:
+    """A check's seed in a session: the session's mixed with the check's name, so that it does not depend on the
+    order the checks run in, nor on the pytest-xdist worker that runs it."""
+    return (session_seed ^ zlib.crc32(name.encode())) & 0xFFFFFFFF
+
+
+def resolve_settings(keywords: Mapping[str, Any] = {}, options: Mapping[str, Any] = {}, *,
+                     session_seed: Optional[int] = None, name: str = "") -> Settings:
+    """The settings of one check: ``fork_safe(...)``/marker ``keywords`` over ``options`` (the command line's over
+    the ini keys', as ``forkcheck.options`` reads them) over the defaults, validated (``SettingsError``).
+
+    The seed is always set: in a session (``session_seed``), the check ``name``'s own (``target_seed``); else the
+    one given, or a drawn one.
+    """
+    settings = Settings(**validate({**options, **keywords}))
+    seed = target_seed(session_seed, name) if session_seed is not None else default_seed(settings.seed)
+    return dataclasses.replace(settings, seed=seed)
+
+
+def replayed(settings: Settings, token: Any) -> Settings:
+    """What a replay runs with: the replay token's tasks, strategy and schedules per example over ``settings``
+    (those it does not know, a marked test's tasks and a token's unknown schedules, stay), in one process."""
+    changes = {"strategy": token.strategy, "tasks": token.tasks or settings.tasks,
+               "schedules": token.schedules or settings.schedules}
+    return dataclasses.replace(settings.replace(**changes), pool_sizes=())
