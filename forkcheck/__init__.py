@@ -13,7 +13,8 @@ The path of data: target -> search -> example -> engine -> run -> oracles -> fin
   per inter-op pool size), ``_exit`` (a steady exit status).
 - Observing and judging: ``observe`` (the access log), ``containers`` (eager list/dict accesses), ``state`` (snapshots),
   ``locate`` (the user's line that did it), ``oracles/`` (mutation, determinism, races, static), ``interleavings`` and
-  ``coverage`` (what the schedules covered), ``findings`` (findings and results), ``task_names``.
+  ``coverage`` (what the schedules covered), ``findings`` (findings and results), ``stats`` (a result's
+  typed statistics), ``task_names``.
 - Telling: ``report/`` (JSON, HTML, terminal), ``session`` (result rows and the report merge), ``plugin`` (pytest
   hooks only), ``items`` (pytest items), ``cli`` (``forkcheck check PATH``).
 """

@@ -72,9 +72,10 @@ class TargetItem(pytest.Item):
         from . import _exit
         from .findings import CheckResult
         from .runner import check
+        from .stats import IN_PROCESS, Isolation, Stats
 
         state = self.config.stash[STATE]
-        replay, where = state.options.replay, "in-process"
+        replay, where = state.options.replay, Isolation(IN_PROCESS)
         if state.isolation == "child":
             from .isolation import Unavailable
             from .pools import check_over_pool_sizes
@@ -83,23 +84,23 @@ class TargetItem(pytest.Item):
                 return check_over_pool_sizes(self.parent.obj, self.name, target, settings, state.options.pool_sizes,
                                              replay, self.nodeid)
             except Unavailable as err:
-                where = f"in-process ({err})"
+                where = where.noted(str(err))
             except Exception:
                 return CheckResult(target=target.name, nodeid=self.nodeid, verdict="error",
                                    error="internal error in forkcheck, running the check in a child process:\n"
                                    + traceback.format_exc())
         if state.stuck:
-            return CheckResult(target=target.name, nodeid=self.nodeid, verdict="error", stats={"isolation": where},
+            return CheckResult(target=target.name, nodeid=self.nodeid, verdict="error", stats=Stats(isolation=where),
                                error=f"not checked: a hung run of {state.stuck} still runs in this process, on "
                                      "torch's inter-op pool, where it holds up every task forked after it; check "
                                      "targets in a child process (--forkcheck-isolation child, the default) to go "
                                      "on after a hang")
         result = check(target, settings, replay=replay, nodeid=self.nodeid)
-        result.stats["isolation"] = where
-        if "pool_size" in result.stats and not replay:  # one process has one pool size
+        result.stats.isolation = where
+        if result.stats.pool_size and not replay:  # one process has one pool size
             sizes = ",".join(map(str, state.options.pool_sizes))
-            result.stats["pool_sizes_note"] = (f"checked in-process: with this process's pool of "
-                                               f"{result.stats['pool_size']} thread(s) only, not sizes {sizes}")
+            result.stats.pool_sizes_note = (f"checked in-process: with this process's pool of "
+                                            f"{result.stats.pool_size} thread(s) only, not sizes {sizes}")
         if _exit.abandoned():
             state.stuck = target.name
         return result
@@ -255,10 +256,11 @@ def _failure_note(result: Any, invocation: str, rootdir: str) -> str:
     races = [f for f in result.findings if f.kind == "race"]
     listed = relative("".join(f"\n  - {race.message}" for race in races), rootdir)
     plural = "s" * (len(races) > 1)
-    under = result.stats.get("failed_under", "")
-    token, replays = result.findings[0].replay, result.stats.get("replays")
+    under = result.stats.failed_under
+    token, replays = result.findings[0].replay, result.stats.replays
     if replays:
-        replay = f"replayed {replay_what(replays)}, {replays['runs']} times: {replay_outcome(replays)}"
+        said = replays.to_json()
+        replay = f"replayed {replay_what(said)}, {replays.runs} times: {replay_outcome(said)}"
     else:
         replay = f"replay it with\n  {replay_command(result.nodeid, token, invocation)}" if token else ""
     if len(races) == len(result.findings):

@@ -62,7 +62,7 @@ OPTIONS = (
                            "there by node id (for -k, --lf and replays).", flag_only=True),
 )
 
-_SETTING_NAMES = tuple(option.name for option in OPTIONS if option.name in {f.name for f in dataclasses.fields(Settings)})
+_SETTING_NAMES = tuple(o.name for o in OPTIONS if o.name in {f.name for f in dataclasses.fields(Settings)})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 

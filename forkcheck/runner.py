@@ -27,6 +27,7 @@ from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedule import Schedule, draw_schedules, members, with_steps
 from .settings import Settings, default_seed, replayed
 from .state import module_state
+from .stats import FoundBy, Replays
 from .strategies import InferenceError, for_callable
 from .strategies.inference import inferred_parameters, suggested_strategies
 from .strategies.inputs import Inputs, StrategyError
@@ -450,7 +451,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
     seed = default_seed(settings.seed)
-    result.stats["seed"] = seed
+    result.stats.seed = seed
     try:
         token = ReplayToken.decode(replay) if replay else None
         if token is not None and token.target != target.name:
@@ -587,7 +588,7 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
     except hypothesis.errors.HypothesisException as err:
         if not checker.failures:
             raise
-        result.stats["flaky"] = f"{type(err).__name__}: the failure did not show on every rerun"
+        result.stats.flaky = f"{type(err).__name__}: the failure did not show on every rerun"
         shown, findings = checker.failures[-1]
         return _Failed(findings, shown)
     return None
@@ -617,14 +618,12 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
         raise ReplayError(f"this replay token no longer fits {checker.target.name}: its choices draw none of the "
                           f"target's inputs (its parameters or their strategies changed since the token was made); "
                           f"{FRESH}")
-    # "wrong_outcome": replays whose outcome was wrong, not only predicted by the race oracle
-    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong,
-                               "schedules": checker.per_example, "strategy": token.strategy,
-                               "pool_size": _pool_size(checker)}
     size = _pool_size(checker)
+    result.stats.replays = Replays(runs=REPLAYS, reproduced=reproduced, wrong_outcome=wrong,
+                                   schedules=checker.per_example, strategy=token.strategy, pool_size=size)
     if token.pool_size and size and size != token.pool_size:
-        result.stats["replay_note"] = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
-                                       f"{size}: the real runtime may not repeat it")
+        result.stats.replay_note = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
+                                    f"{size}: the real runtime may not repeat it")
     return first
 
 
@@ -636,21 +635,19 @@ def _pool_size(checker: Checker) -> int:
 def _count(result: CheckResult, checker: Optional[Checker], started: float) -> None:
     if checker is not None:
         result.examples, result.schedules = checker.examples, checker.schedules
+        stats = result.stats
         if checker.interleavings:
-            result.stats.update(interleavings=len(checker.interleavings), switches=checker.switches)
+            stats.interleavings, stats.switches = len(checker.interleavings), checker.switches
         if checker.coverage.runs:
-            result.stats["coverage"] = checker.coverage.stats(checker.settings.preemptions, checker.settings.budget)
+            stats.coverage = checker.coverage.stats(checker.settings.preemptions, checker.settings.budget)
         if checker.settings.strategy == "exhaustive" and not checker.exhaustive:
-            result.stats["strategy_note"] = ("exhaustive search needs forkcheck's own scheduler, and this compiled "
-                                             "target runs on TorchScript's runtime: its schedules were the portfolio's")
-        if _pool_size(checker):
-            result.stats["pool_size"] = _pool_size(checker)
+            stats.strategy_note = ("exhaustive search needs forkcheck's own scheduler, and this compiled target runs "
+                                   "on TorchScript's runtime: its schedules were the portfolio's")
+        stats.pool_size = _pool_size(checker) or None
         if checker.failures:
-            result.stats["found_by"] = "serial run" if checker.serial_failure else "concurrent runs"
-        if checker.failed_after is not None:
-            result.stats["failed_after"] = checker.failed_after
-        if checker.wrong_after:
-            result.stats["wrong_outcome_after"] = checker.wrong_after
+            stats.found_by = FoundBy.SERIAL_RUN if checker.serial_failure else FoundBy.CONCURRENT_RUNS
+        stats.failed_after = checker.failed_after
+        stats.wrong_outcome_after = checker.wrong_after or None
     result.duration_s = round(time.perf_counter() - started, 3)
 
 
