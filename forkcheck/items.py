@@ -15,7 +15,6 @@ import pytest
 from .plugin import KIND, RESULT, STATE
 
 SETTINGS = pytest.StashKey[Any]()  # a marked test's resolved Settings, from its setup
-TEST_SETTINGS = ("schedules", "timeout")  # the keywords of @pytest.mark.fork_safe: a test has no inputs or tasks
 
 
 class TargetFailed(Exception):
@@ -194,7 +193,7 @@ def module_collectors(session: pytest.Session, located: dict[str, Optional[Path]
 
 def marked_test_settings(item: pytest.Item, marker: pytest.Mark) -> Any:
     """The settings of a ``@pytest.mark.fork_safe`` test; a wrong keyword fails its setup, naming the keyword."""
-    from .settings import SettingsError
+    from .settings import TEST_SETTINGS, SettingsError
 
     unknown = sorted(set(marker.kwargs) - set(TEST_SETTINGS))
     if marker.args or unknown:

@@ -1,5 +1,5 @@
-"""The command-line options and ini keys (one table, ``OPTIONS``), resolved once per session into validated
-``SessionOptions``; a check's own settings come of them through ``forkcheck.settings.resolve_settings``."""
+"""The command-line options and ini keys (rows of ``forkcheck.settings.OPTIONS``), resolved once per session into
+validated ``SessionOptions``; a check's own settings come of them through ``forkcheck.settings.resolve_settings``."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,61 +8,11 @@ from typing import Any, Optional
 
 import pytest
 
-from .settings import DEFAULT_POOL_SIZES, Settings, SettingsError, isolation, validate
+from .settings import DEFAULT_POOL_SIZES, OPTIONS, Option, Settings, SettingsError, validate
 
-
-@dataclass(frozen=True)
-class Option:
-    name: str  # the setting's name; flag ``--forkcheck-<name>`` and ini key ``forkcheck_<name>``
-    help: str
-    metavar: str = ""
-    flag_only: bool = False  # a switch: ``store_true`` on the command line, a boolean ini key
-    ini_type: str = "string"
-
-    @property
-    def flag(self) -> str:
-        return "--forkcheck-" + self.name.replace("_", "-")
-
-    @property
-    def ini(self) -> str:
-        return "forkcheck_" + self.name
-
-    @property
-    def argparse(self) -> dict[str, Any]:
-        if self.flag_only:
-            return {"action": "store_true", "default": None, "dest": self.ini, "help": self.help}
-        return {"default": None, "dest": self.ini, "help": self.help, "metavar": self.metavar or self.name.upper()}
-
-
-OPTIONS = (
-    Option("examples", "Hypothesis examples of inputs per target (default 10).", "N"),
-    Option("schedules", "concurrent schedules per example (default 10).", "N"),
-    Option("tasks", "instances forked together on the same inputs (default 3).", "N"),
-    Option("seed", "seed for inputs and schedules (default: random, shown in the header).", "S"),
-    Option("strategy", "schedule strategy: random, pct, portfolio (two random schedules to one pct, by turns; "
-                     "default), or exhaustive (every interleaving of each input up to --forkcheck-preemptions, with "
-                     "partial-order reduction, under forkcheck's own scheduler).",
-           "random|pct|portfolio|exhaustive"),
-    Option("preemptions", "exhaustive: the preemption bound (default 2).", "K"),
-    Option("budget", "exhaustive: runs per input before the search stops and says how far it got (default 500).",
-           "N"),
-    Option("replay", "rerun one failing example and schedule from the token a failure printed; other forkcheck "
-                     "items are deselected.", "TOKEN"),
-    Option("timeout", "seconds one run may take before it is a hang (default 60).", "SECONDS"),
-    Option("pool_sizes", "inter-op pool sizes (threads) to split a scripted target's schedules over, a child process "
-                         "each; the report says which sizes showed a bug (default 1,2,4).", "N,N,..."),
-    Option("modules", "comma-separated importable modules whose fork_safe targets are checked too, in every run.",
-           "MODS", ini_type="args"),
-    Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, surviving a "
-                        "crash; marked tests in a forked copy of this process; default) or inprocess (this process, "
-                        "e.g. to debug forkcheck).", "child|inprocess"),
-    Option("report", "directory for forkcheck.json and index.html (default reports).", "DIR"),
-    Option("no_report", "write no report files.", flag_only=True),
-    Option("fresh_report", "start the report over: without it, a run's rows are merged into the forkcheck.json "
-                           "there by node id (for -k, --lf and replays).", flag_only=True),
-)
 
 _SETTING_NAMES = tuple(o.name for o in OPTIONS if o.name in {f.name for f in dataclasses.fields(Settings)})
+_ISOLATION = next(o for o in OPTIONS if o.name == "isolation")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -117,7 +67,7 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
     report, _ = raw["report"]
     where, source = raw["isolation"]
     try:
-        where = isolation(source, where) if where is not None else "child"
+        where = _ISOLATION.check(source, where) if where is not None else "child"
     except SettingsError as err:
         raise pytest.UsageError(f"{source}: {err}") from None
     return SessionOptions(

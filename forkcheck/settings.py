@@ -98,7 +98,7 @@ def _strategy(name: str, value: Any) -> str:
     return value
 
 
-def isolation(name: str, value: Any) -> str:
+def _isolation(name: str, value: Any) -> str:
     """``--forkcheck-isolation``: a session's choice, not a ``Settings`` field (``forkcheck.options``)."""
     text = str(value).strip()
     if text not in ISOLATIONS:
@@ -129,22 +129,70 @@ class Settings:
         return dataclasses.replace(self, **validate(changes))
 
 
+@dataclass(frozen=True)
+class Option:
+    """A row of ``OPTIONS``: a ``Settings`` field or a session option, and how it is given and checked."""
+
+    name: str  # flag ``--forkcheck-<name>`` and ini key ``forkcheck_<name>``
+    help: str  # "": no flag, no ini key (a ``fork_safe(...)`` keyword only)
+    metavar: str = ""
+    check: Optional[Callable[[str, Any], Any]] = None  # validates and normalises a value (every ``Settings`` field)
+    keyword: str = ""  # "target": a ``fork_safe(...)`` keyword; "test": a ``@pytest.mark.fork_safe`` one too
+    flag_only: bool = False  # a switch: ``store_true`` on the command line, a boolean ini key
+    ini_type: str = "string"
+
+    @property
+    def flag(self) -> str:
+        return "--forkcheck-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "forkcheck_" + self.name
+
+    @property
+    def argparse(self) -> dict[str, Any]:
+        if self.flag_only:
+            return {"action": "store_true", "default": None, "dest": self.ini, "help": self.help}
+        return {"default": None, "dest": self.ini, "help": self.help, "metavar": self.metavar or self.name.upper()}
+
+
+#: Every setting and session option, once: the plugin's flags and ini keys, the ``fork_safe`` keywords, validation.
+TABLE = (
+    Option("examples", "Hypothesis examples of inputs per target (default 10).", "N", _positive_int, "target"),
+    Option("schedules", "concurrent schedules per example (default 10).", "N", _positive_int, "test"),
+    Option("tasks", "instances forked together on the same inputs (default 3).", "N", _positive_int, "target"),
+    Option("atol", "", check=_tolerance, keyword="target"),
+    Option("rtol", "", check=_tolerance, keyword="target"),
+    Option("seed", "seed for inputs and schedules (default: random, shown in the header).", "S", _seed),
+    Option("strategy", "schedule strategy: random, pct, portfolio (two random schedules to one pct, by turns; "
+                     "default), or exhaustive (every interleaving of each input up to --forkcheck-preemptions, with "
+                     "partial-order reduction, under forkcheck's own scheduler).",
+           "random|pct|portfolio|exhaustive", _strategy),
+    Option("preemptions", "exhaustive: the preemption bound (default 2).", "K", _whole_number, "target"),
+    Option("budget", "exhaustive: runs per input before the search stops and says how far it got (default 500).",
+           "N", _positive_int, "target"),
+    Option("replay", "rerun one failing example and schedule from the token a failure printed; other forkcheck "
+                     "items are deselected.", "TOKEN"),
+    Option("timeout", "seconds one run may take before it is a hang (default 60).", "SECONDS", _seconds, "test"),
+    Option("pool_sizes", "inter-op pool sizes (threads) to split a scripted target's schedules over, a child process "
+                         "each; the report says which sizes showed a bug (default 1,2,4).", "N,N,...", _pool_sizes),
+    Option("modules", "comma-separated importable modules whose fork_safe targets are checked too, in every run.",
+           "MODS", ini_type="args"),
+    Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, surviving a "
+                        "crash; marked tests in a forked copy of this process; default) or inprocess (this process, "
+                        "e.g. to debug forkcheck).", "child|inprocess", _isolation),
+    Option("report", "directory for forkcheck.json and index.html (default reports).", "DIR"),
+    Option("no_report", "write no report files.", flag_only=True),
+    Option("fresh_report", "start the report over: without it, a run's rows are merged into the forkcheck.json "
+                           "there by node id (for -k, --lf and replays).", flag_only=True),
+)
+OPTIONS = tuple(option for option in TABLE if option.help)  # the command-line options and ini keys
 #: The settings a ``fork_safe(...)`` keyword may set (seed and strategy are per run, not per target).
-TARGET_SETTINGS = ("tasks", "examples", "schedules", "atol", "rtol", "timeout", "preemptions", "budget")
+TARGET_SETTINGS = tuple(option.name for option in TABLE if option.keyword)
+TEST_SETTINGS = tuple(option.name for option in TABLE if option.keyword == "test")  # a test has no inputs or tasks
 
 _VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = {
-    "tasks": _positive_int,
-    "examples": _positive_int,
-    "schedules": _positive_int,
-    "atol": _tolerance,
-    "rtol": _tolerance,
-    "timeout": _seconds,
-    "seed": _seed,
-    "strategy": _strategy,
-    "pool_sizes": _pool_sizes,
-    "preemptions": _whole_number,
-    "budget": _positive_int,
-}
+    option.name: option.check for option in TABLE if option.name in {f.name for f in dataclasses.fields(Settings)}}
 
 
 def validate(values: Mapping[str, Any], *, source: str = "") -> dict[str, Any]:
