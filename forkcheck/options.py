@@ -8,11 +8,10 @@ from typing import Any, Optional
 
 import pytest
 
-from .settings import DEFAULT_POOL_SIZES, OPTIONS, Option, Settings, SettingsError, validate
+from .settings import DEFAULT_POOL_SIZES, OPTIONS, Option, Settings, SettingsError
 
 
 _SETTING_NAMES = tuple(o.name for o in OPTIONS if o.name in {f.name for f in dataclasses.fields(Settings)})
-_ISOLATION = next(o for o in OPTIONS if o.name == "isolation")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -47,15 +46,16 @@ def _raw(config: pytest.Config, option: Option) -> tuple[Any, str]:
 def resolve_session_options(config: pytest.Config) -> SessionOptions:
     """Command-line option over ini key over default; a bad value is a ``pytest.UsageError`` naming its source."""
     raw = {option.name: _raw(config, option) for option in OPTIONS}
-    settings = {}
-    for name in _SETTING_NAMES:
-        value, source = raw[name]
-        if value is None:
+    checked = {}
+    for option in OPTIONS:
+        value, source = raw[option.name]
+        if value is None or option.check is None:
             continue
         try:
-            settings.update(validate({name: value}))
+            checked[option.name] = option.check(option.name, value)
         except SettingsError as err:
             raise pytest.UsageError(f"{source}: {err}") from None
+    settings = {name: checked[name] for name in _SETTING_NAMES if name in checked}
     seed = settings.pop("seed", None)
     pool_sizes = settings.pop("pool_sizes", DEFAULT_POOL_SIZES)  # per session: where checks run, not how
     replay, _ = raw["replay"]
@@ -65,16 +65,12 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
     if isinstance(modules, (list, tuple)):
         modules = ",".join(modules)
     report, _ = raw["report"]
-    where, source = raw["isolation"]
-    try:
-        where = _ISOLATION.check(source, where) if where is not None else "child"
-    except SettingsError as err:
-        raise pytest.UsageError(f"{source}: {err}") from None
     return SessionOptions(
         settings=settings, seed=seed, replay=replay or None,
         modules=tuple(m.strip() for m in (modules or "").split(",") if m.strip()),
         report=report or "reports", no_report=_switch(*raw["no_report"]),
-        fresh_report=_switch(*raw["fresh_report"]), pool_sizes=pool_sizes, isolation=where)
+        fresh_report=_switch(*raw["fresh_report"]), pool_sizes=pool_sizes,
+        isolation=checked.get("isolation", "child"))
 
 
 def _switch(value: Any, source: str) -> bool:
