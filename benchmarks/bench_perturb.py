@@ -17,7 +17,7 @@ from torch import Tensor
 
 from forkcheck._warnings import quiet_jit
 from forkcheck.instrument import instrument
-from forkcheck.schedule import PCTPolicy, RandomPolicy, run_under
+from forkcheck.schedules import PCTPolicy, RandomPolicy, run_under
 
 
 def bump(x: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from forkcheck._warnings import quiet_jit
 from forkcheck.engines.script import ScriptEngine
-from forkcheck.schedule import Schedule
+from forkcheck.schedules import Schedule
 
 
 def foo(a: Tensor, b: int) -> Tensor:
@@ -186,7 +186,7 @@ def _accesses(engine: ScriptEngine, x: Tensor) -> int:
     """How many accesses one run records (the target's size in tensor reads and writes)."""
     from forkcheck.engines.script import _Recorder
     from forkcheck.observe import AccessLog
-    from forkcheck.schedule import run_under
+    from forkcheck.schedules import run_under
 
     log = AccessLog(engine.program.sites)
     with log:

@@ -88,7 +88,7 @@ def schedules_until_found(subject: Subject, strategy: str, seed: int, examples: 
     from hypothesis import HealthCheck, Phase
     from hypothesis import strategies as st
 
-    from forkcheck.schedule import draw_schedules, members, with_steps
+    from forkcheck.schedules.portfolio import draw_schedules, members, with_steps
 
     steps = 0
     if "pct" in members(strategy):

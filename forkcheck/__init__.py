@@ -8,15 +8,19 @@ The path of data: target -> search -> example -> engine -> run -> oracles -> fin
   ``@pytest.mark.fork_safe`` test body; ``scripted_calls`` puts the scripted code it calls under control, ``forked``
   runs it in a forked copy of the process), ``settings`` and ``options`` (what is asked), ``replay`` (tokens).
 - Running: ``engines/`` (``script``: the real runtime; ``eager``: forkcheck's own scheduler), ``instrument``
-  (scheduling points in TorchScript graphs), ``schedule`` (real-runtime policies), ``choices`` (the controlled
-  scheduler's), ``dpor`` (the exhaustive search), ``isolation``, ``_template`` and ``pools`` (child processes, one
-  per inter-op pool size), ``_exit`` (a steady exit status).
+  (scheduling points in TorchScript graphs), ``schedules/`` (one file per algorithm, ``random`` and ``pct``, each
+  serving both engines: a ``Schedule`` gives the real runtime a policy and forkcheck's scheduler a chooser;
+  ``portfolio`` draws a check's schedules; ``decisions`` replays recorded ones), ``dpor`` (the exhaustive search),
+  ``isolation``, ``_template`` and ``pools`` (child processes, one per inter-op pool size), ``_exit`` (a steady exit
+  status).
 - Observing and judging: ``observe`` (the access log), ``containers`` (eager list/dict accesses), ``state`` (snapshots),
   ``locate`` (the user's line that did it), ``oracles/`` (mutation, determinism, races, static), ``interleavings`` and
   ``coverage`` (what the schedules covered), ``findings`` (findings and results), ``stats`` (a result's
   typed statistics), ``task_names``.
 - Telling: ``report/`` (JSON, HTML, terminal), ``session`` (result rows and the report merge), ``plugin`` (pytest
   hooks only), ``items`` (pytest items), ``cli`` (``forkcheck check PATH``).
+- For users' own tests: ``testing`` (public: the controlled scheduler, to pin, replay or enumerate the interleavings
+  of one's own fork/wait code in a plain test).
 """
 from .findings import KINDS, CheckResult, Finding
 from .marker import MarkError, fork_safe

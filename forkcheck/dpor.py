@@ -2,7 +2,7 @@
 partial-order reduction (DPOR, Flanagan and Godefroid, POPL 2005) and a preemption bound (as in Loom; Coons et al.,
 OOPSLA 2013, for the bound's extra backtrack points).
 
-Each run follows a prefix of choices, then never preempts. A :class:`Probe` (the run's strategy) records every switch
+Each run follows a prefix of choices, then never preempts. A :class:`Probe` (the run's chooser) records every switch
 point: the runnable tasks, the one that ran, and a mark in the access log, so the log's accesses fall into steps
 (what one task did between two switch points). After the run, :class:`Exploration` replays the log with vector
 clocks over program order, forks, waits and the conflicts already seen; a step that conflicts with an earlier one of
@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple, Optional
 
-from .choices import ReplayDiverged
 from .interleavings import signature
 from .observe import END, FORK, JOIN, Sync
+from .schedules import ReplayDiverged
 
 
 @dataclass
@@ -41,7 +41,8 @@ class Point:
 
 
 class Probe:
-    """The strategy of one exploration run: the prefix's choices (task ids), then no preemption."""
+    """The schedule of one exploration run, and its own chooser: the prefix's choices (task ids), then no
+    preemption."""
 
     any_thread = True
 
@@ -51,6 +52,10 @@ class Probe:
         self.log: Any = None
         self.decisions: list[int] = []  # indices, as ``ControlledScheduler.decisions`` records them (for replay)
         self.diverged = False  # the prefix did not fit the run: its outcome says nothing about the user's code
+
+    def chooser(self) -> "Probe":
+        """Itself: a probe runs once, and keeps what it saw for the search."""
+        return self
 
     def observe(self, log: Any) -> None:
         """The run's access log (the engine calls this before the run)."""

@@ -24,17 +24,19 @@ import weakref
 from typing import Any, Callable, Mapping, Optional
 
 from . import _exit, _warnings
-from .choices import PCT, RandomChoices
 from .findings import CheckResult, Finding, exception_finding, hang_finding, sort_findings
 from .forked import ChildDied, ChildFailed, ChildStopped, pool_started, run_forked
 from .replay import ReplayError, ReplayToken
-from .schedule import members
+from .schedules import Schedule
+from .schedules.portfolio import members
 from .settings import Settings, default_seed, replayed
 from .stats import DIED, FORKED, IN_PROCESS, STOPPED, Isolation, Replays, Stats
 
 REASON = ("a marked test's Python forks run under forkcheck's scheduler, and the forks of scripted code it calls on "
           "the real runtime, under forkcheck's schedules")
 ORDER_SHOWN = 24  # tasks of the order a finding's message shows
+#: A marked test's PCT: depth 3 over 48 steps (a test body's steps are not counted first, as a target's are).
+PCT_PARAMS = {"d": 3, "k": 48}
 
 
 def check_test(body: Callable[[], Any], settings: Settings = Settings(), name: str = "test", *,
@@ -208,8 +210,8 @@ class _Schedules:
 
         kind = self._kind(number)
         log = race_log(names)
-        choices = PCT(random.Random(seed)) if kind == "pct" else RandomChoices(random.Random(seed))
-        scheduler = ControlledScheduler(choices, timeout=self.timeout, observer=log)
+        schedule = Schedule(kind, seed, PCT_PARAMS if kind == "pct" else {})
+        scheduler = ControlledScheduler(schedule.chooser(), timeout=self.timeout, observer=log)
         scripted = ScriptedCalls(log, seed, self.programs)
         failure: Optional[Exception] = None
         try:

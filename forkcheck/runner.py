@@ -24,7 +24,8 @@ from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
 from .oracles.races import outputs_affected
 from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
-from .schedule import Schedule, draw_schedules, members, with_steps
+from .schedules import Recorded, Schedule
+from .schedules.portfolio import draw_schedules, members, with_steps
 from .settings import Settings, default_seed, replayed
 from .state import module_state
 from .stats import FoundBy, Replays
@@ -157,7 +158,7 @@ class Checker:
                 copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
                 settings.timeout, controlled=settings.strategy == "exhaustive")
         # ``exhaustive``: each input's interleavings are searched (``forkcheck.dpor``), not drawn; a compiled target
-        # runs on TorchScript's runtime, where its schedules are the portfolio's (``forkcheck.schedule.members``)
+        # runs on TorchScript's runtime, where its schedules are the portfolio's (``forkcheck.schedules.portfolio.members``)
         self.exhaustive = settings.strategy == "exhaustive" and self.engine.name == "eager"
         self.coverage = Coverage(self.engine.name)
         self.replay_decisions: Optional[list[int]] = None  # ``exhaustive`` replay: the interleaving to rerun
@@ -221,7 +222,7 @@ class Checker:
             key = (_fingerprint(inputs), "exhaustive")
         else:
             drawn = draw_schedules(draw, self.settings.strategy, self.per_example)
-            key = (_fingerprint(inputs), tuple(str(s) for s in drawn))
+            key = (_fingerprint(inputs), tuple(drawn))
         if key in self.memo:
             self.failing_decisions = self.decisions_of.get(key, [])
             _fail(self.memo[key], inputs)
@@ -271,9 +272,7 @@ class Checker:
     def _interleavings(self) -> Any:
         """``exhaustive``: this input's search, or the one interleaving a replay token names."""
         if self.replay_decisions is not None:
-            from types import SimpleNamespace
-
-            return [SimpleNamespace(decisions=self.replay_decisions)]
+            return [Recorded(self.replay_decisions)]
         from .dpor import Exploration
 
         return Exploration(self.settings.preemptions, self.settings.budget)

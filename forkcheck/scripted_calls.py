@@ -4,7 +4,7 @@ Forks inside scripted code run on torch's inter-op pool, out of reach of forkche
 Python-level fork). While :class:`ScriptedCalls` is installed, a call of a ``ScriptFunction`` or of a scripted
 module's method (``forward`` or any other: ``torch.ScriptMethod``) whose graph forks runs an instrumented copy of it
 instead (``forkcheck.instrument``, made once per compiled object, the user's object untouched), under PCT priorities
-(``forkcheck.schedule.PCTPolicy``): the calling task first, until it waits, then the tasks it forked in a drawn order,
+(``forkcheck.schedules.PCTPolicy``): the calling task first, until it waits, then the tasks it forked in a drawn order,
 not the order they were forked in (which the pool keeps, unperturbed, in most runs). The priorities are drawn from
 the test's schedule seed and the call's position in the schedule, so a schedule replays. The call's accesses go to
 an access log of its own, absorbed into the test's when it returns: the call is one step of forkcheck's scheduler
@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from .instrument import Instrumentation, instrument
 from .observe import AccessLog, storage_names
-from .schedule import PCTPolicy, run_under
+from .schedules import PCTPolicy, run_under
 
 _ROUTED = (torch.jit.ScriptFunction, torch.ScriptMethod)
 

@@ -117,7 +117,7 @@ class Settings:
     rtol: float = 0.0
     timeout: float = 60.0  # seconds one schedule may take before it counts as a hang
     seed: Optional[int] = None
-    strategy: str = "portfolio"  # random, pct, random, ... (see forkcheck.schedule.PORTFOLIO)
+    strategy: str = "portfolio"  # random, pct, random, ... (see forkcheck.schedules.portfolio.PORTFOLIO)
     pool_sizes: tuple[int, ...] = ()  # inter-op pool sizes a check is split over, a process each (forkcheck.pools)
     preemptions: int = 2  # ``exhaustive``: interleavings with at most this many preemptions
     budget: int = 500  # ``exhaustive``: runs per input before the search stops and says how far it got

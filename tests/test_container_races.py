@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 import forkcheck
 from forkcheck.engines.eager import EagerEngine
-from forkcheck.schedule import Schedule
+from forkcheck.schedules import Schedule
 
 from test_races import SEEDS, engine_for, line_of, races_per_run, vector
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forkcheck import _warnings
-from forkcheck.choices import PCT, Choices, RandomChoices, Replay, ReplayDiverged, strategy_for
+from forkcheck.schedules import PCT, Choices, RandomChoices, Recorded, Replay, ReplayDiverged, Schedule
 from forkcheck.engines.eager import (ControlledFuture, ControlledScheduler, Deadlock, EagerEngine, ScheduleError,
                                      ScheduleTimeout)
 
@@ -392,21 +390,29 @@ def test_bad_choice_is_an_error():
         run_counter(lambda n: 7)
 
 
-def test_strategy_for_reads_the_schedule():
-    @dataclass
-    class Schedule:
-        seed: Optional[int] = None
-        strategy: Optional[str] = None
-        choose: Optional[Callable[[int], int]] = None
-        decisions: Optional[list] = None
+def picks(chooser: Any, count: int = 40) -> list[int]:
+    return [chooser.pick(list(range(1 + i % 4)), i % 3 != 0) for i in range(count)]
 
-    assert isinstance(strategy_for(Schedule(seed=1)), RandomChoices)
-    assert isinstance(strategy_for(Schedule(seed=1, strategy="pct")), PCT)
-    assert type(strategy_for(Schedule(choose=lambda n: 0))) is Choices
-    assert isinstance(strategy_for(Schedule(choose=lambda n: 0, strategy="pct")), PCT)
-    assert isinstance(strategy_for(Schedule(seed=1, decisions=[1, 0])), Replay)
+
+def test_a_schedule_makes_its_algorithm_s_chooser():
+    random_chooser = Schedule("random", 1).chooser()
+    assert isinstance(random_chooser, RandomChoices)
+    assert picks(random_chooser) == picks(RandomChoices(random.Random(1))) == picks(Schedule("random", 1).chooser())
+    pct = Schedule("pct", 1, {"d": 3, "k": 20}).chooser()
+    assert isinstance(pct, PCT) and (pct.depth, pct.steps) == (3, 20)
+    assert picks(pct) == picks(PCT(random.Random(1), depth=3, steps=20))
+    replay = Recorded([1, 0]).chooser()
+    assert isinstance(replay, Replay) and (replay.decisions, replay.position) == ([1, 0], 0)
+    assert Recorded([1, 0]).chooser() is not replay  # each run replays from the start
     with pytest.raises(ValueError, match="unknown schedule strategy"):
-        strategy_for(Schedule(seed=1, strategy="dfs"))
+        Schedule("dfs", 1)
+
+
+def test_choosers_over_a_choose_callable_draw_from_it():
+    assert type(Choices(lambda n: 0)) is Choices and Choices(lambda n: n - 1).pick([4, 5, 6], True) == 2
+    asked: list = []
+    PCT(lambda n: asked.append(n) or 0, depth=2, steps=5, max_tasks=4)
+    assert asked == [4, 3, 2, 2**31, 6]  # the priority shuffle, the late tasks' seed, one change point
 
 
 def test_choices_stop_asking_after_max_choices():
@@ -420,17 +426,12 @@ def test_choices_stop_asking_after_max_choices():
 
 
 def test_engine_runs_tasks_and_counts():
-    @dataclass
-    class Schedule:
-        seed: int
-        strategy: str = "random"
-
     engine = EagerEngine(read_modify_write, tasks=2, reason="does not script")
     assert (engine.name, engine.reason, engine.module) == ("eager", "does not script", None)
     finals = set()
     for seed in range(30):
         x = torch.zeros(1)
-        outputs = engine.run([x], Schedule(seed, "pct" if seed % 2 else "random"))
+        outputs = engine.run([x], Schedule("pct" if seed % 2 else "random", seed))
         assert len(outputs) == 2 and all(o is x for o in outputs)
         finals.add(x.item())
     assert finals == {1.0, 2.0}
@@ -446,11 +447,11 @@ def test_engine_calibrates_pct_steps_and_reads_schedule_params():
     steps = engine.calibrate([torch.zeros(1)])
     assert engine.last.preemptions == 0 and steps == engine.last.steps > 4
     assert engine.stats["schedules"] == 0  # calibration is not a schedule
-    pct = strategy_for(SimpleNamespace(strategy="pct", seed=5, params={"d": 3, "k": steps}))
+    pct = Schedule("pct", 5, {"d": 3, "k": steps}).chooser()
     assert isinstance(pct, PCT) and (pct.depth, pct.steps) == (3, steps)
     finals = []
     for seed in range(50):
         x = torch.zeros(1)
-        engine.run([x], SimpleNamespace(strategy="pct", seed=seed, params={"d": 2, "k": steps}))
+        engine.run([x], Schedule("pct", seed, {"d": 2, "k": steps}))
         finals.append(x.item())
     assert 1.0 in finals and engine.last_run["interleaving"] == tuple(engine.last.order)

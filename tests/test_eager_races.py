@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,9 +11,9 @@ from torch import Tensor
 
 import forkcheck
 import strategies as fst
-from forkcheck.choices import Replay
 from forkcheck.engines.eager import ControlledScheduler, EagerEngine, race_log
 from forkcheck.oracles.races import race_findings
+from forkcheck.schedules import Replay, Schedule
 
 # -- programs: a dict of mixed values goes into every fork, so none of them scripts -----------------------------------
 
@@ -141,10 +140,10 @@ def test_a_wait_in_another_task_and_future_wait_order_the_accesses() -> None:
 
 def test_engine_logs_only_while_races_is_on() -> None:
     engine = EagerEngine(nested_read_write, tasks=2, reason="does not script", param_names=["x"])
-    engine.run([torch.ones(2, 4)], SimpleNamespace(seed=0))
+    engine.run([torch.ones(2, 4)], Schedule("random", 0))
     assert [f.kind for f in engine.last_races] == ["race"]
     engine.races = False
-    engine.run([torch.ones(2, 4)], SimpleNamespace(seed=1))
+    engine.run([torch.ones(2, 4)], Schedule("random", 1))
     assert engine.last_races == []
 
 
@@ -153,7 +152,7 @@ def test_a_race_on_an_input_is_named_after_the_parameter() -> None:
         return bumped(x, options())
 
     engine = EagerEngine(bump_input, tasks=2, reason="does not script", param_names=["x"])
-    engine.run([torch.ones(2, 4)], SimpleNamespace(seed=0))
+    engine.run([torch.ones(2, 4)], Schedule("random", 0))
     assert [f.detail["storage"] for f in engine.last_races] == ["x"]
 
 

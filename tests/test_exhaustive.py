@@ -162,7 +162,7 @@ def test_a_target_that_scripts_is_explored_under_forkcheck_s_scheduler() -> None
 def test_a_compiled_target_stays_on_torchscript_s_runtime_where_schedules_are_the_portfolio_s() -> None:
     import seeded_bugs
     from forkcheck.engines import choose_engine
-    from forkcheck.schedule import PORTFOLIO, members
+    from forkcheck.schedules.portfolio import PORTFOLIO, members
 
     with forkcheck._warnings.quiet_jit():
         compiled = torch.jit.script(seeded_bugs.local_update_in_order)

@@ -18,7 +18,7 @@ from forkcheck.engines.script import ScriptEngine
 from forkcheck.instrument import instrument
 from forkcheck.observe import AccessLog, storage_names
 from forkcheck.oracles.races import race_findings
-from forkcheck.schedule import Schedule
+from forkcheck.schedules import Schedule
 
 SEEDS = (0, 1, 2)
 

@@ -10,9 +10,9 @@ forked task runs on its own thread, but only the task holding the baton runs. Sw
   tensor arguments are not switch points: they read no shared data),
 - the end of a task.
 
-At each point a strategy (``forkcheck.choices``) picks the next task among the runnable ones, the current task first
-(index 0: no preemption). Every real choice is recorded in ``decisions``; ``Replay(decisions)`` reruns the same
-interleaving. Choices are made on the thread that entered the scheduler (the controller) unless the strategy says
+At each point a chooser (``forkcheck.schedules.Chooser``) picks the next task among the runnable ones, the current
+task first (index 0: no preemption). Every real choice is recorded in ``decisions``; ``Replay(decisions)`` reruns the
+same interleaving. Choices are made on the thread that entered the scheduler (the controller) unless the chooser says
 any thread will do, so Hypothesis data can drive them.
 
 A task's exception is raised at its wait; tasks nobody waits for run to completion before the ``with`` block exits.
@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..choices import Choices, RandomChoices, Replay, Strategy, strategy_for
+from ..schedules import Chooser, Choices, RandomChoices, Replay
 from ..task_names import FANOUT, OVERFLOW_BASE
 
 _install_lock = threading.Lock()
@@ -74,7 +74,7 @@ class _Task:
                  "result", "error", "baton", "thread", "ident", "future", "grad", "inference")
 
     def __init__(self, task_id: int, parent: Optional["_Task"], call: Optional[tuple]):
-        self.id = task_id  # the order tasks were forked in: what the strategies choose among
+        self.id = task_id  # the order tasks were forked in: what the choosers choose among
         self.forks = 0
         if parent is not None:  # the id reports name as a tree (``forkcheck.task_names``): 1001 is task 1.1
             parent.forks += 1
@@ -200,7 +200,7 @@ def _pool_threads_saw_the_mode() -> None:
         atexit.register(time.sleep, 0.2)
 
 
-def _as_strategy(choose: Any) -> Strategy:
+def _as_chooser(choose: Any) -> Chooser:
     if choose is None:
         return RandomChoices(random.Random())
     if isinstance(choose, random.Random):
@@ -209,7 +209,7 @@ def _as_strategy(choose: Any) -> Strategy:
         return choose
     if callable(choose):
         return Choices(choose)
-    raise TypeError(f"ControlledScheduler takes a random.Random, a strategy or a choose(n) callable, not {choose!r}")
+    raise TypeError(f"ControlledScheduler takes a random.Random, a chooser or a choose(n) callable, not {choose!r}")
 
 
 _NOT_USER = tuple(os.path.dirname(path) + os.sep for path in (torch.__file__, os.path.dirname(__file__)))
@@ -230,16 +230,16 @@ def _user_line(frame: Any) -> str:
 class ControlledScheduler:
     """One controlled schedule. ``with ControlledScheduler(choose, timeout=60) as s:`` installs it on this thread.
 
-    ``choose``: a ``random.Random`` (uniform random choices), a strategy from ``forkcheck.choices`` (``PCT``,
+    ``choose``: a ``random.Random`` (uniform random choices), a chooser from ``forkcheck.schedules`` (``PCT``,
     ``Replay``, ...), or a bare ``choose(n) -> index`` callable (called only on this thread, only where ``n > 1``).
     After the block: ``order`` (task ids in the order they got the baton, starting with the root 0),
     ``decisions`` (every real choice, for ``Replay``), ``failed_task`` (the first task that raised, or None),
     ``errors`` (task id -> exception), ``events`` and ``stats``. ``observer``: an access log (see :class:`Observer`).
     """
 
-    def __init__(self, choose: Union[random.Random, Strategy, Callable[[int], int], None] = None, *,
+    def __init__(self, choose: Union[random.Random, Chooser, Callable[[int], int], None] = None, *,
                  timeout: Optional[float] = 60.0, observer: Optional[Observer] = None):
-        self.strategy = _as_strategy(choose)
+        self.chooser = _as_chooser(choose)
         self.timeout = timeout
         self.observer = observer
         self._observing = False  # the observer is entered on the controller thread
@@ -462,7 +462,7 @@ class ControlledScheduler:
             options = list(self._runnable)
         if not options:
             raise self._deadlock_error()
-        if not self.strategy.any_thread:
+        if not self.chooser.any_thread:
             if len(options) == 1:
                 return self._note(options[0])
             if task is not self._root:
@@ -472,7 +472,7 @@ class ControlledScheduler:
         return self._decide(options, can_continue)
 
     def _decide(self, options: list[_Task], can_continue: bool) -> _Task:
-        index = self.strategy.pick([t.id for t in options], can_continue)
+        index = self.chooser.pick([t.id for t in options], can_continue)
         if len(options) > 1:
             if not 0 <= index < len(options):
                 raise ValueError(f"the schedule chose option {index} of {len(options)}")
@@ -659,22 +659,22 @@ class EagerEngine:
         self._totals = {"schedules": 0, "preemptions": 0, "decisions": 0, "switch_points": 0}
 
     def run(self, args: Sequence[Any], schedule: Any) -> list[Any]:
-        """Fork ``tasks`` instances on ``args`` under ``schedule`` (see ``forkcheck.choices.strategy_for``).
+        """Fork ``tasks`` instances on ``args`` under ``schedule``'s chooser (``schedule.chooser()``: a
+        ``forkcheck.schedules.Schedule``, ``Recorded`` or ``forkcheck.dpor.Probe``).
 
         A task's exception is raised as is; a deadlock or timeout raises ``ScheduleError``.
         """
-        timeout = getattr(schedule, "timeout", None) or self.timeout
-        return self._run(args, strategy_for(schedule), timeout)
+        return self._run(args, schedule.chooser(), self.timeout)
 
     def calibrate(self, args: Sequence[Any]) -> int:
         """Run once without preemption; return its steps (PCT's ``k``: switch points where a task could go on)."""
         self._run(args, Replay([]), self.timeout, count=False)
         return max(1, self.last.steps)
 
-    def _run(self, args: Sequence[Any], strategy: Strategy, timeout: Optional[float], count: bool = True) -> list:
+    def _run(self, args: Sequence[Any], chooser: Chooser, timeout: Optional[float], count: bool = True) -> list:
         self.last_races = []
         log = None
-        searched = hasattr(strategy, "observe")  # an exhaustive search's run (``forkcheck.dpor.Probe``) reads the log
+        searched = hasattr(chooser, "observe")  # an exhaustive search's run (``forkcheck.dpor.Probe``) reads the log
         if (self.races or self.trace or searched) and count:
             from ..containers import container_names
             from ..observe import AccessLog, storage_names
@@ -685,8 +685,8 @@ class EagerEngine:
             else:  # only the run's signature: tensor accesses, no lines (a third of a full log's cost, measured)
                 log = AccessLog()
             if searched:
-                strategy.observe(log)
-        scheduler = self.last = ControlledScheduler(strategy, timeout=timeout, observer=log)
+                chooser.observe(log)
+        scheduler = self.last = ControlledScheduler(chooser, timeout=timeout, observer=log)
         try:
             with scheduler:
                 futures = [torch._C.fork(self.instance, *args) for _ in range(self.tasks)]

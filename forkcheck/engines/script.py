@@ -15,7 +15,7 @@ from ..instrument import instrument
 from ..interleavings import conflict_groups, point_signature
 from ..observe import AccessLog, storage_names
 from ..oracles.races import race_findings
-from ..schedule import run_under
+from ..schedules import run_under
 
 _counter = itertools.count()
 
