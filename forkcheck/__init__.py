@@ -33,14 +33,16 @@ def check(obj, *, pool_sizes=None, **settings):
     """Check one marked (or unmarked) function or Module without pytest; returns a ``CheckResult``.
 
     In this process by default; ``pool_sizes=(1, 2, 4)`` checks a module-level target in child processes, one per
-    inter-op pool size, and the result says which sizes showed a bug.
+    inter-op pool size, and the result says which sizes showed a bug. Settings given here win over the object's own
+    ``fork_safe(...)`` keywords, as a command-line option does not (the call is about this object alone).
     """
     from .runner import check as run_check
     from .settings import resolve_settings
     from .target import Target
 
     target = Target.from_object(obj)
-    resolved = resolve_settings(settings if pool_sizes is None else {**settings, "pool_sizes": pool_sizes})
+    given = settings if pool_sizes is None else {**settings, "pool_sizes": pool_sizes}
+    resolved = resolve_settings({**target.mark.settings, **given})
     if not resolved.pool_sizes:
         return run_check(target, resolved)
     from .pools import check_module_level

@@ -3,6 +3,7 @@ replay token's override."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import forkcheck
 from forkcheck.replay import ReplayToken
@@ -46,3 +47,16 @@ def test_a_replay_runs_with_the_token_s_tasks_strategy_and_schedules_in_one_proc
     marked = ReplayToken("tests/test_x.py::test_y", "", "", 0, 99, "random")  # a marked test's: no tasks, schedules
     again = replayed(settings, marked)
     assert (again.tasks, again.strategy, again.schedules) == (3, "random", 10)
+
+
+
+@forkcheck.fork_safe(examples=2, schedules=3)
+def _forks(x: torch.Tensor) -> torch.Tensor:
+    return torch.jit.wait(torch.jit.fork(torch.add, x, 1))
+
+
+def test_the_library_check_takes_the_marked_object_s_keywords_and_the_call_s_over_them() -> None:
+    marked = forkcheck.check(_forks, seed=1)
+    assert (marked.verdict, marked.examples, marked.schedules) == ("pass", 2, 6), marked.error
+    called = forkcheck.check(_forks, seed=1, examples=3)
+    assert (called.examples, called.schedules) == (3, 9)
