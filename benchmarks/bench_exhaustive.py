@@ -14,7 +14,7 @@ own 2-3 forks), the ground truth judging every run:
 - **random / pct / portfolio**: schedules drawn from Hypothesis as a check draws them, runs until the first wrong
   answer, median over ``--seeds`` seeds (at most 100 runs a seed);
 - **check**: ``forkcheck.check(bug, strategy="exhaustive")`` with the default budget (inputs drawn by Hypothesis):
-  median ``stats["failed_after"]`` and ``stats["wrong_outcome_after"]`` over ``--check-seeds`` seeds, and seconds.
+  median ``stats.failed_after`` and ``stats.wrong_outcome_after`` over ``--check-seeds`` seeds, and seconds.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def check(bug: Any, seeds: int) -> dict[str, Any]:
     for seed in range(seeds):
         started = time.perf_counter()
         result = forkcheck.check(bug.target, seed=seed, strategy="exhaustive")
-        rows.append((result.stats.get("failed_after"), result.stats.get("wrong_outcome_after"),
+        rows.append((result.stats.failed_after, result.stats.wrong_outcome_after,
                      time.perf_counter() - started, result.verdict))
 
     def median(values: list) -> Any:

@@ -15,9 +15,9 @@ not the run:
   ``--plain-processes`` processes (how often it goes wrong differs between processes by more than 10x). Its median
   runs until the first wrong answer is estimated from the fraction of wrong runs (geometric: ``ln 2 / -ln(1 - p)``).
 - **forkcheck.check**: the whole check with the default budget (inputs drawn by Hypothesis, forkcheck's own oracles):
-  the kinds of the first findings, the median of ``stats["failed_after"]``, the concurrent schedules run until the
+  the kinds of the first findings, the median of ``stats.failed_after``, the concurrent schedules run until the
   first finding (0 when the serial run already showed the defect, as it does for a write to an input or a module),
-  and of ``stats["wrong_outcome_after"]``, until one's outcome went wrong (not only a race predicted).
+  and of ``stats.wrong_outcome_after``, until one's outcome went wrong (not only a race predicted).
 
 Goals (issue 3): every bug found within the default budget, median <= 3 schedules, >= 50x fewer runs than plain.
 """
@@ -147,8 +147,8 @@ def check_runs(bug: Any, seeds: Sequence[int], strategy: str) -> dict[str, Any]:
         result = forkcheck.check(bug.target, seed=seed, strategy=strategy)
         if result.verdict == "error":
             raise RuntimeError(f"{bug.name}: forkcheck errored: {result.error}")
-        counts.append(result.stats.get("failed_after") if result.verdict == "fail" else None)
-        wrong.append(0 if result.stats.get("found_by") == "serial run" else result.stats.get("wrong_outcome_after"))
+        counts.append(result.stats.failed_after if result.verdict == "fail" else None)
+        wrong.append(0 if result.stats.found_by == "serial run" else result.stats.wrong_outcome_after)
         kinds.update(f.kind for f in result.findings[:1])
     return {"counts": counts, "wrong": wrong, "kinds": sorted(kinds)}
 

@@ -15,7 +15,8 @@ The path of data: target -> search -> example -> engine -> run -> oracles -> fin
   status).
 - Observing and judging: ``observe`` (the access log), ``containers`` (eager list/dict accesses), ``state`` (snapshots),
   ``locate`` (the user's line that did it), ``oracles/`` (mutation, determinism, races, static), ``interleavings`` and
-  ``coverage`` (what the schedules covered), ``findings`` (findings and results), ``task_names``.
+  ``coverage`` (what the schedules covered), ``findings`` (findings and results), ``stats`` (a result's
+  typed statistics), ``task_names``.
 - Telling: ``report/`` (JSON, HTML, terminal), ``session`` (result rows and the report merge), ``plugin`` (pytest
   hooks only), ``items`` (pytest items), ``cli`` (``forkcheck check PATH``).
 - For users' own tests: ``testing`` (public: the controlled scheduler, to pin, replay or enumerate the interleavings
@@ -32,19 +33,21 @@ def check(obj, *, pool_sizes=None, **settings):
     """Check one marked (or unmarked) function or Module without pytest; returns a ``CheckResult``.
 
     In this process by default; ``pool_sizes=(1, 2, 4)`` checks a module-level target in child processes, one per
-    inter-op pool size, and the result says which sizes showed a bug.
+    inter-op pool size, and the result says which sizes showed a bug. Settings given here win over the object's own
+    ``fork_safe(...)`` keywords, as a command-line option does not (the call is about this object alone).
     """
     from .runner import check as run_check
+    from .settings import resolve_settings
     from .target import Target
 
     target = Target.from_object(obj)
-    if pool_sizes is None:
-        return run_check(target, Settings().replace(**settings))
+    given = settings if pool_sizes is None else {**settings, "pool_sizes": pool_sizes}
+    resolved = resolve_settings({**target.mark.settings, **given})
+    if not resolved.pool_sizes:
+        return run_check(target, resolved)
     from .pools import check_module_level
-    from .settings import validate
 
-    sizes = validate({"pool_sizes": pool_sizes})["pool_sizes"]
-    return check_module_level(target, Settings().replace(**settings), sizes)
+    return check_module_level(target, resolved, resolved.pool_sizes)
 
 
 __all__ = ["CheckResult", "Finding", "KINDS", "MarkError", "Settings", "SettingsError", "check", "fork_safe",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shlex
 import sys
 import traceback
@@ -71,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--examples", metavar="N", help="Hypothesis examples of inputs (default 10)")
     check.add_argument("--schedules", metavar="N", help="concurrent schedules per example (default 10)")
     check.add_argument("--seed", metavar="S", help="seed for inputs and schedules (default: random, printed)")
-    check.add_argument("--pool-sizes", metavar="N,N,...", default="1,2,4",
+    check.add_argument("--pool-sizes", metavar="N,N,...",
                        help="inter-op pool sizes the schedules are split over, a child process each (default 1,2,4)")
     check.add_argument("--replay", metavar="TOKEN", help="rerun the failing example a replay token names")
     check.add_argument("--report", metavar="DIR", default=REPORTS,
@@ -99,7 +98,7 @@ def _check(args: argparse.Namespace) -> int:
     result = _run(Target.from_object(model, args.path), settings, sizes, args)
     _blame_inferred_inputs(result, [name for name in inputs if name not in get_mark(model).strategies])
     command = f"{invocation(module='forkcheck')} check"
-    result.stats["replay_with"] = _replay_with(command, args)
+    result.stats.replay_with = _replay_with(command, args)
     root = os.getcwd()
     print(_result_text(result, root))
     rows = {args.path: result.to_json()}
@@ -135,32 +134,34 @@ def _result_text(result: Any, rootdir: str) -> str:
     """What the check found, as the plugin prints a failing item (paths relative to ``rootdir``); for a pass, what
     was run."""
     from .report.terminal import failure_text, pool_line, reason
+    from .stats import IN_PROCESS
 
+    stats = result.stats
     if result.verdict == "pass":
         lines = [f"safe to fork: no findings in {result.examples} examples, {result.schedules} schedules "
                  f"({result.engine} engine; {reason(result.engine_reason)})"]
-        if result.stats.get("pool_sizes"):
-            lines.append(f"inter-op pool sizes: {pool_line(result.stats['pool_sizes'])}")
+        if stats.pool_sizes:
+            lines.append(f"inter-op pool sizes: {pool_line(stats.to_json()['pool_sizes'])}")
     else:
         lines = [failure_text(result, rootdir=rootdir)]
-    if "in-process" in result.stats.get("isolation", ""):
-        lines.append(f"checked {result.stats['isolation']}, with this process's inter-op pool only")
+    if stats.isolation is not None and stats.isolation.place == IN_PROCESS:
+        lines.append(f"checked {stats.isolation}, with this process's inter-op pool only")
     return "\n".join(lines)
 
 
 def _settings(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
     """The check's settings (a drawn seed when none is given) and pool sizes; a bad value is a usage error."""
-    from .settings import Settings, SettingsError, validate
+    import dataclasses
+
+    from .settings import CHECK_POOL_SIZES, SettingsError, resolve_settings, validate
 
     given = {name: value for name in ("examples", "schedules", "seed", "pool_sizes")
              if (value := getattr(args, name)) is not None}
     try:
-        values = validate(given, source="--")
+        settings = resolve_settings(options=validate(given, source="--"))
     except SettingsError as err:
         raise UsageError(str(err).replace("--pool_sizes", "--pool-sizes")) from None
-    sizes = values.pop("pool_sizes")
-    values.setdefault("seed", random.randrange(2**32))
-    return Settings().replace(**values), sizes
+    return dataclasses.replace(settings, pool_sizes=()), settings.pool_sizes or CHECK_POOL_SIZES
 
 
 def _check_report_dir(directory: str) -> None:
@@ -300,8 +301,10 @@ def _run(target: Any, settings: Any, sizes: tuple[int, ...], args: argparse.Name
         return check_over_pool_sizes(sys.modules[__name__], attribute, target, settings, sizes, args.replay,
                                      args.path)
     except Unavailable as err:
+        from .stats import IN_PROCESS, Isolation
+
         result = check(target, settings, replay=args.replay, nodeid=args.path)
-        result.stats["isolation"] = f"in-process ({err})"
+        result.stats.isolation = Isolation(IN_PROCESS, note=str(err))
         return result
 
 
@@ -309,8 +312,10 @@ def _blame_inferred_inputs(result: Any, inferred: list[str]) -> None:
     """A model that raised on inputs forkcheck inferred, with its forks inline, was given inputs it does not take (the
     schema says ``Tensor``, not which shape): whatever else was found, not a finding but a usage error that names the
     inputs to give."""
-    serial = result.stats.get("found_by") == "serial run" or any(
-        size.get("found_by") == "serial run" for size in result.stats.get("pool_sizes", {}).values())
+    from .stats import FoundBy
+
+    serial = FoundBy.SERIAL_RUN in (result.stats.found_by,
+                                    *(size.found_by for size in result.stats.pool_sizes.values()))
     error = next((f for f in result.findings if f.kind == "exception"), None) if result.verdict == "fail" else None
     if not (inferred and serial and error):  # whatever else was found: the inputs were wrong, so it tells nothing
         return

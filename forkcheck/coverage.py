@@ -1,5 +1,5 @@
 """What the schedules of one check covered: distinct interleavings for every strategy, and for ``exhaustive`` whether
-each input's search (``forkcheck.dpor``) was complete. ``stats["coverage"]`` of a result, and the sentence saying it.
+each input's search (``forkcheck.dpor``) was complete. ``stats.coverage`` of a result, and the sentence saying it.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .stats import Stats
+
 #: The stable ``kind`` strings of design section 2, in the order a report lists them.
 KINDS = (
     "exception",
@@ -71,17 +73,19 @@ class CheckResult:
     findings: list[Finding] = field(default_factory=list)
     failing_input: dict[str, str] = field(default_factory=dict)  # parameter -> repr of the minimal input
     error: str = ""  # for ``error``: what went wrong, and whose fault (forkcheck's or the user's setup)
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = dataclasses.asdict(dataclasses.replace(self, findings=[], stats=Stats()))
         data["findings"] = [f.to_json() for f in self.findings]
+        data["stats"] = self.stats.to_json()
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CheckResult":
         data = dict(data)
         data["findings"] = [Finding.from_json(f) for f in data.get("findings", [])]
+        data["stats"] = Stats.from_json(data.get("stats") or {})
         return cls(**data)
 
 

@@ -314,7 +314,7 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
                 child.wait_ready()
                 result = _exchange(child, request, target, settings, nodeid, on_concurrent)
                 if retried:
-                    result.stats["isolation"] += f" (a fresh one: in the one before, {retried})"
+                    result.stats.isolation = result.stats.isolation.noted(f"a fresh one: in the one before, {retried}")
                 return result
             except _Refused as refused:
                 if refused.fresh:  # the module imports only in this process
@@ -382,7 +382,7 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
                 _retire(child.pool_size)
             result = CheckResult.from_json(message["result"])
             if message.get("retire"):
-                result.stats["child retired"] = message["retire"]
+                result.stats.child_retired = message["retire"]
             return result
 
 
@@ -396,6 +396,7 @@ def _relay(child: ChildProcess) -> None:
 def _hang(target: Any, settings: Any, nodeid: str, what: str, waited: float, started: float,
           engine: dict[str, str]) -> Any:
     from .findings import CheckResult, Finding
+    from .stats import CHILD, STOPPED, Isolation, Stats
 
     finding = Finding("hang", f"{what} did not finish within {waited:g} s (the timeout, or the time allowed to "
                               "prepare a check, and a grace period); the process checking the target was stopped",
@@ -403,13 +404,14 @@ def _hang(target: Any, settings: Any, nodeid: str, what: str, waited: float, sta
                       detail={"timeout_s": settings.timeout, "stopped_after_s": round(waited, 1)})
     return CheckResult(target=target.name, nodeid=nodeid, kind="target", verdict="fail", findings=[finding],
                        duration_s=round(time.perf_counter() - started, 3), engine=engine.get("name", ""),
-                       engine_reason=engine.get("reason", ""), stats={"isolation": "child process (stopped)"})
+                       engine_reason=engine.get("reason", ""), stats=Stats(isolation=Isolation(CHILD, STOPPED)))
 
 
 def _crash(target: Any, nodeid: str, what: str, status: Optional[int], child: ChildProcess, started: float,
            engine: dict[str, str]) -> Any:
     from .findings import CheckResult
     from .forked import exit_description
+    from .stats import CHILD, CRASHED, Isolation, Stats
 
     how = exit_description(status) if status is not None else "exited with an unknown status"
     output = child.last_output().rstrip()
@@ -417,7 +419,7 @@ def _crash(target: Any, nodeid: str, what: str, status: Optional[int], child: Ch
                "crashed the process. Its last output:\n" + (output or "(none)"))
     return CheckResult(target=target.name, nodeid=nodeid, kind="target", verdict="error", error=message,
                        duration_s=round(time.perf_counter() - started, 3), engine=engine.get("name", ""),
-                       engine_reason=engine.get("reason", ""), stats={"isolation": "child process (crashed)"})
+                       engine_reason=engine.get("reason", ""), stats=Stats(isolation=Isolation(CHILD, CRASHED)))
 
 
 # --- the child --------------------------------------------------------------------------------------------------
@@ -459,6 +461,7 @@ class _Server:
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         from .settings import Settings
+        from .stats import CHILD, Isolation
         from .target import Target
 
         try:
@@ -468,12 +471,11 @@ class _Server:
         self.size_pool()
         result = self.runner.check(Target.from_object(obj, request["target"]), Settings(**request["settings"]),
                                    replay=request["replay"], nodeid=request["nodeid"], observer=self)
-        result.stats["isolation"] = "child process"
+        result.stats.isolation = Isolation(CHILD)
         left = _left_running()
         if left:
-            result.stats["left_running"] = (f"the target left {len(left)} process(es) running: "
-                                            f"{', '.join(left[:5])}; they were stopped with the process that "
-                                            "checked it")
+            result.stats.left_running = (f"the target left {len(left)} process(es) running: {', '.join(left[:5])}; "
+                                         "they were stopped with the process that checked it")
         return {"event": "result", "result": result.to_json(),
                 "retire": f"the target left {len(left)} process(es) running" if left else self.unfit()}
 

@@ -7,7 +7,6 @@ import importlib.machinery
 import importlib.util
 import sys
 import traceback
-import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,19 +15,17 @@ import pytest
 from .plugin import KIND, RESULT, STATE
 
 SETTINGS = pytest.StashKey[Any]()  # a marked test's resolved Settings, from its setup
-TEST_SETTINGS = ("schedules", "timeout")  # the keywords of @pytest.mark.fork_safe: a test has no inputs or tasks
 
 
 class TargetFailed(Exception):
     """The target has findings; the item's failure text lists them."""
 
 
-def _settings_for(config: pytest.Config, name: str, overrides: dict[str, Any]):
-    from .settings import Settings
+def _settings_for(config: pytest.Config, name: str, keywords: dict[str, Any]):
+    from .settings import resolve_settings
 
     state = config.stash[STATE]
-    seed = (state.seed ^ zlib.crc32(name.encode())) & 0xFFFFFFFF  # per target: independent of order and worker
-    return Settings().replace(**state.options.settings).replace(seed=seed, **overrides)
+    return resolve_settings(keywords, state.options.settings, session_seed=state.seed, name=name)
 
 
 def forkcheck_name(item: pytest.Item) -> Optional[str]:
@@ -74,9 +71,10 @@ class TargetItem(pytest.Item):
         from . import _exit
         from .findings import CheckResult
         from .runner import check
+        from .stats import IN_PROCESS, Isolation, Stats
 
         state = self.config.stash[STATE]
-        replay, where = state.options.replay, "in-process"
+        replay, where = state.options.replay, Isolation(IN_PROCESS)
         if state.isolation == "child":
             from .isolation import Unavailable
             from .pools import check_over_pool_sizes
@@ -85,23 +83,23 @@ class TargetItem(pytest.Item):
                 return check_over_pool_sizes(self.parent.obj, self.name, target, settings, state.options.pool_sizes,
                                              replay, self.nodeid)
             except Unavailable as err:
-                where = f"in-process ({err})"
+                where = where.noted(str(err))
             except Exception:
                 return CheckResult(target=target.name, nodeid=self.nodeid, verdict="error",
                                    error="internal error in forkcheck, running the check in a child process:\n"
                                    + traceback.format_exc())
         if state.stuck:
-            return CheckResult(target=target.name, nodeid=self.nodeid, verdict="error", stats={"isolation": where},
+            return CheckResult(target=target.name, nodeid=self.nodeid, verdict="error", stats=Stats(isolation=where),
                                error=f"not checked: a hung run of {state.stuck} still runs in this process, on "
                                      "torch's inter-op pool, where it holds up every task forked after it; check "
                                      "targets in a child process (--forkcheck-isolation child, the default) to go "
                                      "on after a hang")
         result = check(target, settings, replay=replay, nodeid=self.nodeid)
-        result.stats["isolation"] = where
-        if "pool_size" in result.stats and not replay:  # one process has one pool size
+        result.stats.isolation = where
+        if result.stats.pool_size and not replay:  # one process has one pool size
             sizes = ",".join(map(str, state.options.pool_sizes))
-            result.stats["pool_sizes_note"] = (f"checked in-process: with this process's pool of "
-                                               f"{result.stats['pool_size']} thread(s) only, not sizes {sizes}")
+            result.stats.pool_sizes_note = (f"checked in-process: with this process's pool of "
+                                            f"{result.stats.pool_size} thread(s) only, not sizes {sizes}")
         if _exit.abandoned():
             state.stuck = target.name
         return result
@@ -195,7 +193,7 @@ def module_collectors(session: pytest.Session, located: dict[str, Optional[Path]
 
 def marked_test_settings(item: pytest.Item, marker: pytest.Mark) -> Any:
     """The settings of a ``@pytest.mark.fork_safe`` test; a wrong keyword fails its setup, naming the keyword."""
-    from .settings import SettingsError
+    from .settings import TEST_SETTINGS, SettingsError
 
     unknown = sorted(set(marker.kwargs) - set(TEST_SETTINGS))
     if marker.args or unknown:
@@ -257,10 +255,11 @@ def _failure_note(result: Any, invocation: str, rootdir: str) -> str:
     races = [f for f in result.findings if f.kind == "race"]
     listed = relative("".join(f"\n  - {race.message}" for race in races), rootdir)
     plural = "s" * (len(races) > 1)
-    under = result.stats.get("failed_under", "")
-    token, replays = result.findings[0].replay, result.stats.get("replays")
+    under = result.stats.failed_under
+    token, replays = result.findings[0].replay, result.stats.replays
     if replays:
-        replay = f"replayed {replay_what(replays)}, {replays['runs']} times: {replay_outcome(replays)}"
+        said = replays.to_json()
+        replay = f"replayed {replay_what(said)}, {replays.runs} times: {replay_outcome(said)}"
     else:
         replay = f"replay it with\n  {replay_command(result.nodeid, token, invocation)}" if token else ""
     if len(races) == len(result.findings):

@@ -14,6 +14,7 @@ the body itself, a call holding the GIL) is a ``hang`` once the copy is stopped;
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
@@ -28,7 +29,8 @@ from .forked import ChildDied, ChildFailed, ChildStopped, pool_started, run_fork
 from .replay import ReplayError, ReplayToken
 from .schedules import Schedule
 from .schedules.portfolio import members
-from .settings import Settings
+from .settings import Settings, default_seed, replayed
+from .stats import DIED, FORKED, IN_PROCESS, STOPPED, Isolation, Replays, Stats
 
 REASON = ("a marked test's Python forks run under forkcheck's scheduler, and the forks of scripted code it calls on "
           "the real runtime, under forkcheck's schedules")
@@ -57,12 +59,12 @@ def check_test(body: Callable[[], Any], settings: Settings = Settings(), name: s
     except ReplayError as err:
         return _result(name, started, verdict="error", error=f"setup error: {err}")
     run = _Schedules(body, settings, name, token, arguments, describe_failure)
-    where = "in-process"
+    where = Isolation(IN_PROCESS)
     if forked and not hasattr(os, "fork"):
-        where = "in-process (this platform cannot fork)"
+        where = where.noted("this platform cannot fork")
     elif forked and pool_started():
-        where = ("in-process (torch's inter-op pool already has threads in this process, started by earlier code: "
-                 "a forked copy could not run scripted forks)")
+        where = where.noted("torch's inter-op pool already has threads in this process, started by earlier code: "
+                            "a forked copy could not run scripted forks")
     elif forked:
         return _in_a_fork(run, settings, name, started, keep_python_streams)
     _exit.forks_ran()
@@ -70,7 +72,7 @@ def check_test(body: Callable[[], Any], settings: Settings = Settings(), name: s
         result = run.check()
     except Exception:
         return _result(name, started, verdict="error", error="internal error in forkcheck:\n" + traceback.format_exc())
-    result.stats["isolation"] = where
+    result.stats.isolation = where
     return result
 
 
@@ -78,7 +80,7 @@ def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float,
     def work(send: Callable[[dict], None]) -> dict:
         run.announce = lambda number, what, token: send({"event": "run", "number": number, "what": what,
                                                          "replay": token, "timeout": settings.timeout,
-                                                         "replays": run.replays})
+                                                         "replays": run.replays and run.replays.to_json()})
         try:
             return {"result": run.check().to_json()}
         except Exception:
@@ -94,11 +96,11 @@ def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float,
                                "of silence)", settings.timeout, location=_innermost_user_line(stopped.output),
                                stacks=stopped.output[-4000:])
         finding.replay = stopped.last.get("replay", "")
-        stats: dict[str, Any] = {"isolation": "forked (stopped)", "failed_under": what}
+        stats = Stats(isolation=Isolation(FORKED, STOPPED), failed_under=what)
         if stopped.last.get("replays"):  # a replay's counts before the rerun that hung, and that one (reproduced)
-            replays = dict(stopped.last["replays"])
-            stats["replays"] = dict(replays, runs=replays["runs"] + 1, reproduced=replays["reproduced"] + 1,
-                                    wrong_outcome=replays["wrong_outcome"] + 1)
+            replays = Replays.from_json(stopped.last["replays"])
+            stats.replays = dataclasses.replace(replays, runs=replays.runs + 1, reproduced=replays.reproduced + 1,
+                                                wrong_outcome=replays.wrong_outcome + 1)
         return _result(name, started, verdict="fail", findings=[finding], schedules=run.count_of(stopped.last),
                        stats=stats)
     except ChildDied as died:
@@ -107,7 +109,7 @@ def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float,
         message = (f"the forked copy of this process running the test {died.how} during {what}: the test's code, or "
                    f"torch under it, ended the process" + (f" (replay token {replay})" if replay else "")
                    + ". Its last output:\n" + (died.output.rstrip() or "(none)"))
-        return _result(name, started, verdict="error", error=message, stats={"isolation": "forked (died)"},
+        return _result(name, started, verdict="error", error=message, stats=Stats(isolation=Isolation(FORKED, DIED)),
                        schedules=run.count_of(died.last))
     except ChildFailed as failed:
         return _result(name, started, verdict="error", error=f"internal error in forkcheck (in the forked copy):\n"
@@ -115,7 +117,7 @@ def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float,
     if "raise" in answer:
         raise _rebuilt(*answer["raise"])
     result = CheckResult.from_json(answer["result"])
-    result.stats["isolation"] = "forked"
+    result.stats.isolation = Isolation(FORKED)
     return result
 
 
@@ -126,13 +128,14 @@ class _Schedules:
                  arguments: Optional[Mapping[str, Any]], describe_failure: Optional[Callable[[BaseException], str]]):
         self.body = body
         self.name = name
+        settings = replayed(settings, token) if token is not None else settings
         self.timeout = settings.timeout
-        self.strategy = token.strategy if token is not None else settings.strategy
-        rng = random.Random(settings.seed)
+        self.strategy = settings.strategy
+        rng = random.Random(default_seed(settings.seed))
         self.seeds = [token.schedule_seed] if token is not None else [
             rng.randrange(2**32) for _ in range(settings.schedules)]
         self.replaying = token is not None
-        self.replays: dict[str, Any] = {}  # a replay's counts so far (``stats.replays``)
+        self.replays: Optional[Replays] = None  # a replay's counts so far (``stats.replays``)
         self.arguments = dict(arguments or {})
         self.describe_failure = describe_failure
         self.announce: Callable[[int, str, str], None] = lambda number, what, token: None
@@ -159,10 +162,10 @@ class _Schedules:
                     self._failed(result, findings, number, which)
                     break
         if notes:
-            result.stats["scripted_calls"] = notes
+            result.stats.scripted_calls = notes
         if self.strategy == "exhaustive":
-            result.stats["strategy_note"] = ("exhaustive search does not drive a marked test's body: its schedules "
-                                             "were the portfolio's")
+            result.stats.strategy_note = ("exhaustive search does not drive a marked test's body: its schedules "
+                                          "were the portfolio's")
         result.duration_s = round(time.perf_counter() - started, 3)
         return result
 
@@ -173,19 +176,18 @@ class _Schedules:
 
         [seed] = self.seeds
         which = "schedule 1 of 1"
-        self.replays = {"runs": 0, "reproduced": 0, "wrong_outcome": 0, "schedules": 1,
-                        "strategy": self._kind(1), "pool_size": 0, "what": "the test"}
+        self.replays = Replays(schedules=1, strategy=self._kind(1), what="the test")
         for rerun in range(1, REPLAYS + 1):
             self.announce(1, f"{which}, rerun {rerun} of {REPLAYS}", self._token(1, seed))
             findings = self._schedule(1, seed, which, names, notes)
-            self.replays["runs"] = rerun
+            self.replays.runs = rerun
             if findings:
-                self.replays["reproduced"] += 1
-                self.replays["wrong_outcome"] += _wrong_outcome(findings)
+                self.replays.reproduced += 1
+                self.replays.wrong_outcome += _wrong_outcome(findings)
                 if result.verdict != "fail":
                     self._failed(result, findings, 1, which)
         result.schedules = 1
-        result.stats["replays"] = dict(self.replays)
+        result.stats.replays = dataclasses.replace(self.replays)
 
     def _kind(self, number: int) -> str:
         kinds = members(self.strategy)
@@ -198,7 +200,7 @@ class _Schedules:
         for finding in findings:
             finding.replay = self._token(number, self.seeds[number - 1])
         result.findings, result.verdict = sort_findings(findings), "fail"
-        result.stats["failed_under"] = f"{which} ({self._kind(number)})"
+        result.stats.failed_under = f"{which} ({self._kind(number)})"
 
     def _schedule(self, number: int, seed: int, which: str, names: dict[int, str], notes: list[str]) -> list[Finding]:
         """Run the body once under the schedule ``seed`` seeds; its findings (none: it passed)."""

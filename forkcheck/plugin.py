@@ -5,12 +5,11 @@ Hypothesis) is imported at the top of this module, so loading pytest stays fast.
 """
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
 
-from .options import OPTIONS, Option, SessionOptions, resolve_session_options
+from .options import OPTIONS, SessionOptions, resolve_session_options
 
 STATE = pytest.StashKey["ForkcheckState"]()
 KIND = pytest.StashKey[str]()  # on forkcheck's items: "target" or "test"
@@ -19,11 +18,6 @@ MARKER_HELP = (
     "fork_safe(schedules=10, timeout=60): re-run this test under many fork/wait schedules of forkcheck's own "
     "scheduler (forks inside scripted code it calls too), in a forked copy of pytest's process; it fails if any "
     "schedule fails (its assertions, a race between its tasks, a forked task's exception, or a hang).")
-ISOLATION = Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, "
-                                "surviving a crash; marked tests in a forked copy of this process; default) or "
-                                "inprocess (this process, e.g. to debug forkcheck).",
-                   "child|inprocess")
-ISOLATIONS = ("child", "inprocess")
 
 
 class ForkcheckState:
@@ -35,7 +29,7 @@ class ForkcheckState:
         self.module_files: dict[str, Any] = {}  # --forkcheck-modules name -> its source file
         self.results: dict[str, dict[str, Any]] = {}
         self.report_paths: Any = None
-        self.isolation = "child"
+        self.isolation = options.isolation
         self.collected: dict[str, dict[str, str]] = {}  # nodeid -> kind and name of every selected forkcheck item
         self.seen: set[str] = set()  # every item collected, deselected ones too (which report rows still exist)
         self.invocation = "pytest"  # how this pytest was started, for replay commands that run as printed
@@ -45,7 +39,7 @@ class ForkcheckState:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("forkcheck", "forkcheck: determinism and race checks for torch.jit.fork/wait")
-    for option in (*OPTIONS, ISOLATION):
+    for option in OPTIONS:
         group.addoption(option.flag, **option.argparse)
         parser.addini(option.ini, option.help, type=option.ini_type)
 
@@ -54,14 +48,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     if config.getoption("help", False):  # --help must work even while an option or ini key is wrong
         return
+    from .settings import default_seed
+
     options = resolve_session_options(config)
     worker = getattr(config, "workerinput", None)
     if worker is not None and "forkcheck_seed" in worker:
         seed = worker["forkcheck_seed"]
     else:
-        seed = options.seed if options.seed is not None else random.randrange(2**32)
+        seed = default_seed(options.seed)
     state = ForkcheckState(options, seed)
-    state.isolation = _isolation(config)
     if worker is None and not options.no_report:
         from .report import ReportPathError, check_report_dir
 
@@ -84,15 +79,6 @@ def pytest_configure(config: pytest.Config) -> None:
         from .session import ResultCollector
 
         config.pluginmanager.register(ResultCollector(state, config.rootpath), "forkcheck-results")
-
-
-def _isolation(config: pytest.Config) -> str:
-    value, source = config.getoption(ISOLATION.ini), ISOLATION.flag
-    if value is None:
-        value, source = (config.getini(ISOLATION.ini) or "child").strip(), f"ini key {ISOLATION.ini}"
-    if value not in ISOLATIONS:
-        raise pytest.UsageError(f"{source}: must be one of {', '.join(ISOLATIONS)}, got {value!r}")
-    return value
 
 
 @pytest.hookimpl(wrapper=True)

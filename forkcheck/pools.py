@@ -5,13 +5,14 @@ sibling forks one after another; more let them overlap), and it is fixed once pe
 checked once per size, each in a child process whose pool has that many threads (``forkcheck.isolation``), each
 running its share of the schedules on the same inputs (same seed), as many sizes at once as there are cores for
 this process (``side_by_side``); the results merge into one whose
-``stats["pool_sizes"]`` says, per size, what the schedules there found. Targets run by forkcheck's own scheduler do
+``stats.pool_sizes`` says, per size, what the schedules there found. Targets run by forkcheck's own scheduler do
 not use the pool: they are checked once. Later sizes are skipped when they cannot tell more: a defect the serial run
 shows involves no pool, a hang would wait out the timeout again, and a target whose module fixes the pool size gets
 that size whatever is asked.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any, Callable, Optional
 from .findings import CheckResult, Finding, defect_key, sort_findings
 from .isolation import Unavailable, check_in_child, prewarm, stop
 from .replay import ReplayToken
+from .stats import CRASHED, FoundBy, SizeSummary
 
 
 #: Result stats that hold for one pool size only: each size's summary keeps them, the merged result does not.
@@ -81,7 +83,7 @@ def _collect(sizes: tuple[int, ...], start: Callable[[int], Future]) -> CheckRes
             continue
         if result.engine != "script":  # forkcheck's own scheduler: the pool plays no part
             return result
-        actual = result.stats.get("pool_size", size)
+        actual = result.stats.pool_size or size
         if actual != size:  # the target's module sized the pool itself: every child gets that size
             results.setdefault(actual, result)
             skipped.update((later, f"not run: the target's module fixes the pool at {actual} thread(s)")
@@ -119,9 +121,9 @@ def check_module_level(target: Any, settings: Any, sizes: tuple[int, ...]) -> Ch
 def _needless(result: CheckResult, size: int) -> str:
     """Why the other pool sizes need not be checked after ``result`` ("" when they should be)."""
     stats = result.stats
-    if result.verdict == "error" and "crashed" not in stats.get("isolation", ""):
+    if result.verdict == "error" and not (stats.isolation is not None and stats.isolation.ended == CRASHED):
         return f"the check under {size} thread(s) ended in an error"
-    if stats.get("found_by") == "serial run":
+    if stats.found_by is FoundBy.SERIAL_RUN:
         return "the serial run (forks inline, no pool) already shows the defect"
     if any(finding.kind == "hang" for finding in result.findings):
         return f"a run under {size} thread(s) hung; each size would wait out the timeout again"
@@ -134,33 +136,31 @@ def merge(results: dict[int, CheckResult], skipped: dict[int, str]) -> CheckResu
     failed = [r for r in results.values() if r.verdict == "fail"]
     errored = [r for r in results.values() if r.verdict == "error"]
     merged = CheckResult(target=first.target, kind=first.kind, nodeid=first.nodeid, engine=first.engine,
-                         engine_reason=first.engine_reason, stats=dict(first.stats))
+                         engine_reason=first.engine_reason,
+                         stats=dataclasses.replace(first.stats, **dict.fromkeys(PER_SIZE)))
     merged.verdict = "fail" if failed else "error" if errored else "pass"
     merged.error = errored[0].error if errored and not failed else ""
     merged.examples = max(r.examples for r in results.values())  # the same inputs under every size
     merged.schedules = sum(r.schedules for r in results.values())
     merged.duration_s = round(sum(r.duration_s for r in results.values()), 3)
     for key in ("interleavings", "switches"):
-        if any(key in r.stats for r in results.values()):
-            merged.stats[key] = sum(r.stats.get(key, 0) for r in results.values())
-    for key in PER_SIZE:
-        merged.stats.pop(key, None)
-    coverage = _coverage([r.stats.get("coverage") for r in results.values()])
-    if coverage:
-        merged.stats["coverage"] = coverage
+        counts = [getattr(r.stats, key) for r in results.values()]
+        if any(count is not None for count in counts):
+            setattr(merged.stats, key, sum(count or 0 for count in counts))
+    merged.stats.coverage = _coverage([r.stats.coverage for r in results.values()])
     merged.findings = _union({size: r.findings for size, r in results.items()})
     merged.failing_input = _replayed_input(merged.findings, failed)
     per_size = {size: _summary(result) for size, result in results.items()}
-    per_size.update((size, {"verdict": "skipped", "reason": reason}) for size, reason in skipped.items())
-    merged.stats["pool_sizes"] = {str(size): per_size[size] for size in sorted(per_size)}
+    per_size.update((size, SizeSummary("skipped", reason=reason)) for size, reason in skipped.items())
+    merged.stats.pool_sizes = {size: per_size[size] for size in sorted(per_size)}
     return merged
 
 
-def _coverage(per_size: list[Any]) -> dict[str, Any]:
+def _coverage(per_size: list[dict[str, Any]]) -> dict[str, Any]:
     """What the schedules of every size covered together: all their runs, and at least the most distinct
     interleavings one size saw (sizes count theirs apart, and may have seen the same ones). An exhaustive search
     (one size only: it runs under forkcheck's scheduler) stands as it is."""
-    counted = [c for c in per_size if isinstance(c, dict) and c]
+    counted = [c for c in per_size if c]
     if not counted or any("exhaustive" in c for c in counted) or len(counted) == 1:
         return counted[0] if counted else {}
     return {"interleavings": max(c.get("interleavings", 0) for c in counted), "at_least": True,
@@ -191,14 +191,10 @@ def _replayed_input(findings: list[Finding], failed: list[CheckResult]) -> dict[
     return by_token.get(token) or (failed[0].failing_input if failed else {})
 
 
-def _summary(result: CheckResult) -> dict[str, Any]:
+def _summary(result: CheckResult) -> SizeSummary:
     """What one size's schedules found, for the report's per-size line."""
-    summary: dict[str, Any] = {"verdict": result.verdict, "examples": result.examples, "schedules": result.schedules,
-                               "kinds": list(dict.fromkeys(f.kind for f in result.findings)),
-                               "duration_s": result.duration_s}
-    for key in (*PER_SIZE, "interleavings"):
-        if key in result.stats:
-            summary[key] = result.stats[key]
-    if result.verdict == "error":
-        summary["error"] = result.error.splitlines()[0] if result.error else "error"
-    return summary
+    error = (result.error.splitlines()[0] if result.error else "error") if result.verdict == "error" else None
+    return SizeSummary(result.verdict, examples=result.examples, schedules=result.schedules,
+                       kinds=list(dict.fromkeys(f.kind for f in result.findings)), duration_s=result.duration_s,
+                       interleavings=result.stats.interleavings, error=error,
+                       **{key: getattr(result.stats, key) for key in PER_SIZE})

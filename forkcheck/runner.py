@@ -12,7 +12,6 @@ import functools
 import hashlib
 import os
 import queue
-import random
 import threading
 import time
 import traceback
@@ -25,7 +24,7 @@ from .coverage import Coverage
 from .engines import Engine, Observe, Run, ScheduleError, TaskError, choose_engine
 from .compiled import serial_program
 from .findings import CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
-from .locate import WriteLocator, error_location, user_location
+from .locate import WriteLocator, error_location
 from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
@@ -33,8 +32,9 @@ from .oracles.races import outputs_affected, race_findings
 from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedules import Recorded, Schedule
 from .schedules.portfolio import draw_schedules, members, with_steps
-from .settings import Settings
+from .settings import Settings, default_seed, replayed
 from .state import module_state
+from .stats import FoundBy, Replays
 from .strategies import InferenceError, for_callable
 from .strategies.inference import inferred_parameters, suggested_strategies
 from .strategies.inputs import Inputs, StrategyError
@@ -563,17 +563,15 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
     ``observer`` is told of every run (see :class:`RunObserver`)."""
     started = time.perf_counter()
     result = CheckResult(target=target.name, nodeid=nodeid, kind="target")
-    seed = settings.seed if settings.seed is not None else random.randrange(2**32)
-    result.stats["seed"] = seed
+    seed = default_seed(settings.seed)
+    result.stats.seed = seed
     try:
         token = ReplayToken.decode(replay) if replay else None
         if token is not None and token.target != target.name:
             raise ReplayError(f"this replay token is for {token.target}, not {target.name}")
         if token is not None:  # replay with what the failure was found with
             token.check_hypothesis()
-            settings = dataclasses.replace(settings.replace(
-                tasks=token.tasks, strategy=token.strategy, schedules=token.schedules or settings.schedules),
-                pool_sizes=())
+            settings = replayed(settings, token)
         checker = Checker(target, settings, observer)
         if token is not None:
             token.check_fits(target.name, checker.param_names, checker.inputs.fingerprint)
@@ -698,7 +696,7 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
     except hypothesis.errors.HypothesisException as err:
         if not checker.failures:
             raise
-        result.stats["flaky"] = f"{type(err).__name__}: the failure did not show on every rerun"
+        result.stats.flaky = f"{type(err).__name__}: the failure did not show on every rerun"
         shown, findings = checker.failures[-1]
         return _Failed(findings, shown)
     return None
@@ -728,14 +726,12 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
         raise ReplayError(f"this replay token no longer fits {checker.target.name}: its choices draw none of the "
                           f"target's inputs (its parameters or their strategies changed since the token was made); "
                           f"{FRESH}")
-    # "wrong_outcome": replays whose outcome was wrong, not only predicted by the race oracle
-    result.stats["replays"] = {"runs": REPLAYS, "reproduced": reproduced, "wrong_outcome": wrong,
-                               "schedules": checker.per_example, "strategy": token.strategy,
-                               "pool_size": _pool_size(checker)}
     size = _pool_size(checker)
+    result.stats.replays = Replays(runs=REPLAYS, reproduced=reproduced, wrong_outcome=wrong,
+                                   schedules=checker.per_example, strategy=token.strategy, pool_size=size)
     if token.pool_size and size and size != token.pool_size:
-        result.stats["replay_note"] = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
-                                       f"{size}: the real runtime may not repeat it")
+        result.stats.replay_note = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
+                                    f"{size}: the real runtime may not repeat it")
     return first
 
 
@@ -747,21 +743,19 @@ def _pool_size(checker: Checker) -> int:
 def _count(result: CheckResult, checker: Optional[Checker], started: float) -> None:
     if checker is not None:
         result.examples, result.schedules = checker.examples, checker.schedules
+        stats = result.stats
         if checker.interleavings:
-            result.stats.update(interleavings=len(checker.interleavings), switches=checker.switches)
+            stats.interleavings, stats.switches = len(checker.interleavings), checker.switches
         if checker.coverage.runs:
-            result.stats["coverage"] = checker.coverage.stats(checker.settings.preemptions, checker.settings.budget)
+            stats.coverage = checker.coverage.stats(checker.settings.preemptions, checker.settings.budget)
         if checker.settings.strategy == "exhaustive" and not checker.exhaustive:
-            result.stats["strategy_note"] = ("exhaustive search needs forkcheck's own scheduler, and this compiled "
-                                             "target runs on TorchScript's runtime: its schedules were the portfolio's")
-        if _pool_size(checker):
-            result.stats["pool_size"] = _pool_size(checker)
+            stats.strategy_note = ("exhaustive search needs forkcheck's own scheduler, and this compiled target runs "
+                                   "on TorchScript's runtime: its schedules were the portfolio's")
+        stats.pool_size = _pool_size(checker) or None
         if checker.failures:
-            result.stats["found_by"] = "serial run" if checker.serial_failure else "concurrent runs"
-        if checker.failed_after is not None:
-            result.stats["failed_after"] = checker.failed_after
-        if checker.wrong_after:
-            result.stats["wrong_outcome_after"] = checker.wrong_after
+            stats.found_by = FoundBy.SERIAL_RUN if checker.serial_failure else FoundBy.CONCURRENT_RUNS
+        stats.failed_after = checker.failed_after
+        stats.wrong_outcome_after = checker.wrong_after or None
     result.duration_s = round(time.perf_counter() - started, 3)
 
 

@@ -1,13 +1,20 @@
-"""Check settings, resolved in one place: ``fork_safe(...)`` keywords over options over ini keys over defaults."""
+"""Check settings, resolved in one place: ``fork_safe(...)`` keywords over options over ini keys over defaults.
+
+``resolve_settings`` owns that precedence and defaults the seed (``default_seed``, the one place a seed is drawn;
+``target_seed`` derives a check's own from a session's); ``replayed`` is what a replay token overrides.
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import threading
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 STRATEGIES = ("random", "pct", "portfolio", "exhaustive")
+ISOLATIONS = ("child", "inprocess")  # where a session checks: child processes (and forked copies), or in-process
 
 
 class SettingsError(ValueError):
@@ -69,6 +76,8 @@ def _seed(name: str, value: Any) -> Optional[int]:
 
 
 MAX_POOL = 256
+DEFAULT_POOL_SIZES = (2, 4)  # a session's: size 1 showed no wrong outcome that 2 and 4 missed (README, bench_pools.py)
+CHECK_POOL_SIZES = (1, 2, 4)  # ``forkcheck check``'s: a saved model is checked once, not on every commit
 
 
 def _pool_sizes(name: str, value: Any) -> tuple[int, ...]:
@@ -88,6 +97,14 @@ def _strategy(name: str, value: Any) -> str:
     if value not in STRATEGIES:
         raise SettingsError(f"{name} must be one of {', '.join(STRATEGIES)}, got {value!r}")
     return value
+
+
+def _isolation(name: str, value: Any) -> str:
+    """``--forkcheck-isolation``: a session's choice, not a ``Settings`` field (``forkcheck.options``)."""
+    text = str(value).strip()
+    if text not in ISOLATIONS:
+        raise SettingsError(f"must be one of {', '.join(ISOLATIONS)}, got {text!r}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -113,22 +130,70 @@ class Settings:
         return dataclasses.replace(self, **validate(changes))
 
 
+@dataclass(frozen=True)
+class Option:
+    """A row of ``OPTIONS``: a ``Settings`` field or a session option, and how it is given and checked."""
+
+    name: str  # flag ``--forkcheck-<name>`` and ini key ``forkcheck_<name>``
+    help: str  # "": no flag, no ini key (a ``fork_safe(...)`` keyword only)
+    metavar: str = ""
+    check: Optional[Callable[[str, Any], Any]] = None  # validates and normalises a value (every ``Settings`` field)
+    keyword: str = ""  # "target": a ``fork_safe(...)`` keyword; "test": a ``@pytest.mark.fork_safe`` one too
+    flag_only: bool = False  # a switch: ``store_true`` on the command line, a boolean ini key
+    ini_type: str = "string"
+
+    @property
+    def flag(self) -> str:
+        return "--forkcheck-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "forkcheck_" + self.name
+
+    @property
+    def argparse(self) -> dict[str, Any]:
+        if self.flag_only:
+            return {"action": "store_true", "default": None, "dest": self.ini, "help": self.help}
+        return {"default": None, "dest": self.ini, "help": self.help, "metavar": self.metavar or self.name.upper()}
+
+
+#: Every setting and session option, once: the plugin's flags and ini keys, the ``fork_safe`` keywords, validation.
+TABLE = (
+    Option("examples", "Hypothesis examples of inputs per target (default 10).", "N", _positive_int, "target"),
+    Option("schedules", "concurrent schedules per example (default 10).", "N", _positive_int, "test"),
+    Option("tasks", "instances forked together on the same inputs (default 3).", "N", _positive_int, "target"),
+    Option("atol", "", check=_tolerance, keyword="target"),
+    Option("rtol", "", check=_tolerance, keyword="target"),
+    Option("seed", "seed for inputs and schedules (default: random, shown in the header).", "S", _seed),
+    Option("strategy", "schedule strategy: random, pct, portfolio (two random schedules to one pct, by turns; "
+                     "default), or exhaustive (every interleaving of each input up to --forkcheck-preemptions, with "
+                     "partial-order reduction, under forkcheck's own scheduler).",
+           "random|pct|portfolio|exhaustive", _strategy),
+    Option("preemptions", "exhaustive: the preemption bound (default 2).", "K", _whole_number, "target"),
+    Option("budget", "exhaustive: runs per input before the search stops and says how far it got (default 500).",
+           "N", _positive_int, "target"),
+    Option("replay", "rerun one failing example and schedule from the token a failure printed; other forkcheck "
+                     "items are deselected.", "TOKEN"),
+    Option("timeout", "seconds one run may take before it is a hang (default 60).", "SECONDS", _seconds, "test"),
+    Option("pool_sizes", "inter-op pool sizes (threads) to split a scripted target's schedules over, a child process "
+                         "each; the report says which sizes showed a bug (default 2,4).", "N,N,...", _pool_sizes),
+    Option("modules", "comma-separated importable modules whose fork_safe targets are checked too, in every run.",
+           "MODS", ini_type="args"),
+    Option("isolation", "where fork_safe targets are checked: child (a child process, stopped on a hang, surviving a "
+                        "crash; marked tests in a forked copy of this process; default) or inprocess (this process, "
+                        "e.g. to debug forkcheck).", "child|inprocess", _isolation),
+    Option("report", "directory for forkcheck.json and index.html (default reports).", "DIR"),
+    Option("no_report", "write no report files.", flag_only=True),
+    Option("fresh_report", "start the report over: without it, a run's rows are merged into the forkcheck.json "
+                           "there by node id (for -k, --lf and replays).", flag_only=True),
+)
+OPTIONS = tuple(option for option in TABLE if option.help)  # the command-line options and ini keys
 #: The settings a ``fork_safe(...)`` keyword may set (seed and strategy are per run, not per target).
-TARGET_SETTINGS = ("tasks", "examples", "schedules", "atol", "rtol", "timeout", "preemptions", "budget")
+TARGET_SETTINGS = tuple(option.name for option in TABLE if option.keyword)
+TEST_SETTINGS = tuple(option.name for option in TABLE if option.keyword == "test")  # a test has no inputs or tasks
 
 _VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = {
-    "tasks": _positive_int,
-    "examples": _positive_int,
-    "schedules": _positive_int,
-    "atol": _tolerance,
-    "rtol": _tolerance,
-    "timeout": _seconds,
-    "seed": _seed,
-    "strategy": _strategy,
-    "pool_sizes": _pool_sizes,
-    "preemptions": _whole_number,
-    "budget": _positive_int,
-}
+    option.name: option.check for option in TABLE if option.name in {f.name for f in dataclasses.fields(Settings)}}
 
 
 def validate(values: Mapping[str, Any], *, source: str = "") -> dict[str, Any]:
@@ -139,3 +204,35 @@ def validate(values: Mapping[str, Any], *, source: str = "") -> dict[str, Any]:
             raise SettingsError(f"unknown forkcheck setting {name!r}; known: {', '.join(_VALIDATORS)}")
         clean[name] = _VALIDATORS[name](f"{source}{name}", value)
     return clean
+
+
+def default_seed(seed: Optional[int]) -> int:
+    """``seed``, or a drawn one when none was given: the one place forkcheck draws a seed."""
+    return seed if seed is not None else random.randrange(2**32)
+
+
+def target_seed(session_seed: int, name: str) -> int:
+    """A check's seed in a session: the session's mixed with the check's name, so that it does not depend on the
+    order the checks run in, nor on the pytest-xdist worker that runs it."""
+    return (session_seed ^ zlib.crc32(name.encode())) & 0xFFFFFFFF
+
+
+def resolve_settings(keywords: Mapping[str, Any] = {}, options: Mapping[str, Any] = {}, *,
+                     session_seed: Optional[int] = None, name: str = "") -> Settings:
+    """The settings of one check: ``fork_safe(...)``/marker ``keywords`` over ``options`` (the command line's over
+    the ini keys', as ``forkcheck.options`` reads them) over the defaults, validated (``SettingsError``).
+
+    The seed is always set: in a session (``session_seed``), the check ``name``'s own (``target_seed``); else the
+    one given, or a drawn one.
+    """
+    settings = Settings(**validate({**options, **keywords}))
+    seed = target_seed(session_seed, name) if session_seed is not None else default_seed(settings.seed)
+    return dataclasses.replace(settings, seed=seed)
+
+
+def replayed(settings: Settings, token: Any) -> Settings:
+    """What a replay runs with: the replay token's tasks, strategy and schedules per example over ``settings``
+    (those it does not know, a marked test's tasks and a token's unknown schedules, stay), in one process."""
+    changes = {"strategy": token.strategy, "tasks": token.tasks or settings.tasks,
+               "schedules": token.schedules or settings.schedules}
+    return dataclasses.replace(settings.replace(**changes), pool_sizes=())

@@ -169,7 +169,7 @@ def test_the_seeded_list_append_bug_fails_on_its_first_schedule_with_a_race() ->
 
     result = forkcheck.check(seeded_bugs.append_order, seed=3, examples=1, schedules=1)
     assert result.verdict == "fail"
-    assert result.stats["failed_after"] == 1
+    assert result.stats.failed_after == 1
     race = next(f for f in result.findings if f.kind == "race")
     assert race.detail["name"].startswith("the list parts made by prim::ListConstruct at ")
     assert {side["op"] for side in race.detail["accesses"]} == {"aten::append"}

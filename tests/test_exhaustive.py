@@ -128,8 +128,8 @@ def test_a_check_finds_the_lost_update_and_replays_its_interleaving() -> None:
     result = forkcheck.check(lost, seed=2, examples=5, strategy="exhaustive", tasks=1)
     assert result.verdict == "fail" and result.engine == "eager"
     assert {f.kind for f in result.findings} >= {"race", "nondeterminism"}
-    assert result.stats["failed_after"] == 1
-    assert "stopped at a failing interleaving" in statement(result.stats["coverage"])
+    assert result.stats.failed_after == 1
+    assert "stopped at a failing interleaving" in statement(result.stats.coverage)
     token = result.findings[0].replay
     from forkcheck.replay import ReplayToken
     from forkcheck.runner import check
@@ -138,17 +138,17 @@ def test_a_check_finds_the_lost_update_and_replays_its_interleaving() -> None:
 
     assert ReplayToken.decode(token).strategy == "exhaustive"
     replayed = check(Target.from_object(lost), Settings(tasks=1), replay=token)
-    assert replayed.stats["replays"]["reproduced"] == replayed.stats["replays"]["runs"]
-    assert replayed.stats["replays"]["wrong_outcome"] == replayed.stats["replays"]["runs"]
+    assert replayed.stats.replays.reproduced == replayed.stats.replays.runs
+    assert replayed.stats.replays.wrong_outcome == replayed.stats.replays.runs
 
 
 def test_a_pass_says_it_explored_every_interleaving_within_the_bound() -> None:
     fixed = forkcheck.fork_safe(update_in_order, x=forkcheck_rows(), tags=empty_sets())
     result = forkcheck.check(fixed, seed=2, examples=3, strategy="exhaustive", preemptions=1)
     assert result.verdict == "pass"
-    search = result.stats["coverage"]["exhaustive"]
+    search = result.stats.coverage["exhaustive"]
     assert search["complete"] == search["inputs"] == 3 and search["preemptions"] == 1
-    assert statement(result.stats["coverage"]).startswith("explored all 1 distinct interleaving with ≤ 1 preemptions")
+    assert statement(result.stats.coverage).startswith("explored all 1 distinct interleaving with ≤ 1 preemptions")
 
 
 def test_a_target_that_scripts_is_explored_under_forkcheck_s_scheduler() -> None:
@@ -156,7 +156,7 @@ def test_a_target_that_scripts_is_explored_under_forkcheck_s_scheduler() -> None
 
     result = forkcheck.check(seeded_bugs.local_update_in_order, seed=1, examples=2, strategy="exhaustive")
     assert result.verdict == "pass" and result.engine == "eager" and result.engine_reason == CONTROLLED
-    assert statement(result.stats["coverage"]).startswith("explored all ")
+    assert statement(result.stats.coverage).startswith("explored all ")
 
 
 def test_a_compiled_target_stays_on_torchscript_s_runtime_where_schedules_are_the_portfolio_s() -> None:
@@ -174,7 +174,7 @@ def test_a_compiled_target_stays_on_torchscript_s_runtime_where_schedules_are_th
 def test_every_strategy_counts_the_interleavings_its_schedules_covered() -> None:
     lost = forkcheck.fork_safe(lost_update, x=forkcheck_rows(), tags=empty_sets())
     for strategy in ("random", "pct", "portfolio"):
-        coverage = forkcheck.check(lost, seed=4, examples=2, schedules=4, strategy=strategy).stats["coverage"]
+        coverage = forkcheck.check(lost, seed=4, examples=2, schedules=4, strategy=strategy).stats.coverage
         assert 1 <= coverage["interleavings"] <= coverage["runs"]
         assert "distinct interleaving" in statement(coverage)
 
@@ -227,7 +227,7 @@ def test_exhaustive_finds_every_seeded_bug(bug) -> None:
 def test_exhaustive_passes_the_seeded_bugs_fixed_versions_with_full_coverage(fixed) -> None:
     result = forkcheck.check(fixed, seed=1, examples=3, strategy="exhaustive")
     assert result.verdict == "pass"
-    assert statement(result.stats["coverage"]).startswith("explored all ")
+    assert statement(result.stats.coverage).startswith("explored all ")
 
 
 def test_the_coverage_statement_is_in_the_terminal_summary_and_the_html_report() -> None:

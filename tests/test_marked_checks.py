@@ -276,7 +276,7 @@ def test_check_test_without_pytest_finds_a_race_inside_a_scripted_call_and_repla
         f"test_marked_checks.py:{_acc.__code__.co_firstlineno + 1}")
     replayed = check_test(lambda: _two_accumulations(x), Settings(), "accumulates", replay=race.replay)
     assert [f.kind for f in replayed.findings] == ["race"] and replayed.schedules == 1
-    replays = replayed.stats["replays"]  # the race is predicted, the sum right: no wrong outcome
+    replays = replayed.stats.replays.to_json()  # the race is predicted, the sum right: no wrong outcome
     assert (replays["runs"], replays["reproduced"], replays["wrong_outcome"]) == (10, 10, 0)
     assert _two_accumulations(x).tolist() == [3.0] * 100
 
@@ -293,7 +293,7 @@ def test_a_replay_counts_the_reruns_whose_test_failed_as_wrong_outcomes() -> Non
     failed = next(f for f in found.findings if f.kind == "nondeterminism")
     replayed = check_test(body, Settings(), "appends", replay=failed.replay)
     assert replayed.verdict == "fail" and "nondeterminism" in {f.kind for f in replayed.findings}
-    replays = replayed.stats["replays"]
+    replays = replayed.stats.replays.to_json()
     assert (replays["runs"], replays["reproduced"], replays["wrong_outcome"]) == (10, 10, 10)
 
 

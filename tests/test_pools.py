@@ -23,7 +23,7 @@ def plus_one(x: Tensor) -> Tensor:  # a lambda does not script: forkcheck's own 
 def test_a_sibling_race_goes_wrong_only_with_a_second_pool_thread() -> None:
     result = forkcheck.check(pool_programs.siblings, pool_sizes=(1, 2), seed=3, examples=3, schedules=4)
     assert result.verdict == "fail"
-    one, two = result.stats["pool_sizes"]["1"], result.stats["pool_sizes"]["2"]
+    one, two = result.stats.to_json()["pool_sizes"]["1"], result.stats.to_json()["pool_sizes"]["2"]
     # one thread runs the siblings one after the other: the race is predicted, the outcome stays right
     assert one["verdict"] == "fail" and one["kinds"] == ["race"] and "wrong_outcome_after" not in one
     # predicted only: the search went on through every example (2 schedules each), looking for a wrong outcome
@@ -38,7 +38,7 @@ def test_a_sibling_race_goes_wrong_only_with_a_second_pool_thread() -> None:
 def test_the_schedules_are_split_over_the_sizes_on_the_same_inputs() -> None:
     result = forkcheck.check(pool_programs.pure, pool_sizes=(1, 2, 4), seed=1, examples=3, schedules=5)
     assert result.verdict == "pass", result.findings
-    per_size = result.stats["pool_sizes"]
+    per_size = result.stats.to_json()["pool_sizes"]
     assert list(per_size) == ["1", "2", "4"]
     assert [per_size[s]["schedules"] for s in per_size] == [3 * 2, 3 * 2, 3 * 1]  # 5 schedules: 2 + 2 + 1
     assert [per_size[s]["examples"] for s in per_size] == [3, 3, 3] and result.examples == 3
@@ -50,7 +50,7 @@ def test_children_fork_from_a_warm_template_that_started_no_pool() -> None:
 
     result = forkcheck.check(pool_programs.pure, pool_sizes=(1, 4), seed=2, examples=2, schedules=2)
     assert result.verdict == "pass", result.findings
-    assert [result.stats["pool_sizes"][size]["pool_size"] for size in ("1", "4")] == [1, 4]
+    assert [result.stats.to_json()["pool_sizes"][size]["pool_size"] for size in ("1", "4")] == [1, 4]
     for size in (1, 4):
         child = forkcheck.isolation._children[size]
         # the warm-up started no thread in the template (no inter-op pool, no OpenMP team) and loaded the dispatch
@@ -146,13 +146,14 @@ def test_the_merged_coverage_counts_every_size_s_runs_and_at_least_the_most_one_
     from forkcheck.coverage import statement
     from forkcheck.findings import CheckResult
     from forkcheck.pools import merge
+    from forkcheck.stats import Stats
 
     def sized(runs: int, seen: int) -> CheckResult:
         return CheckResult(target="m:t", engine="script", examples=2, schedules=runs,
-                           stats={"coverage": {"interleavings": seen, "runs": runs, "by": "the order of ops"}})
+                           stats=Stats(coverage={"interleavings": seen, "runs": runs, "by": "the order of ops"}))
 
     merged = merge({1: sized(4, 1), 2: sized(3, 3), 4: sized(3, 2)}, {})
-    assert statement(merged.stats["coverage"]) == ("10 schedules covered at least 3 distinct interleavings "
+    assert statement(merged.stats.coverage) == ("10 schedules covered at least 3 distinct interleavings "
                                                    "(by the order of ops)")
     alone = merge({2: sized(3, 3)}, {4: "not run: skipped"})
-    assert statement(alone.stats["coverage"]) == "3 schedules covered 3 distinct interleavings (by the order of ops)"
+    assert statement(alone.stats.coverage) == "3 schedules covered 3 distinct interleavings (by the order of ops)"

@@ -343,8 +343,8 @@ def test_check_reports_a_race_on_the_first_schedule_although_outputs_match():
     (race,) = result.findings
     # a race only predicted does not end the search: every example ran, looking for a wrong outcome, each with
     # AFTER_A_RACE of its schedules once the race was predicted
-    assert (result.examples, result.schedules, result.stats["failed_after"]) == (2, 2 * AFTER_A_RACE, 1)
-    assert "wrong_outcome_after" not in result.stats
+    assert (result.examples, result.schedules, result.stats.failed_after) == (2, 2 * AFTER_A_RACE, 1)
+    assert result.stats.wrong_outcome_after is None
     assert race.detail["outputs_affected"] is False
     assert "outputs matched" in race.message
     assert race.replay

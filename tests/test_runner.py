@@ -145,7 +145,7 @@ def test_public_check_needs_no_pytest_and_no_mark():
     passed = forkcheck.check(scale_in_tasks, **QUICK)
     assert (passed.verdict, passed.engine, passed.findings) == ("pass", "script", [])
     assert (passed.examples, passed.schedules) == (3, 9)
-    assert passed.target == f"{__name__}:scale_in_tasks" and passed.stats["seed"] == 1
+    assert passed.target == f"{__name__}:scale_in_tasks" and passed.stats.seed == 1
     failed = forkcheck.check(add_in_place, **QUICK)
     assert failed.verdict == "fail" and [f.kind for f in failed.findings] == ["input-mutation"]
 
@@ -321,7 +321,7 @@ def test_a_replay_token_reproduces_a_wrong_outcome_under_forkcheck_s_scheduler_e
     assert found.engine == "eager" and {"race", "nondeterminism"} <= {f.kind for f in found.findings}
     token = next(f.replay for f in found.findings if f.kind == "nondeterminism")
     replayed = check(lost_update_eagerly, strategies, replay=token, seed=None)  # the token brings the rest
-    assert {k: replayed.stats["replays"][k] for k in ("runs", "reproduced", "wrong_outcome")} == {
+    assert {k: replayed.stats.replays.to_json()[k] for k in ("runs", "reproduced", "wrong_outcome")} == {
         "runs": 10, "reproduced": 10, "wrong_outcome": 10}
     assert {f.kind for f in replayed.findings} == {f.kind for f in found.findings}
 
@@ -341,8 +341,8 @@ def test_a_predicted_race_does_not_stop_the_search_for_an_input_it_makes_go_wron
     zeros_first = st.just(torch.zeros(3)) | fst.tensors(shape=(3,), elements_min=1, elements_max=9)
     result = check(last_writer_wins, {"x": zeros_first}, strategy="pct", examples=10, schedules=4)
     kinds = [f.kind for f in result.findings]
-    assert kinds == ["race", "nondeterminism"] and result.stats["failed_after"] <= 4
-    assert result.stats["wrong_outcome_after"] > result.stats["failed_after"]
+    assert kinds == ["race", "nondeterminism"] and result.stats.failed_after <= 4
+    assert result.stats.wrong_outcome_after > result.stats.failed_after
     assert result.failing_input["x"] != repr(torch.zeros(3))
 
 
@@ -359,7 +359,7 @@ def test_a_failure_under_forkcheck_s_scheduler_shrinks_to_a_minimal_input_that_s
     assert "shape [4]" in result.failing_input["x"]  # the smallest input that forks at all
     token = next(f.replay for f in result.findings if f.kind == "nondeterminism")
     replayed = check(lost_update_on_long_inputs, {"x": vectors}, replay=token, seed=None)
-    assert replayed.stats["replays"]["wrong_outcome"] == 10
+    assert replayed.stats.replays.wrong_outcome == 10
 
 
 # -- the run thread -------------------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ class BumpsWhenScripted(nn.Module):
 def test_the_module_watch_shared_by_the_runs_sees_a_write_after_runs_it_put_back():
     module = BumpsWhenScripted()
     result = check(module, {"x": fst.tensors(shape=(2,))}, examples=2, schedules=3)
-    assert result.engine == "script" and result.stats["found_by"] == "concurrent runs"
+    assert result.engine == "script" and result.stats.found_by == "concurrent runs"
     mutation = next(f for f in result.findings if f.kind == "attribute-mutation")
     assert mutation.detail["name"] == "hits" and "in place" not in mutation.message  # the values changed
     assert torch.equal(module.hits, torch.zeros(1))

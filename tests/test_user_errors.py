@@ -210,7 +210,7 @@ def test_an_older_token_still_decodes_and_replays_only_where_its_choices_draw_an
     old = "fc1." + base64.urlsafe_b64encode(zlib.compress(json.dumps(fields).encode())).decode().rstrip("=")
     assert ReplayToken.decode(old).parameters == () and ReplayToken.decode(old).inputs == ""
     replayed = check(Target.from_object(bump, "mod:bump"), settings, replay=old)
-    assert replayed.verdict == "fail" and replayed.stats["replays"]["reproduced"] == 10
+    assert replayed.verdict == "fail" and replayed.stats.replays.reproduced == 10
     stale = check(Target.from_object(bump2, "mod:bump"), settings, replay=old)
     assert stale.verdict == "error" and "no longer fits mod:bump" in stale.error, stale.error
     refused = check(Target.from_object(bump2, "mod:bump"), settings, replay=new.encode())

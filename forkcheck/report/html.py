@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional
 
 from ..coverage import statement
 from ..findings import KINDS, VERDICTS
+from ..stats import FoundBy
 from ..task_names import task_name
 from .terminal import pool_shown, reason, relative, replay_command, replay_outcome, replay_what
 
@@ -312,7 +313,7 @@ def _conflicts(detail: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def _counts(row: Mapping[str, Any], stats: Mapping[str, Any]) -> str:
     """What was run, in words: a failure the serial run showed is said so, not as "0 schedules"."""
     examples, schedules = int(_number(row.get("examples"))), int(_number(row.get("schedules")))
-    if stats.get("found_by") == "serial run":
+    if stats.get("found_by") == FoundBy.SERIAL_RUN:
         return (f"the serial run (forks inline) showed it on example {examples or 1}, before any concurrent "
                 "schedule")
     if not examples and not schedules:

@@ -8,6 +8,7 @@ import sys
 from typing import Any, Iterable, Mapping, Optional
 
 from ..coverage import statement
+from ..stats import FoundBy
 from ..task_names import task_names
 
 
@@ -101,6 +102,7 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
         return relative(f"{target}: {_get(result, 'error')}", rootdir)
     findings = _get(result, "findings", [])
     stats = _get(result, "stats", {}) or {}
+    stats = stats if isinstance(stats, Mapping) else stats.to_json()  # a result's Stats, read as its JSON row is
     replays = stats.get("replays")
     kinds = ", ".join(dict.fromkeys(_get(f, "kind") for f in findings))
     lines = []
@@ -167,7 +169,7 @@ def pool_shown(summary: dict[str, Any]) -> str:
         return f"nothing in {summary.get('schedules', 0)} schedules"
     kinds = ", ".join(summary.get("kinds", []))
     after = summary.get("wrong_outcome_after")
-    if summary.get("found_by") == "serial run":
+    if summary.get("found_by") == FoundBy.SERIAL_RUN:
         return f"{kinds} (serial run)"
     if after:
         return f"{kinds}: a wrong outcome after {after} schedule{'s' if after != 1 else ''}"
