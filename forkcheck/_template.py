@@ -52,7 +52,10 @@ def _warm() -> None:
     target = Target.from_object(fork_safe(_tiny, x=fst.tensors(shape=(2,))), name="forkcheck._template:_tiny")
     checker = runner.Checker(target, Settings(examples=2, schedules=1, seed=0))
     checker.serial_only = True  # the schedules are drawn, not run: nothing reaches the inter-op pool
-    runner._search(checker, seed=0)()
+    try:
+        runner._search(checker, seed=0)()
+    finally:
+        runner._RunThread.stop()  # the serial runs' thread: a fork keeps no thread
 
 
 try:

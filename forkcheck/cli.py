@@ -153,7 +153,7 @@ def _settings(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
     """The check's settings (a drawn seed when none is given) and pool sizes; a bad value is a usage error."""
     import dataclasses
 
-    from .settings import DEFAULT_POOL_SIZES, SettingsError, resolve_settings, validate
+    from .settings import CHECK_POOL_SIZES, SettingsError, resolve_settings, validate
 
     given = {name: value for name in ("examples", "schedules", "seed", "pool_sizes")
              if (value := getattr(args, name)) is not None}
@@ -161,7 +161,7 @@ def _settings(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
         settings = resolve_settings(options=validate(given, source="--"))
     except SettingsError as err:
         raise UsageError(str(err).replace("--pool_sizes", "--pool-sizes")) from None
-    return dataclasses.replace(settings, pool_sizes=()), settings.pool_sizes or DEFAULT_POOL_SIZES
+    return dataclasses.replace(settings, pool_sizes=()), settings.pool_sizes or CHECK_POOL_SIZES
 
 
 def _check_report_dir(directory: str) -> None:

@@ -442,6 +442,7 @@ class _Server:
         self.loaded: dict[str, float] = {}  # module name -> its file's mtime when imported
         self.place: Any = None  # (sys.path, cwd) of the last request
         self.baseline_modules = set(sys.modules)
+        runner._RunThread.shared()  # the thread every run goes on is this process's own, not the target's
         self.baseline_threads = {thread.ident for thread in threading.enumerate()}
         self.keep = _library_roots()
 

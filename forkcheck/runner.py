@@ -10,6 +10,8 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import os
+import queue
 import threading
 import time
 import traceback
@@ -107,12 +109,64 @@ class RunObserver(Protocol):
     def run_abandoned(self, run: RunStart) -> None: ...
 
 
+class _RunThread:
+    """The thread runs go on, one per process and reused: torch sets up each new thread on its first ops (its
+    intra-op threads), which cost more than a small target's whole run when every run had a thread of its own. A
+    run that hangs keeps its thread; the next run gets a new one. Torch's per-thread state (grad mode, intra-op
+    threads) is put back after every run by ``GlobalWatch.run``, on this thread."""
+
+    _current: Optional["_RunThread"] = None
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()  # a forked process has none of its parent's threads
+        self.requests: "queue.SimpleQueue[Optional[Callable[[], None]]]" = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="forkcheck-run", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for body in iter(self.requests.get, None):
+            body()
+
+    def run(self, body: Callable[[], None]) -> None:
+        """Start ``body`` on this thread; a run started from a run gets a thread of its own (it would wait for
+        itself)."""
+        if self.thread is threading.current_thread():
+            once = _RunThread()
+            once.requests.put(body)
+            once.requests.put(None)
+            return
+        self.requests.put(body)
+
+    @classmethod
+    def shared(cls) -> "_RunThread":
+        if cls._current is None or cls._current.pid != os.getpid():
+            cls._current = cls()
+        return cls._current
+
+    @classmethod
+    def abandon(cls) -> None:
+        """The current run hangs: leave its thread to it (it ends if the run ever does)."""
+        if cls._current is not None:
+            cls._current.requests.put(None)
+        cls._current = None
+
+    @classmethod
+    def stop(cls) -> None:
+        """End this process's run thread (the warm template forks children with no thread but its main one)."""
+        current, cls._current = cls._current, None
+        if current is not None and current.pid == os.getpid():
+            current.requests.put(None)
+            current.thread.join()
+
+
 def _with_timeout(call: Callable[[], Any], run: RunStart, observer: Optional[RunObserver] = None) -> Any:
-    """Run ``call`` in a daemon thread; raise ``_Hang`` if it has not returned within ``run.timeout`` seconds."""
+    """Run ``call`` on the run thread (``_RunThread``); raise ``_Hang`` if it has not returned within
+    ``run.timeout`` seconds."""
     _exit.forks_ran()
     if observer is not None:
         observer.run_started(run)
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def body() -> None:
         try:
@@ -122,11 +176,12 @@ def _with_timeout(call: Callable[[], Any], run: RunStart, observer: Optional[Run
         except BaseException as err:  # SystemExit from the user's code: raised on, it would end the check's process
             box["error"] = RuntimeError(f"{type(err).__name__}({err}) raised by the target")
             box["error"].__cause__ = err
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=body, name="forkcheck-run", daemon=True)
-    thread.start()
-    thread.join(run.timeout)
-    if thread.is_alive():
+    _RunThread.shared().run(body)
+    if not done.wait(run.timeout):
+        _RunThread.abandon()
         _exit.run_abandoned()
         if observer is not None:
             observer.run_abandoned(run)
@@ -198,6 +253,7 @@ class Checker:
         self.pct_steps = 0  # steps of one run, for PCT (0: not counted yet; -1: the count failed)
         self.ran_once = self.engine.name != "script"  # the real runtime's program ran once (see ``_calibrated``)
         self._raced: Any = None  # the example whose first schedule ran with race detection
+        self._watching: Optional[ModuleWatch] = None  # see ``_module_watch``
         self.interleavings: set[int] = set()
         self.switches = 0
         self.per_example = schedules_here(settings, self.engine.name)
@@ -308,7 +364,7 @@ class Checker:
         if count or not self.ran_once:
             runs = 1 if self.ran_once else WARM_UP_RUNS
             self.ran_once = True
-            watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
+            watch = self._module_watch()
             global_watch = GlobalWatch(self.globals)  # the run may change what a check must leave as it was
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
@@ -322,6 +378,15 @@ class Checker:
                 if watch is not None:
                     watch.restore()
         return with_steps(drawn, self.pct_steps)
+
+    def _module_watch(self) -> Optional[ModuleWatch]:
+        """The watch of the module the engine runs, one for every run: each run ends with its ``restore``, which
+        snapshots the state it put back for the next run (a module's snapshot costs more than a small run)."""
+        if self.engine.module is None:
+            return None
+        if self._watching is None:
+            self._watching = ModuleWatch(self.engine.module)
+        return self._watching
 
     def _call(self, fn: Callable[[], Any], phase: str) -> Any:
         """``fn()``, bounded by the timeout, as a run of ``phase`` (see :class:`RunStart`)."""
@@ -391,7 +456,7 @@ class Checker:
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         tasks = list(range(1, self.settings.tasks + 1))
         watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
-        module_watch = ModuleWatch(self.engine.module) if self.engine.module is not None else None
+        module_watch = self._module_watch()
         # race detection predicts other schedules: once per example is enough; shrinking counts no coverage, so its
         # runs go faster unlogged
         observe = Observe.ACCESSES if self._raced is not inputs else \

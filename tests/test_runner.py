@@ -360,3 +360,66 @@ def test_a_failure_under_forkcheck_s_scheduler_shrinks_to_a_minimal_input_that_s
     token = next(f.replay for f in result.findings if f.kind == "nondeterminism")
     replayed = check(lost_update_on_long_inputs, {"x": vectors}, replay=token, seed=None)
     assert replayed.stats.replays.wrong_outcome == 10
+
+
+# -- the run thread -------------------------------------------------------------------------------------------------
+
+
+def _run(timeout: float):
+    from forkcheck import runner
+
+    return runner.RunStart("a test's run", "", None, timeout)
+
+
+def test_runs_go_on_one_reused_thread_and_a_hung_run_keeps_its_own(monkeypatch):
+    import threading
+
+    from forkcheck import _exit, runner
+
+    monkeypatch.setattr(_exit, "_abandoned", False)  # this test's hang ends in it: no task outlives it
+    first, second = (runner._with_timeout(threading.get_ident, _run(60)) for _ in range(2))
+    assert first == second != threading.get_ident()
+    release = threading.Event()
+    with pytest.raises(runner._Hang):
+        runner._with_timeout(lambda: release.wait(60), _run(0.2))
+    try:
+        assert runner._with_timeout(threading.get_ident, _run(60)) not in (first, threading.get_ident())
+    finally:
+        release.set()
+    nested = runner._with_timeout(lambda: runner._with_timeout(lambda: 7, _run(60)), _run(60))
+    assert nested == 7  # a run started from a run
+
+
+def _disables_grad(x: Tensor) -> Tensor:
+    torch.set_grad_enabled(False)
+    return x * 2
+
+
+def test_a_run_s_per_thread_torch_state_does_not_reach_the_next_run_on_the_reused_thread():
+    from forkcheck import runner
+
+    changed = check(_disables_grad, examples=2, schedules=2)
+    assert "torch grad mode" in {f.detail["name"] for f in changed.findings}
+    assert runner._with_timeout(torch.is_grad_enabled, _run(60))  # the thread the runs went on has it back
+
+
+class BumpsWhenScripted(nn.Module):
+    """Writes its buffer only on the real runtime: the serial reference (eager) leaves it alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("hits", torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            self.hits.add_(1)
+        return x * 2
+
+
+def test_the_module_watch_shared_by_the_runs_sees_a_write_after_runs_it_put_back():
+    module = BumpsWhenScripted()
+    result = check(module, {"x": fst.tensors(shape=(2,))}, examples=2, schedules=3)
+    assert result.engine == "script" and result.stats.found_by == "concurrent runs"
+    mutation = next(f for f in result.findings if f.kind == "attribute-mutation")
+    assert mutation.detail["name"] == "hits" and "in place" not in mutation.message  # the values changed
+    assert torch.equal(module.hits, torch.zeros(1))

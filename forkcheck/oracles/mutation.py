@@ -286,6 +286,7 @@ class GlobalWatch:
         self.snapshots = {name: NamesSnapshot.take(ns.namespace, ns.deep) if isinstance(ns, _ModuleNames)
                           else snapshot(ns[key]) for name, (ns, key) in self.slots.items()}
         self.process = process_state()
+        self.process_now: dict[str, Any] = {}  # the process state ``changed`` read last, for ``restore``
         self.thread_changes: dict[str, list[str]] = {}
 
     def run(self, call: Callable[[], Any]) -> Any:
@@ -293,6 +294,7 @@ class GlobalWatch:
         putting it back on this thread afterwards (a thread count set here would also reach threads started
         later)."""
         before = {name: read() for name, (read, _) in _THREAD_STATE.items()}
+        self.process_now = {}
         try:
             return call()
         finally:
@@ -312,7 +314,8 @@ class GlobalWatch:
             changes = self.snapshots[name].changes(ns[key])
             if changes:
                 changed[name] = changes
-        for name, now in process_state().items():
+        self.process_now = process_state()
+        for name, now in self.process_now.items():
             if not _same(self.process[name], now):
                 changed[name] = [_state_change(name, self.process[name], now)]
         changed.update(self.thread_changes)
@@ -333,13 +336,16 @@ class GlobalWatch:
         return f"{kind} {name!r}"
 
     def restore(self) -> None:
-        """Put globals (their contents too), classes, modules' names and process-wide state back as they were."""
+        """Put globals (their contents too), classes, modules' names and process-wide state back as they were
+        (the process-wide state as ``changed`` read it, when it was called after the run)."""
         for name, (ns, key) in self.slots.items():
             snap = self.snapshots[name]
             if isinstance(ns, _ModuleNames):
                 snap.restore()
             elif snap.changes(ns[key]):
                 ns[key] = snap.restore()
-        for name, (read, write) in _PROCESS_STATE.items():
-            if not _same(self.process[name], read()):
+        now = self.process_now or process_state()  # read by ``changed`` after the run: nothing ran since
+        for name, (_, write) in _PROCESS_STATE.items():
+            if not _same(self.process[name], now[name]):
                 write(self.process[name])
+        self.process_now = {}
