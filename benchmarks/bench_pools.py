@@ -65,9 +65,10 @@ def main() -> None:
         for seed in range(1, options.seeds + 1):
             result = forkcheck.check(bug.target, pool_sizes=sizes, seed=seed)
             failed += result.verdict == "fail"
-            for size, summary in (result.stats.get("pool_sizes") or {}).items():
+            split = result.stats.to_json().get("pool_sizes") or {}  # as the JSON report has it: size -> summary
+            for size, summary in split.items():
                 per_size.setdefault(size, []).append(summary)
-            if result.verdict == "error" and not result.stats.get("pool_sizes"):
+            if result.verdict == "error" and not split:
                 per_size[str(sizes[0])].append({"verdict": "error"})
         print(f"| {bug.name} ({bug.what}, {bug.shared}) | "
               + " | ".join(cell(per_size[str(size)]) for size in sizes) + f" | {failed}/{options.seeds} |", flush=True)
