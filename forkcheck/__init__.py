@@ -7,7 +7,8 @@ The path of data: target -> search -> example -> engine -> run -> oracles -> fin
 - Checking: ``runner`` (one target: Hypothesis examples x schedules, the oracles over each run), ``marked`` (one
   ``@pytest.mark.fork_safe`` test body; ``scripted_calls`` puts the scripted code it calls under control, ``forked``
   runs it in a forked copy of the process), ``settings`` and ``options`` (what is asked), ``replay`` (tokens).
-- Running: ``engines/`` (``script``: the real runtime; ``eager``: forkcheck's own scheduler), ``instrument``
+- Running: ``engines/`` (the protocol: ``run(args, schedule, observe) -> Run``, ``calibrate``; ``script``: the real
+  runtime; ``eager``: forkcheck's own scheduler; engines record, the runner judges), ``instrument``
   (scheduling points in TorchScript graphs), ``schedules/`` (one file per algorithm, ``random`` and ``pct``, each
   serving both engines: a ``Schedule`` gives the real runtime a policy and forkcheck's scheduler a chooser;
   ``portfolio`` draws a check's schedules; ``decisions`` replays recorded ones), ``dpor`` (the exhaustive search),
@@ -21,6 +22,11 @@ The path of data: target -> search -> example -> engine -> run -> oracles -> fin
   hooks only), ``items`` (pytest items), ``cli`` (``forkcheck check PATH``).
 - For users' own tests: ``testing`` (public: the controlled scheduler, to pin, replay or enumerate the interleavings
   of one's own fork/wait code in a plain test).
+
+Public, documented and kept stable: this package's ``__all__`` (``fork_safe``, ``check``, ``CheckResult``, ...),
+``forkcheck.testing``, ``forkcheck.strategies``, ``forkcheck.marked.check_test``, the ``forkcheck`` command and the
+pytest plugin's options and markers. Every other module is internal and may change; those with a leading underscore
+serve one or two modules only.
 """
 from .findings import KINDS, CheckResult, Finding
 from .marker import MarkError, fork_safe
