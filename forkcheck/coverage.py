@@ -47,7 +47,7 @@ class Coverage:
 
 
 def _span(low: int, high: int) -> str:
-    """``4`` or ``4-12`` distinct interleaving(s)."""
+    """``4`` or ``4-12`` distinct interleavings."""
     return f"{low} distinct interleaving" if low == high == 1 else \
         f"{low if low == high else f'{low}-{high}'} distinct interleavings"
 

@@ -43,6 +43,8 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Optional
 
+from ._words import plural
+
 if TYPE_CHECKING:
     from .runner import RunStart
 
@@ -474,10 +476,10 @@ class _Server:
         result.stats.isolation = Isolation(CHILD)
         left = _left_running()
         if left:
-            result.stats.left_running = (f"the target left {len(left)} process(es) running: {', '.join(left[:5])}; "
-                                         "they were stopped with the process that checked it")
-        return {"event": "result", "result": result.to_json(),
-                "retire": f"the target left {len(left)} process(es) running" if left else self.unfit()}
+            leftover = f"the target left {plural(len(left), 'process', 'processes')} running"
+            result.stats.left_running = (f"{leftover}: {', '.join(left[:5])}; they were stopped with the process that "
+                                         "checked it")
+        return {"event": "result", "result": result.to_json(), "retire": leftover if left else self.unfit()}
 
     def load(self, request: dict[str, Any]) -> Any:
         """The target object, imported as the parent imported it; modules of an earlier place are dropped."""
@@ -525,7 +527,7 @@ class _Server:
     def unfit(self) -> str:
         """Why this process should not serve another target ("" when it may)."""
         if self.abandoned:
-            return f"{self.abandoned} run(s) did not finish and may still be running"
+            return f"{plural(self.abandoned, 'run')} did not finish and may still be running"
         size = self.torch.get_num_interop_threads()
         if self.pool_size and size != self.pool_size:
             return f"its inter-op pool has {size} threads, not {self.pool_size} (the target's module sized it)"

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import pytest
 
 from .plugin import KIND, RESULT, STATE
+from ._words import plural
 
 SETTINGS = pytest.StashKey[Any]()  # a marked test's resolved Settings, from its setup
 
@@ -99,7 +100,7 @@ class TargetItem(pytest.Item):
         if result.stats.pool_size and not replay:  # one process has one pool size
             sizes = ",".join(map(str, state.options.pool_sizes))
             result.stats.pool_sizes_note = (f"checked in-process: with this process's pool of "
-                                            f"{result.stats.pool_size} thread(s) only, not sizes {sizes}")
+                                            f"{plural(result.stats.pool_size, 'thread')} only, not sizes {sizes}")
         if _exit.abandoned():
             state.stuck = target.name
         return result

@@ -23,6 +23,7 @@ from .findings import CheckResult, Finding, defect_key, sort_findings
 from .isolation import Unavailable, check_in_child, prewarm, stop
 from .replay import ReplayToken
 from .stats import CRASHED, FoundBy, SizeSummary
+from ._words import plural
 
 
 #: Result stats that hold for one pool size only: each size's summary keeps them, the merged result does not.
@@ -86,7 +87,7 @@ def _collect(sizes: tuple[int, ...], start: Callable[[int], Future]) -> CheckRes
         actual = result.stats.pool_size or size
         if actual != size:  # the target's module sized the pool itself: every child gets that size
             results.setdefault(actual, result)
-            skipped.update((later, f"not run: the target's module fixes the pool at {actual} thread(s)")
+            skipped.update((later, f"not run: the target's module fixes the pool at {plural(actual, 'thread')}")
                            for later in sizes[index:])
             break
         results[size] = result
@@ -122,11 +123,11 @@ def _needless(result: CheckResult, size: int) -> str:
     """Why the other pool sizes need not be checked after ``result`` ("" when they should be)."""
     stats = result.stats
     if result.verdict == "error" and not (stats.isolation is not None and stats.isolation.ended == CRASHED):
-        return f"the check under {size} thread(s) ended in an error"
+        return f"the check under {plural(size, 'thread')} ended in an error"
     if stats.found_by is FoundBy.SERIAL_RUN:
         return "the serial run (forks inline, no pool) already shows the defect"
     if any(finding.kind == "hang" for finding in result.findings):
-        return f"a run under {size} thread(s) hung; each size would wait out the timeout again"
+        return f"a run under {plural(size, 'thread')} hung; each size would wait out the timeout again"
     return ""
 
 

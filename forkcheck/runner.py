@@ -39,6 +39,7 @@ from .strategies import InferenceError, for_callable
 from .strategies.inference import inferred_parameters, suggested_strategies
 from .strategies.inputs import Inputs, StrategyError
 from .target import Target, TargetError
+from ._words import plural
 
 
 class _Failed(Exception):
@@ -730,8 +731,8 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
     result.stats.replays = Replays(runs=REPLAYS, reproduced=reproduced, wrong_outcome=wrong,
                                    schedules=checker.per_example, strategy=token.strategy, pool_size=size)
     if token.pool_size and size and size != token.pool_size:
-        result.stats.replay_note = (f"found with an inter-op pool of {token.pool_size} thread(s), replayed with "
-                                    f"{size}: the real runtime may not repeat it")
+        result.stats.replay_note = (f"found with an inter-op pool of {plural(token.pool_size, 'thread')}, replayed "
+                                    f"with {size}: the real runtime may not repeat it")
     return first
 
 

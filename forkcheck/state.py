@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
+from ._words import plural
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MAX_ITEMS = 10_000  # containers bigger than this are compared by identity and length only
@@ -122,7 +123,8 @@ class TensorSnapshot:
         version = _version(now)
         if not found and None not in (version, self.version) and version != self.version:
             writes = version - self.version
-            found.append(f"was written in place ({writes} write(s)); on this input the values happen to end up the same")
+            found.append(f"was written in place ({plural(writes, 'write')}); on this input the values happen to end up "
+                         "the same")
         return found
 
     def restore(self) -> torch.Tensor:

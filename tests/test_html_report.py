@@ -335,3 +335,11 @@ def test_task_names_read_as_a_tree():
     assert [task_name(t) for t in (0, 1, 3, 1001, 2001, 2001002)] == [
         "main", "task 1", "task 3", "task 1.1", "task 2.1", "task 2.1.2"]
     assert task_name(2**62 + 5).startswith("task #")
+
+
+def test_an_item_s_own_seed_says_it_comes_from_the_session_s_and_which_to_rerun_with():
+    text = render_html(synthetic_report(3))  # items' seeds 0, 1, 2; the session's 7
+    assert "drawn from the session" in text and "seed 7 (rerun with --forkcheck-seed 7)" in text
+    alone = synthetic_report(1)
+    alone["seed"] = 0  # the session's own seed: nothing to explain
+    assert "drawn from the session" not in render_html(alone)

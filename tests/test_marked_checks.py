@@ -198,6 +198,7 @@ def test_forks_inside_scripted_code_are_scheduled_and_their_races_found(fc, pyte
     rows = fc.rows()
     assert rows["test_scripted.py::test_pure"]["verdict"] == "pass"
     assert rows["test_scripted.py::test_pure"]["schedules"] == 10
+    assert "PASS test_scripted.py::test_pure: 10 schedules, no finding" in result.stdout.str()
     total = rows["test_scripted.py::test_total"]
     assert total["stats"]["isolation"] == ("forked" if isolation == "child" else "in-process")
     [race] = total["findings"]

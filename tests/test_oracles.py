@@ -120,7 +120,7 @@ def write_in_forked_task(x: Tensor) -> Tensor:
     (add_in_place, "x", "add_", None, "by aten::add_.Tensor at"),
     (write_through_view, "x", "view", None, "by aten::mul_.Tensor at"),
     (write_into_out, "x", "out", {"x": MATRIX, "y": MATRIX}, "by aten::add.out at"),
-    (write_then_undo, "x", "undo", None, "written in place (2 write(s)); on this input the values happen to end up the same"),
+    (write_then_undo, "x", "undo", None, "written in place (2 writes); on this input the values happen to end up the same"),
     (append_to_list, "xs", "append", None, "length changed from 0 to 1"),
     (set_dict_item, "d", "setitem", None, "['seen'] was added"),
     (transpose_in_place, "x", "t_", {"x": MATRIX}, "metadata changed from shape [4, 3] stride [3, 1]"),

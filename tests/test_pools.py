@@ -117,7 +117,7 @@ def test_a_module_that_sizes_the_pool_itself_keeps_its_size(fc, pytester) -> Non
     per_size = fc.rows()["test_sized.py::siblings"]["stats"]["pool_sizes"]
     assert per_size["1"]["pool_size"] == 1 and per_size["1"]["kinds"] == ["race"]
     assert per_size["2"]["reason"] == per_size["4"]["reason"] == (
-        "not run: the target's module fixes the pool at 1 thread(s)")
+        "not run: the target's module fixes the pool at 1 thread")
 
 
 def test_in_process_the_report_says_only_the_process_s_pool_size_was_used(fc, pytester) -> None:
@@ -125,8 +125,9 @@ def test_in_process_the_report_says_only_the_process_s_pool_size_was_used(fc, py
     fc.run("--forkcheck-isolation", "inprocess", "--forkcheck-pool-sizes", "1,4", "-k", "siblings")
     stats = fc.rows()["test_programs.py::siblings"]["stats"]
     assert "pool_sizes" not in stats and stats["pool_size"] >= 1
+    threads = "thread" if stats["pool_size"] == 1 else "threads"
     assert stats["pool_sizes_note"] == (f"checked in-process: with this process's pool of {stats['pool_size']} "
-                                        "thread(s) only, not sizes 1,4")
+                                        f"{threads} only, not sizes 1,4")
 
 
 @pytest.mark.parametrize("args, ini, message", [

@@ -82,7 +82,7 @@ def test_write_that_restores_the_values_is_still_a_change():
     snap = TensorSnapshot.take(x)
     x.mul_(2)
     x.div_(2)
-    assert snap.changes(x) == ["was written in place (2 write(s)); on this input the values happen to end up the same"]
+    assert snap.changes(x) == ["was written in place (2 writes); on this input the values happen to end up the same"]
 
 
 def test_sign_of_zero_is_a_change():

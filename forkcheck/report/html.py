@@ -27,6 +27,7 @@ from ..findings import KINDS, VERDICTS
 from ..stats import FoundBy
 from ..task_names import task_name
 from .terminal import pool_shown, reason, relative, replay_command, replay_outcome, replay_what
+from .._words import plural as _plural
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _MUTATIONS = ("input-mutation", "attribute-mutation", "global-mutation")
@@ -201,8 +202,12 @@ class _Page:
         shown: list[tuple[str, str]] = []
         if row.get("duration_s") is not None:
             shown.append(("check time", _duration(_number(row.get("duration_s")))))
-        if "seed" in stats:
-            shown.append(("seed", self.rel(stats.pop("seed"))))
+        if "seed" in stats:  # the check's own seed; in a session, derived from the session's (the one to rerun with)
+            own, session = stats.pop("seed"), self.report.get("seed")
+            option = self.report.get("seed_option") or "--forkcheck-seed"
+            shown.append(("seed", self.rel(own) if session in (None, own) else
+                          f"{own}: this check's own, drawn from the session's seed {session} (rerun with {option} "
+                          f"{session})"))
         replays = stats.pop("replays", None)
         if isinstance(replays, Mapping):
             shown.append(("replay", f"{replay_what(replays)}: {replay_outcome(replays)}"))
@@ -331,11 +336,6 @@ def _pools(per_size: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def _number(value: Any) -> float:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-
-
-def _plural(n: float, word: str) -> str:
-    n = int(n) if float(n).is_integer() else n
-    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
 def _and(words: list[str]) -> str:
@@ -560,8 +560,9 @@ def _lane_timeline(kind: str, tasks: list[int], detail: Mapping[str, Any], line:
         marks.append({"x": width // 2, "y": y_main, "kind": "conflict", "label": label, "label_y": y_main - 10,
                       "title": f"main: {label}"})
     hidden = max(tasks) - count
+    note = f"{_plural(hidden, 'more task')} not drawn" if hidden > 0 else ""
     return {"width": width, "height": _TOP + count * _LANE_GAP + 26, "lanes": lanes, "arrows": arrows,
-            "marks": marks, "note": f"{hidden} more task(s) not drawn" if hidden > 0 else "", "recorded": False}
+            "marks": marks, "note": note, "recorded": False}
 
 
 def _event_timeline(events: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -625,7 +626,7 @@ def _event_timeline(events: list[Mapping[str, Any]]) -> dict[str, Any]:
     if len(events) > len(shown):
         notes.append(f"first {len(shown)} of {len(events)} events")
     if len(order) > len(row):
-        notes.append(f"{len(order) - len(row)} more task(s) not drawn")
+        notes.append(f"{_plural(len(order) - len(row), 'more task')} not drawn")
     return {"width": width, "height": _TOP + (len(row) - 1) * _LANE_GAP + 26, "lanes": lanes, "arrows": arrows,
             "marks": marks, "note": "; ".join(notes), "recorded": True}
 

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping, Optional
 from ..coverage import statement
 from ..stats import FoundBy
 from ..task_names import task_names
+from .._words import plural as _plural
 
 
 def invocation(argv0: Optional[str] = None, executable: Optional[str] = None, module: str = "pytest") -> str:
@@ -69,10 +70,6 @@ def _get(record: Any, key: str, default: Any = "") -> Any:
 
 def _first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
 def replay_outcome(replays: Mapping[str, Any]) -> str:
@@ -144,8 +141,10 @@ def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[
             lines.append(f"REPLAY {result['nodeid']}: {replay_what(replays)}, {replay_outcome(replays)}")
         if result["verdict"] == "error":
             lines.append(f"ERROR {result['nodeid']}: {_first_line(result.get('error') or 'error')}")
-        elif result["verdict"] == "pass" and statement((result.get("stats") or {}).get("coverage") or {}):
-            lines.append(f"PASS {result['nodeid']}: {statement(result['stats']['coverage'])}")
+        elif result["verdict"] == "pass":
+            covered = statement((result.get("stats") or {}).get("coverage") or {})
+            lines.append(f"PASS {result['nodeid']}: "
+                         f"{covered or _plural(result.get('schedules') or 0, 'schedule') + ', no finding'}")
         elif result["verdict"] == "fail" and result["findings"]:
             first = result["findings"][0]
             lines.append(f"FAIL {result['nodeid']} [{first['kind']}] {_first_line(first['message'])}")
