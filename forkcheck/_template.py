@@ -51,9 +51,8 @@ def _warm() -> None:
 
     target = Target.from_object(fork_safe(_tiny, x=fst.tensors(shape=(2,))), name="forkcheck._template:_tiny")
     checker = runner.Checker(target, Settings(examples=2, schedules=1, seed=0))
-    checker.serial_only = True  # the schedules are drawn, not run: nothing reaches the inter-op pool
-    try:
-        runner._search(checker, seed=0)()
+    try:  # serial runs only: the schedules are drawn, not run, so nothing reaches the inter-op pool
+        runner._search(checker, 0, runner.Mode("warm-up", serial_only=True))()
     finally:
         runner._RunThread.stop()  # the serial runs' thread: a fork keeps no thread
 

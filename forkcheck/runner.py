@@ -212,6 +212,32 @@ def _wrong_outcome(findings: list[Finding]) -> bool:
     return any(f.kind != "race" for f in findings)
 
 
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """What one pass of the Hypothesis search is for, as :meth:`Checker.example` reads it.
+
+    ``explore``: find a failure, letting examples with only predicted races pass (``hold_races``) so the search goes
+    on to an input whose outcome the race makes wrong; ``recall``: rerun the search up to the example with a predicted
+    race, its runs skipped (``serial_only``: the memo answers), for its replay token; ``shrink``: Hypothesis shrinks
+    the failure until ``until`` (``serial_only`` for a defect the serial run shows; ``hold_races`` for one with a
+    wrong outcome, which must not shrink to a race alone); ``replay``: rerun a token's example as it is. (The fork
+    server's warm-up, ``forkcheck._template``, runs a ``serial_only`` pass of its own.)
+    """
+
+    name: str
+    hold_races: bool = False
+    serial_only: bool = False
+    until: Optional[float] = None  # time.monotonic() after which no new example runs (shrinking)
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """Hypothesis's phases this pass runs."""
+        return ("explicit", "reuse", "generate") + (("shrink",) if self.name == "shrink" else ())
+
+
+EXPLORE, REPLAY = Mode("explore", hold_races=True), Mode("replay")
+
+
 class Checker:
     """Everything fixed for one target: its strategies, engine, globals and static findings. ``observer`` is told of
     every run (see :class:`RunObserver`)."""
@@ -235,7 +261,7 @@ class Checker:
                 copy.deepcopy(self.base) if target.is_module else self.base, self.param_names, settings.tasks,
                 settings.timeout, controlled=settings.strategy == "exhaustive")
         # ``exhaustive``: each input's interleavings are searched (``forkcheck.dpor``), not drawn; a compiled target
-        # runs on TorchScript's runtime, where its schedules are the portfolio's (``forkcheck.schedules.portfolio.members``)
+        # runs on TorchScript's runtime, where its schedules are the portfolio's (``schedules.portfolio.members``)
         self.exhaustive = settings.strategy == "exhaustive" and self.engine.name == "eager"
         self.coverage = Coverage(self.engine.name)
         self.replay_decisions: Optional[list[int]] = None  # ``exhaustive`` replay: the interleaving to rerun
@@ -249,7 +275,6 @@ class Checker:
         self.schedules = 0
         self.failures: list[tuple[dict[str, str], list[Finding]]] = []
         self.memo: dict[Any, list[Finding]] = {}
-        self.serial_only = False  # set while shrinking a defect the serial run shows
         self.serial_failure = False  # whether the last example's findings came from its serial run
         self.pct_steps = 0  # steps of one run, for PCT (0: not counted yet; -1: the count failed)
         self.ran_once = self.engine.name != "script"  # the real runtime's program ran once (see ``_calibrated``)
@@ -260,8 +285,7 @@ class Checker:
         self.per_example = schedules_here(settings, self.engine.name)
         self.wrong_after = 0  # concurrent schedules run until the first whose outcome was wrong (0: none yet)
         self.failed_after: Optional[int] = None  # concurrent schedules run until the first finding (0: serial run)
-        self.hold_races = False  # let examples with only predicted races pass (see ``example``)
-        self.shrink_until: Optional[float] = None  # while shrinking: when to stop running new examples
+        self.mode = REPLAY  # the search pass running now (see ``Mode``; ``_search`` sets it)
         self.predicted: Optional[tuple] = None  # the first such example: its key, races and inputs (shown)
 
     def _code(self) -> list[Callable]:
@@ -288,9 +312,10 @@ class Checker:
 
         Every schedule is drawn before any run, so an example draws the same data whatever its runs do, and an
         example seen failing fails again without rerunning: the real runtime does not repeat itself exactly, and
-        Hypothesis reruns a failing example to report it. With ``serial_only`` (shrinking a defect the serial run
-        shows) the schedules are drawn but not run. A schedule with only ``race`` findings (predicted, not seen) does
-        not end the example: its other schedules run, to tell whether the race also makes an outcome wrong. With
+        Hypothesis reruns a failing example to report it. The search pass (``self.mode``) says the rest. With
+        ``serial_only`` (recalling a predicted race, shrinking a defect the serial run shows) the schedules are drawn
+        but not run. A schedule with only ``race`` findings (predicted, not seen) does not end the example: its other
+        schedules run, to tell whether the race also makes an outcome wrong. With
         ``hold_races``, an example with races only passes (the first is kept in ``predicted``), so the search goes on
         to inputs that may show the wrong outcome; once a race is predicted, an example runs at most
         ``AFTER_A_RACE`` schedules (the first inputs Hypothesis draws, zeros, often hide a race's effect).
@@ -304,21 +329,22 @@ class Checker:
         if key in self.memo:
             self.failing_decisions = self.decisions_of.get(key, [])
             _fail(self.memo[key], inputs)
-        if self.shrink_until is not None and time.monotonic() > self.shrink_until:
+        mode = self.mode
+        if mode.until is not None and time.monotonic() > mode.until:
             return  # shrinking ran out of time: no new example fails, the smallest one so far stands
-        if not self.serial_only:
+        if not mode.serial_only:
             self.examples += 1
         findings, reference = self._serial(inputs)
         self.serial_failure = bool(findings)
         if findings and self.failed_after is None:
             self.failed_after = self.schedules
-        if not findings and not self.serial_only and not self.exhaustive:
+        if not findings and not mode.serial_only and not self.exhaustive:
             drawn = self._calibrated(drawn, inputs)
-        searched = not findings and not self.serial_only
+        searched = not findings and not mode.serial_only
         decisions: Optional[list[int]] = None  # the interleaving of the first run with findings (or a wrong outcome)
         stopped = False
         for index, schedule in enumerate(drawn if searched else ()):
-            if index >= AFTER_A_RACE and self.hold_races and (findings or self.predicted) and not self.exhaustive:
+            if index >= AFTER_A_RACE and mode.hold_races and (findings or self.predicted) and not self.exhaustive:
                 break  # a race is predicted and the outcome stayed right: another input is likelier to show it
             self.schedules += 1
             found, run = self._concurrent(inputs, schedule, reference)
@@ -338,7 +364,7 @@ class Checker:
             self.coverage.explored(drawn, stopped)
         if findings and decisions is not None:
             self.decisions_of[key] = decisions
-        if findings and self.hold_races and not _wrong_outcome(findings):
+        if findings and mode.hold_races and not _wrong_outcome(findings):
             self.predicted = self.predicted or (key, findings, _shown(inputs))
             return
         if findings:
@@ -461,7 +487,7 @@ class Checker:
         # race detection predicts other schedules: once per example is enough; shrinking counts no coverage, so its
         # runs go faster unlogged
         observe = Observe.ACCESSES if self._raced is not inputs else \
-            Observe.SIGNATURE if self.shrink_until is None else Observe.NOTHING
+            Observe.SIGNATURE if self.mode.name != "shrink" else Observe.NOTHING
         self._raced = inputs
         try:
             run = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule, observe)), "concurrent")
@@ -589,7 +615,8 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         if token is None:
             failed, replay_token = _explore(checker, seed, result)
         else:
-            failed, replay_token = _replay(_search(checker, seed), checker, token, result), replay
+            search = _search(checker, seed, REPLAY, reproduce=token)
+            failed, replay_token = _replay(search, checker, token, result), replay
     except (ReplayError, StrategyError) as err:
         return _errored(result, started, f"setup error: {err}", checker)
     except Exception:
@@ -605,23 +632,34 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
     return result
 
 
-def _search(checker: Checker, seed: int, shrink: bool = False) -> Callable[[], None]:
-    """The Hypothesis search over inputs and schedules, isolated from the user's Hypothesis profile."""
+def _search(checker: Checker, seed: int, mode: Mode,
+            reproduce: Optional[ReplayToken] = None) -> Callable[[], None]:
+    """The Hypothesis search over inputs and schedules for one pass (``mode``), isolated from the user's Hypothesis
+    profile; the checker is in ``mode`` while the returned search runs. ``reproduce``: only the token's example."""
     import hypothesis
     from hypothesis import Phase
     from hypothesis import strategies as st
 
-    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
-
     @hypothesis.settings(max_examples=checker.settings.examples, database=None, deadline=None, print_blob=True,
-                         derandomize=False, report_multiple_bugs=False, phases=phases,
+                         derandomize=False, report_multiple_bugs=False,
+                         phases=[Phase[name] for name in mode.phases],
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.seed(seed)
     @hypothesis.given(inputs=checker.inputs.strategy, data=st.data())
     def search(inputs: dict[str, Any], data: Any) -> None:
         checker.example(inputs, lambda strategy, label: data.draw(strategy, label=label))
 
-    return search
+    if reproduce is not None:
+        search = hypothesis.reproduce_failure(reproduce.hypothesis_version, reproduce.blob.encode())(search)
+
+    def in_mode() -> None:
+        before, checker.mode = checker.mode, mode
+        try:
+            search()
+        finally:
+            checker.mode = before
+
+    return in_mode
 
 
 def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[Optional[_Failed], str]:
@@ -631,17 +669,12 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[Optional
     if none does, the search is replayed up to the first racing example (runs skipped) for its replay token. The
     failure is then shrunk where reruns are deterministic: see ``_shrink``.
     """
-    checker.hold_races = True
-    try:
-        failed = _first_failure(_search(checker, seed), checker, result)
-    finally:
-        checker.hold_races = False
+    failed = _first_failure(_search(checker, seed, EXPLORE), checker, result)
     if failed is None and checker.predicted is not None:
         key, races, shown = checker.predicted
-        checker.serial_only, checker.memo = True, {key: races}
+        checker.memo = {key: races}
         checker.failures.append((shown, races))
-        failed = _first_failure(_search(checker, seed), checker, result)
-        checker.serial_only = False
+        failed = _first_failure(_search(checker, seed, Mode("recall", serial_only=True)), checker, result)
     if failed is not None and not any(f.kind == "hang" for f in failed.findings) and (
             checker.serial_failure or checker.engine.name == "eager"):
         failed = _shrink(checker, seed, result, failed)
@@ -670,14 +703,13 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure,
             checker.coverage)
     checker.coverage = Coverage(checker.engine.name)
-    checker.serial_only, checker.memo = checker.serial_failure, {}
-    checker.hold_races = _wrong_outcome(failed.findings)
-    checker.shrink_until = time.monotonic() + SHRINK_S
+    checker.memo = {}
+    mode = Mode("shrink", hold_races=_wrong_outcome(failed.findings), serial_only=checker.serial_failure,
+                until=time.monotonic() + SHRINK_S)
     try:
-        shrunk = _first_failure(_search(checker, seed, shrink=True), checker, result)
+        shrunk = _first_failure(_search(checker, seed, mode), checker, result)
         return shrunk if shrunk is not None and blob_from_notes(shrunk) else failed  # no blob: no token to show
     finally:
-        checker.serial_only, checker.hold_races, checker.shrink_until = False, False, None
         (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after,
          checker.serial_failure, checker.coverage) = kept
 
@@ -705,18 +737,18 @@ def _first_failure(search: Callable[[], None], checker: Checker, result: CheckRe
 
 def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
             result: CheckResult) -> Optional[_Failed]:
-    """Rerun the token's example ``REPLAYS`` times; the first failure, and the result says how many reproduced it."""
+    """Rerun the token's example (``search`` reproduces it) ``REPLAYS`` times; the first failure, and the result says
+    how many reproduced it."""
     import hypothesis
     from hypothesis.reporting import with_reporter
 
-    replayed = hypothesis.reproduce_failure(token.hypothesis_version, token.blob.encode())(search)
     first: Optional[_Failed] = None
     reproduced = wrong = 0
     for _ in range(REPLAYS):
         checker.memo.clear()
         try:
             with with_reporter(lambda _text: None):  # the report says what was replayed, once, not each run
-                replayed()
+                search()
         except _Failed as failed:
             reproduced += 1
             wrong += _wrong_outcome(failed.findings)
