@@ -48,7 +48,7 @@ import torch
 
 from . import _warnings
 from .schedules import PCT, Choices, RandomChoices, Replay, ReplayDiverged
-from .dpor import Exploration, Probe
+from .dpor import Exploration
 from .engines.eager import ControlledScheduler, Deadlock, ScheduleError, ScheduleTimeout, race_log
 from .settings import validate
 
@@ -94,8 +94,6 @@ class ControlledRun:
         installed = getattr(torch._C.fork, "__self__", None)
         if isinstance(installed, ControlledScheduler) and installed._controller == threading.get_ident():
             raise RuntimeError("controlled blocks do not nest: this thread is inside one already")
-        if isinstance(self._chooser, Probe):
-            self._chooser.observe(self._log)
         with ExitStack() as stack:
             stack.enter_context(_warnings.quiet_jit())
             stack.enter_context(self._scheduler)

@@ -224,7 +224,8 @@ class ControlledScheduler:
     ``Replay``, ...), or a bare ``choose(n) -> index`` callable (called only on this thread, only where ``n > 1``).
     After the block: ``order`` (task ids in the order they got the baton, starting with the root 0),
     ``decisions`` (every real choice, for ``Replay``), ``failed_task`` (the first task that raised, or None),
-    ``errors`` (task id -> exception), ``events`` and ``stats``. ``observer``: an access log (see :class:`Observer`).
+    ``errors`` (task id -> exception), ``events`` and ``stats``. ``observer``: an access log (see :class:`Observer`),
+    handed also to a chooser that reads it (``observe(log)``: an exhaustive search's run, ``forkcheck.dpor.Probe``).
     """
 
     def __init__(self, choose: Union[random.Random, Chooser, Callable[[int], int], None] = None, *,
@@ -232,6 +233,8 @@ class ControlledScheduler:
         self.chooser = _as_chooser(choose)
         self.timeout = timeout
         self.observer = observer
+        if observer is not None and hasattr(self.chooser, "observe"):
+            self.chooser.observe(observer)
         self._observing = False  # the observer is entered on the controller thread
         self.order: list[int] = []
         self.decisions: list[int] = []
@@ -667,8 +670,6 @@ class EagerEngine:
                 log = race_log(storage_names(named, self.module), container_names(named, self.module))
             else:  # only the run's signature: tensor accesses, no lines (a third of a full log's cost, measured)
                 log = AccessLog()
-            if searched:
-                chooser.observe(log)
         scheduler = self.last = ControlledScheduler(chooser, timeout=timeout, observer=log)
         outputs: list[Any] = []
         error: Optional[Exception] = None
