@@ -2,16 +2,14 @@
 validated ``SessionOptions``; a check's own settings come of them through ``forkcheck.settings.resolve_settings``."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pytest
 
-from .settings import DEFAULT_POOL_SIZES, OPTIONS, Option, Settings, SettingsError
+from .settings import DEFAULT_POOL_SIZES, OPTIONS, SETTING_NAMES, Option, SettingsError
 
 
-_SETTING_NAMES = tuple(o.name for o in OPTIONS if o.name in {f.name for f in dataclasses.fields(Settings)})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -55,7 +53,7 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
             checked[option.name] = option.check(option.name, value)
         except SettingsError as err:
             raise pytest.UsageError(f"{source}: {err}") from None
-    settings = {name: checked[name] for name in _SETTING_NAMES if name in checked}
+    settings = {name: checked[name] for name in SETTING_NAMES if name in checked}
     seed = settings.pop("seed", None)
     pool_sizes = settings.pop("pool_sizes", DEFAULT_POOL_SIZES)  # per session: where checks run, not how
     replay, _ = raw["replay"]

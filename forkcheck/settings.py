@@ -192,8 +192,10 @@ OPTIONS = tuple(option for option in TABLE if option.help)  # the command-line o
 TARGET_SETTINGS = tuple(option.name for option in TABLE if option.keyword)
 TEST_SETTINGS = tuple(option.name for option in TABLE if option.keyword == "test")  # a test has no inputs or tasks
 
-_VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = {
-    option.name: option.check for option in TABLE if option.name in {f.name for f in dataclasses.fields(Settings)}}
+#: The table's rows that are ``Settings`` fields, in its order (the others are session options only).
+SETTING_NAMES = tuple(option.name for option in TABLE if option.name in {f.name for f in dataclasses.fields(Settings)})
+_VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = {option.name: option.check for option in TABLE
+                                                        if option.name in SETTING_NAMES}
 
 
 def validate(values: Mapping[str, Any], *, source: str = "") -> dict[str, Any]:
