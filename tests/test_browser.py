@@ -283,6 +283,16 @@ def _fits(browser: Browser) -> None:
     assert wide <= browser.js("document.documentElement.clientWidth"), f"the page is {wide} px wide"
 
 
+def _fits_a_phone(browser: Browser, screenshot: Path) -> None:
+    """At 390 px the page fits (``_fits``); a screenshot to look at; the window back at 1200 px."""
+    browser.resize(390)
+    try:
+        _fits(browser)
+        browser.screenshot(screenshot)
+    finally:
+        browser.resize(1200)
+
+
 def test_the_page_fits_a_phone(tmp_path):
     report = synthetic_report(12)
     report["results"][0]["nodeid"] = "tests/models/test_a_rather_long_module_name.py::TransformerEncoderLayer"
@@ -331,12 +341,7 @@ def test_a_real_report(browser, tmp_path):
     assert browser.js("document.querySelectorAll('details.item').length") == 2  # merged, not overwritten
     replayed = browser.js("document.querySelector('details.item.v-fail .replayed').innerText")
     assert "reproduced 10 of 10 (10 with a wrong outcome)" in replayed
-    browser.resize(390)
-    try:
-        _fits(browser)
-        browser.screenshot(tmp_path / "merged-report-phone.png")
-    finally:
-        browser.resize(1200)
+    _fits_a_phone(browser, tmp_path / "merged-report-phone.png")
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,9 +380,4 @@ def test_the_examples_report(browser, tmp_path):
     text = browser.js("document.body.innerText")
     assert report["rootdir"] + "/" not in text  # paths relative to the rootdir
     browser.screenshot(tmp_path / "examples-report.png")
-    browser.resize(390)
-    try:
-        _fits(browser)
-        browser.screenshot(tmp_path / "examples-report-phone.png")
-    finally:
-        browser.resize(1200)
+    _fits_a_phone(browser, tmp_path / "examples-report-phone.png")
