@@ -98,10 +98,17 @@ def hang_finding(what: str, timeout: float, *, because: str = "", location: str 
                    detail={"timeout_s": timeout, **detail})
 
 
+#: The first line of every error the TorchScript interpreter raises: its cause is the message's last line.
+_TORCHSCRIPT_FAILED = "The following operation failed in the TorchScript interpreter."
+
+
 def describe_error(err: BaseException) -> str:
-    """``Type: first line of the message``."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    """``Type: first line of the message``; for an error in TorchScript code, the error it raised there (the last
+    line of its TorchScript traceback, e.g. ``RuntimeError: mat1 and mat2 shapes cannot be multiplied ...``)."""
+    lines = str(err).strip().splitlines()
+    if len(lines) > 1 and lines[0].strip() == _TORCHSCRIPT_FAILED and ": " in lines[-1]:
+        return lines[-1].strip()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def exception_finding(who: str, err: BaseException, where: str, *, location: str = "", tasks: Any = (),

@@ -330,3 +330,27 @@ def test_the_failing_input_shown_is_the_one_the_replay_token_runs(fc, pytester) 
     replayed = fc.rows()["test_shown.py::sums_twice"]["replay_run"]  # beside the row it replays
     assert replayed["stats"]["replays"]["reproduced"] >= 1
     assert replayed["failing_input"] == shown
+
+
+class _Heads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        futures = [torch.jit.fork(head, x) for head in self.heads]
+        return torch.stack([torch.jit.wait(f) for f in futures]).sum(0)
+
+
+def test_an_error_inside_scripted_code_is_told_by_its_cause_not_torchscript_s_first_line() -> None:
+    import forkcheck
+    import strategies as fst
+    from forkcheck._warnings import quiet_jit
+
+    with quiet_jit():
+        scripted = torch.jit.script(_Heads())
+    result = forkcheck.check(forkcheck.fork_safe(scripted, x=fst.tensors(shape=(2, 3))), examples=1, seed=1)
+    [raised] = [f for f in result.findings if f.kind == "exception"]
+    assert raised.message.startswith("the target raised RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+                                     "(2x3 and 4x4) (serial run, forks inline)"), raised.message
+    assert "TorchScript interpreter" in raised.detail["traceback"]  # the whole error is kept beside it
