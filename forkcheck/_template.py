@@ -1,8 +1,9 @@
 """The warm template the checking children are forked from: imported once by the fork server of ``isolation``.
 
 Importing this module pays, once per session, what every child would otherwise pay before its first check: torch,
-Hypothesis and forkcheck's imports (about 1.5 s), the first ``TorchDispatchMode`` (about 800 more modules, sympy
-among them: 2-4 s), the TorchScript frontend and graph pass, and Hypothesis's first draws. It does so by preparing
+Hypothesis and forkcheck's imports (about 1.5 s), the TorchScript frontend and graph pass, the first runs under
+forkcheck's dispatch modes (``forkcheck._dispatch``: they no longer import torch._dynamo, which took 2-4 s), and
+Hypothesis's first draws and its scan of the loaded modules for constants. It does so by preparing
 a real check of a tiny forking target and running its serial references only (forks inline), so it never launches a
 task: torch's inter-op pool is created by the first task and cannot be sized after that, and libgomp's threads do
 not survive a fork, so the template must start neither: ``THREADS`` counts its threads once torch is imported and
@@ -53,8 +54,19 @@ def _warm() -> None:
     checker = runner.Checker(target, Settings(examples=2, schedules=1, seed=0))
     try:  # serial runs only: the schedules are drawn, not run, so nothing reaches the inter-op pool
         runner._search(checker, 0, runner.Mode("warm-up", serial_only=True))()
+        _scan_constants()
     finally:
         runner._RunThread.stop()  # the serial runs' thread: a fork keeps no thread
+
+
+def _scan_constants() -> None:
+    """Hypothesis scans the loaded modules for constants at some first draw in a process (a private step of its
+    own, so best effort): here, once, rather than in every child; a child then scans only the modules it imports."""
+    try:
+        from hypothesis.internal.conjecture.providers import _get_local_constants
+    except ImportError:
+        return
+    _get_local_constants()
 
 
 try:

@@ -663,7 +663,7 @@ def _template_state() -> dict[str, Any]:
     template = sys.modules.get("forkcheck._template")
     if template is None:
         return {}
-    return {"threads": list(template.THREADS), "warm_error": template.WARM_ERROR, "sympy_loaded": "sympy" in sys.modules}
+    return {"threads": list(template.THREADS), "warm_error": template.WARM_ERROR, "dynamo_loaded": "torch._dynamo" in sys.modules}
 
 
 def _internal_error(request: dict[str, Any], trace: str) -> dict[str, Any]:

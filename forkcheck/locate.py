@@ -8,8 +8,8 @@ import traceback
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from ._dispatch import DispatchMode
 from .oracles.static import _UNDECLARED_WRITES  # ops that write arguments their schema does not mark (batch norm)
 from .state import tensors_in
 
@@ -53,7 +53,7 @@ def _storage_key(t: torch.Tensor) -> Optional[int]:
 RNG = "torch default RNG"
 
 
-class WriteLocator(TorchDispatchMode):
+class WriteLocator(DispatchMode):
     """Records, per watched name, the first op that wrote a tensor sharing that name's storage, and under ``RNG``
     the first op that drew random numbers from the default generator."""
 

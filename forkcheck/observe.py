@@ -25,8 +25,8 @@ import threading
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from ._dispatch import DispatchMode
 from .instrument import _point_kernel, _spawn_kernel
 from .state import module_state, tensors_in
 
@@ -123,7 +123,7 @@ def storage_names(args: Mapping[str, Any] | None = None, module: Any = None) -> 
     return names
 
 
-class AccessLog(TorchDispatchMode):
+class AccessLog(DispatchMode):
     """Records accesses, forks, ends and joins of one run, each attributed to its task.
 
     ``sites`` (``Instrumentation.sites``) lets the log read task identity from the real runtime's scheduling ops;
@@ -135,12 +135,6 @@ class AccessLog(TorchDispatchMode):
     The same log may be entered on several threads at once (one per task, as an eager scheduler runs them); the
     weak references are dropped when the last one exits.
     """
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # torch wraps a mode's handler in ``torch._dynamo.disable`` by default: that imports dynamo on first use
-        # (about 2 s) and costs a few us per op; this handler is never compiled
-        return False
 
     def __init__(self, sites: Mapping[int, Any] | None = None, names: Mapping[int, str] | None = None,
                  locate: Optional[Callable[[], str]] = None, containers: Optional[Mapping[int, str]] = None):

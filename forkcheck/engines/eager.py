@@ -42,8 +42,8 @@ from contextlib import nullcontext
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from .._dispatch import DispatchMode
 from ..schedules import Chooser, Choices, RandomChoices, Replay
 from . import Deadlock, Observe, Run, ScheduleError, ScheduleTimeout
 from ..task_names import FANOUT, OVERFLOW_BASE
@@ -154,14 +154,8 @@ def _no_switch(func: Any) -> bool:
     return schema is not None and not any("Tensor" in str(arg.type) for arg in schema.arguments)
 
 
-class _SwitchMode(TorchDispatchMode):
+class _SwitchMode(DispatchMode):
     """Entered on a task's own thread: a switch point before each tensor op the task runs."""
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # torch wraps a mode's handler in ``torch._dynamo.disable`` by default: that imports dynamo on first use
-        # (about 2 s) and costs a few µs per op; this handler only switches tasks and is never compiled
-        return False
 
     def __init__(self, scheduler: "ControlledScheduler", task: _Task):
         super().__init__()
