@@ -17,6 +17,9 @@ from .settings import STRATEGIES
 
 _BLOB = re.compile(r"@reproduce_failure\('([^']+)', b'([^']+)'\)")
 _PREFIX = "fc1."
+#: How a target's schedules are drawn from its choices (``schedules.portfolio.draw_schedules``): 2 since one draw
+#: per example; a token made under another form would replay other schedules.
+DRAWS = 2
 
 
 class ReplayError(ValueError):
@@ -41,11 +44,12 @@ class ReplayToken:
     decisions: tuple[int, ...] = ()  # ``exhaustive``: the failing interleaving (``ControlledScheduler.decisions``)
     parameters: tuple[str, ...] = ()  # the target's parameters when the token was made (older tokens: unknown)
     inputs: str = ""  # ``forkcheck.strategies.inputs.Inputs.fingerprint`` of them ("": unknown)
+    draws: int = DRAWS  # the form of schedule draws its choices were made for (tokens without one: 1)
 
     def encode(self) -> str:
         raw = json.dumps([self.target, self.hypothesis_version, self.blob, self.tasks, self.schedule_seed,
                           self.strategy, self.schedules, self.pool_size, self.pct_steps, list(self.decisions),
-                          list(self.parameters), self.inputs], separators=(",", ":"))
+                          list(self.parameters), self.inputs, self.draws], separators=(",", ":"))
         return _PREFIX + base64.urlsafe_b64encode(zlib.compress(raw.encode())).decode().rstrip("=")
 
     @classmethod
@@ -60,13 +64,13 @@ class ReplayToken:
                 raise ValueError(f"unknown schedule strategy {strategy!r}")
             schedules, pool_size, pct_steps = (list(map(int, rest[:3])) + [0, 0, 0])[:3]  # older tokens: fewer fields
             decisions = tuple(map(int, rest[3])) if len(rest) > 3 else ()
-            parameters, inputs = (rest[4:] + [[], ""])[:2]
+            parameters, inputs, draws = (rest[4:] + [[], "", 1][len(rest[4:]):])[:3]
             if min(schedules, pool_size, pct_steps, *decisions) < 0:
                 raise ValueError("a negative count")
             if not isinstance(parameters, list):
                 raise ValueError("parameters are not a list")
             return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy, schedules,
-                       pool_size, pct_steps, decisions, tuple(map(str, parameters)), str(inputs))
+                       pool_size, pct_steps, decisions, tuple(map(str, parameters)), str(inputs), int(draws))
         except (ValueError, TypeError, zlib.error) as err:
             raise ReplayError(f"corrupt forkcheck replay token ({err}); copy the whole token from the report") from None
 
@@ -82,7 +86,10 @@ class ReplayToken:
 
     def check_fits(self, target: str, parameters: list[str], inputs: str) -> None:
         """Raise ``ReplayError`` when the target's parameters or their strategies changed since the token was made:
-        its choices would draw other inputs, or none."""
+        its choices would draw other inputs, or none; or its schedules were drawn in another form."""
+        if self.blob and self.draws != DRAWS:
+            raise ReplayError(f"this replay token was made by an older forkcheck, which drew {target}'s schedules "
+                              f"from its choices in another way: replayed, it would run other schedules; {FRESH}")
         if self.inputs and self.inputs != inputs:
             if tuple(parameters) != self.parameters:
                 why = (f"it was made when it took ({', '.join(self.parameters)}), and it now takes "

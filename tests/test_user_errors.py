@@ -180,7 +180,7 @@ def test_a_token_taken_before_the_target_changed_is_an_error_not_a_pass(fc, pyte
     result.stdout.fnmatch_lines(["*no longer fits*"])
 
 
-def test_an_older_token_still_decodes_and_replays_only_where_its_choices_draw_an_example() -> None:
+def test_a_token_of_an_older_form_decodes_and_is_refused_with_the_fix_and_a_stale_one_names_what_changed() -> None:
     import base64
     import json
     import zlib
@@ -205,16 +205,17 @@ def test_an_older_token_still_decodes_and_replays_only_where_its_choices_draw_an
     assert found.verdict == "fail", found.error
     new = ReplayToken.decode(found.findings[0].replay)
     assert new.parameters == ("x",) and new.inputs
+    assert check(Target.from_object(bump, "mod:bump"), settings, replay=new.encode()).stats.replays.reproduced == 10
     fields = [new.target, new.hypothesis_version, new.blob, new.tasks, new.schedule_seed, new.strategy,
               new.schedules, new.pool_size, new.pct_steps]  # a token of the form before parameters were carried
-    old = "fc1." + base64.urlsafe_b64encode(zlib.compress(json.dumps(fields).encode())).decode().rstrip("=")
-    assert ReplayToken.decode(old).parameters == () and ReplayToken.decode(old).inputs == ""
-    replayed = check(Target.from_object(bump, "mod:bump"), settings, replay=old)
-    assert replayed.verdict == "fail" and replayed.stats.replays.reproduced == 10
-    stale = check(Target.from_object(bump2, "mod:bump"), settings, replay=old)
-    assert stale.verdict == "error" and "no longer fits mod:bump" in stale.error, stale.error
-    refused = check(Target.from_object(bump2, "mod:bump"), settings, replay=new.encode())
-    assert refused.verdict == "error" and "it was made when it took (x), and it now takes (x, k)" in refused.error
+    for form in (fields, fields + [[], ["x"], new.inputs]):  # and of the form before one draw per example
+        old = "fc1." + base64.urlsafe_b64encode(zlib.compress(json.dumps(form).encode())).decode().rstrip("=")
+        assert ReplayToken.decode(old).draws == 1
+        refused = check(Target.from_object(bump, "mod:bump"), settings, replay=old)
+        assert refused.verdict == "error" and "made by an older forkcheck" in refused.error, refused.error
+        assert "without --forkcheck-replay for a fresh token" in refused.error
+    stale = check(Target.from_object(bump2, "mod:bump"), settings, replay=new.encode())
+    assert stale.verdict == "error" and "it was made when it took (x), and it now takes (x, k)" in stale.error
 
 
 # -- item 12: --forkcheck-modules finds what the test files import -----------------------------------------------

@@ -1,12 +1,13 @@
 """How a check draws its schedules for one example, by ``--forkcheck-strategy``: one algorithm, or the
-``portfolio`` of them by turns; as Hypothesis data (:func:`schedules`), so they shrink and replay."""
+``portfolio`` of them by turns, all from one Hypothesis draw (:func:`draw_schedules`), so they replay; and a
+Hypothesis strategy of single schedules (:func:`schedules`) for tests of one's own."""
 from __future__ import annotations
 
 import functools
-import zlib
 from typing import Any, Callable
 
 from . import ALGORITHMS, PARAMS, Schedule
+from ._draws import mix
 
 
 def schedules(strategy: str = "random", **fixed: int) -> Any:
@@ -40,27 +41,31 @@ def members(strategy: str) -> tuple[str, ...]:
     return PORTFOLIO if strategy in ("portfolio", "exhaustive") else (strategy,)
 
 
-def draw_schedules(draw: Callable[[Any, str], Schedule], strategy: str, count: int) -> list[Schedule]:
+def draw_schedules(draw: Callable[[Any, str], int], strategy: str, count: int) -> list[Schedule]:
     """``count`` schedules as a check draws them for one example; ``draw(hypothesis_strategy, label)`` draws one.
 
-    A portfolio takes its members by turns. Each schedule's position is mixed into its seed: Hypothesis
-    starts from the simplest draw (seed 0), and ten copies of one schedule would test one interleaving ten times.
+    One Hypothesis draw per example, a 64-bit seed: each schedule's own seed and drawn parameters are keyed by
+    (that seed, its position) (``_draws.mix``), uniform in the ranges of ``DRAWN``. A draw per schedule and parameter
+    cost a third of a passing check, and shrinking a failure the serial run shows tried every one of those choices
+    though no schedule ran. A portfolio takes its members by turns.
     """
     kinds = members(strategy)
-    sources = {kind: _drawn_schedules(kind) for kind in kinds}
+    base = draw(_example_seed(), "schedules")
     drawn = []
     for index in range(count):
-        schedule = draw(sources[kinds[index % len(kinds)]], f"schedule {index}")
-        mixed = zlib.crc32(f"{schedule.seed}:{index}".encode()) | (schedule.seed << 32)
-        drawn.append(Schedule(schedule.strategy, mixed % 2**64, schedule.params))
+        kind = kinds[index % len(kinds)]
+        ranges = sorted(ALGORITHMS[kind].DRAWN.items())
+        params = {name: low + mix(base, index, 1 + j) % (high - low + 1) for j, (name, (low, high)) in enumerate(ranges)}
+        drawn.append(Schedule(kind, mix(base, index), params))
     return drawn
 
 
 @functools.lru_cache(maxsize=None)
-def _drawn_schedules(kind: str) -> Any:
-    """``schedules(kind)``, built once: Hypothesis validates a new strategy (and describes its lambda from the
-    source) on its first draw, which cost more than the runs of an example whose serial run is all it runs."""
-    return schedules(kind)
+def _example_seed() -> Any:
+    """The one draw of an example's schedules, built once (Hypothesis validates a new strategy on its first draw)."""
+    from hypothesis import strategies as st
+
+    return st.integers(0, 2**64 - 1)
 
 
 def with_steps(drawn: list[Schedule], steps: int) -> list[Schedule]:
