@@ -117,9 +117,21 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) 
     return TargetItem.from_object(collector, name, obj)
 
 
+def _may_mark_targets(path: Any) -> bool:
+    """Whether a module's source names ``fork_safe`` other than as ``pytest.mark.fork_safe`` (marked tests need no
+    child process): it may mark targets."""
+    import re
+
+    try:
+        source = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"(?<!mark\.)\bfork_safe\b", source) is not None
+
+
 def _prewarm(config: pytest.Config) -> None:
-    """A target was collected: start the child process that checks targets now, so its imports overlap the rest
-    of the collection."""
+    """A target was collected, or a module that may mark one is about to be imported: start the child process that
+    checks targets now, so its warm-up overlaps the rest of the collection."""
     state = config.stash.get(STATE, None)
     if state is not None and state.isolation == "child" and not config.option.collectonly:
         from .isolation import prewarm
@@ -136,6 +148,8 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
     from .marker import errors_deferred
 
     if isinstance(collector, (pytest.Module, ModuleTargets)) and collector.path is not None:
+        if _may_mark_targets(collector.path):
+            _prewarm(collector.config)  # before the module's import (torch's, mostly), which the warm-up overlaps
         with errors_deferred(collector.path):
             report = yield
     else:

@@ -390,3 +390,17 @@ def test_loading_the_plugin_imports_no_torch() -> None:
     assert run.stdout.strip() == "[]"
     imported = [line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()]
     assert "forkcheck.plugin" in imported and not any(name.split(".")[0] == "torch" for name in imported)
+
+
+def test_a_module_that_may_mark_targets_is_told_apart_before_its_import_one_with_marked_tests_only_is_not(tmp_path):
+    from forkcheck.plugin import _may_mark_targets
+
+    sources = {"targets.py": "from forkcheck import fork_safe\n", "called.py": "checked = forkcheck.fork_safe(f)\n",
+               "marked.py": "import pytest\n\n@pytest.mark.fork_safe\ndef test_x():\n    pass\n",
+               "plain.py": "def test_y():\n    assert 'fork_safe_not' != 'a name'\n"}
+    for name, text in sources.items():
+        (tmp_path / name).write_text(text)
+    # the child process that checks targets starts before such a module is imported: its warm-up overlaps the import
+    assert {name: _may_mark_targets(tmp_path / name) for name in sources} == {
+        "targets.py": True, "called.py": True, "marked.py": False, "plain.py": False}
+    assert _may_mark_targets(tmp_path / "missing.py") is False
