@@ -9,7 +9,8 @@ not the run:
 - **forkcheck schedules**: the scripted driver forkcheck builds (``tasks`` instances of the target forked on the same
   inputs) run under schedules drawn from Hypothesis as a check draws them (``examples`` x ``schedules``, each
   example's schedules drawn before its runs, PCT's ``k`` calibrated by one unperturbed run), on the bug's fixed input;
-  the count is runs until the ground truth first sees the wrong answer. Median over ``--seeds`` seeds, per strategy
+  the first of each example's runs logged, as a check logs it (the later ones perturb only the ops that conflicted
+  in it); the count is runs until the ground truth first sees the wrong answer. Median over ``--seeds`` seeds, per strategy
   (``portfolio`` takes random and PCT schedules by turns, two to one).
 - **plain re-running**: the same scripted driver, not instrumented, re-run ``--cap`` times on fresh inputs, split over
   ``--plain-processes`` processes (how often it goes wrong differs between processes by more than 10x). Its median
@@ -106,9 +107,11 @@ def schedules_until_found(subject: Subject, strategy: str, seed: int, examples: 
             _detected()
         drawn = with_steps(draw_schedules(lambda source, label: data.draw(source, label=label), strategy, per_example),
                            steps)
-        for schedule in drawn:
+        for index, schedule in enumerate(drawn):
             runs += 1
-            if subject.judge(lambda args: subject.engine.run(args, schedule, Observe.NOTHING).result()):
+            # as a check runs them: the first logged (the later ones perturb only the ops that conflicted in it)
+            observe = Observe.ACCESSES if index == 0 else Observe.NOTHING
+            if subject.judge(lambda args: subject.engine.run(args, schedule, observe).result()):
                 found = runs
                 _detected()
 

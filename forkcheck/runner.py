@@ -506,7 +506,8 @@ class Checker:
         if run.error is not None:
             return [self._failed_run(run.error, tasks)], run
         self.coverage.saw(run.trace)
-        self.interleavings.add(hash(run.interleaving))
+        if run.interleaving:  # a plain run of the driver records none (see ``engines.script``)
+            self.interleavings.add(hash(run.interleaving))
         self.switches += run.switches
         outputs = run.outputs
         affected = False

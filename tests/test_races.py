@@ -348,3 +348,61 @@ def test_check_reports_a_race_on_the_first_schedule_although_outputs_match():
     assert race.detail["outputs_affected"] is False
     assert "outputs matched" in race.message
     assert race.replay
+
+
+# -- later runs perturb only where the logged run saw tasks conflict --------------------------------------------------
+
+
+def _points_passed_to(policy_class, monkeypatch) -> list[int]:
+    """The sites at which ``policy_class.on_point`` is called from now on."""
+    seen: list[int] = []
+    original = policy_class.on_point
+
+    def on_point(self, site: int, task: int) -> None:
+        seen.append(site)
+        original(self, site, task)
+
+    monkeypatch.setattr(policy_class, "on_point", on_point)
+    return seen
+
+
+def test_before_a_logged_run_the_random_policy_decides_at_every_point(monkeypatch):
+    from forkcheck.schedules import RandomPolicy
+
+    engine = engine_for(two_writers)
+    seen = _points_passed_to(RandomPolicy, monkeypatch)
+    run = engine.run(vector(), Schedule("random", 1), Observe.SIGNATURE)
+    run.result()
+    assert len(seen) == run.steps > 0 and len(run.interleaving) >= 3  # root, then both forks at least
+
+
+def test_once_tasks_conflicted_the_random_policy_decides_only_before_the_ops_that_did_and_pct_everywhere(monkeypatch):
+    from forkcheck.schedules import PCTPolicy, RandomPolicy
+
+    engine = engine_for(two_writers)
+    engine.run(vector(), Schedule("random", 0), Observe.ACCESSES).result()
+    seen = _points_passed_to(RandomPolicy, monkeypatch)
+    run = engine.run(vector(), Schedule("random", 1), Observe.SIGNATURE)
+    run.result()
+    kinds = {engine.program.sites[site].kind for site in seen}
+    assert kinds == {"aten::add_", "aten::sum"}, kinds  # each task's write, and its read of the other's write
+    assert {engine.program.sites[site].task for site in seen} == {2, 3}  # each fork's static task
+    assert run.steps > len(seen)  # the run still passed (and recorded) every point
+    pct_seen = _points_passed_to(PCTPolicy, monkeypatch)
+    pct_run = engine.run(vector(), Schedule("pct", 1), Observe.SIGNATURE)
+    pct_run.result()
+    assert len(pct_seen) == pct_run.steps  # PCT keeps every task's state from every point
+
+
+def test_where_the_logged_run_saw_no_conflict_later_runs_are_plain_runs_of_the_driver(monkeypatch):
+    from forkcheck.schedules import PCTPolicy, RandomPolicy
+
+    engine = engine_for(two_readers, tasks=3)
+    logged = engine.run(vector(), Schedule("random", 0), Observe.ACCESSES)
+    assert logged.result() and race_findings(logged.log) == [] and len(logged.interleaving) > 1
+    seen = _points_passed_to(RandomPolicy, monkeypatch) + _points_passed_to(PCTPolicy, monkeypatch)
+    for strategy in ("random", "pct"):
+        run = engine.run(vector(), Schedule(strategy, 1), Observe.SIGNATURE)
+        assert [out.tolist() for out in run.result()] == [out.tolist() for out in logged.result()]
+        assert run.interleaving == () and run.steps == 0  # no point passed: the uninstrumented driver ran
+    assert seen == []

@@ -28,6 +28,11 @@ from .random import RandomChoices, RandomPolicy
 class Policy(Protocol):
     """The real runtime's side of a schedule: what a task does at a scheduling point."""
 
+    #: Whether its choice at a point matters only for the op after it (``random``), so that an engine that knows
+    #: which ops conflict may call it at their points only; ``pct`` tracks every task at every point (and is called
+    #: at none where no op conflicted).
+    focusable: bool
+
     def begin(self, sites: Mapping[int, Site] | None) -> None:
         """A run starts: forget the previous run; ``sites`` tells what each point is (``None``: all plain ops)."""
 

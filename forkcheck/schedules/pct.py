@@ -58,6 +58,8 @@ class PCTPolicy:
     the drawn one, not the order they were forked in).
     """
 
+    focusable = False  # a task's state (running, blocked, done) and the step count come from every point
+
     def __init__(
         self,
         seed: int,

@@ -36,7 +36,11 @@ class RandomPolicy:
     """At each point, with probability ``p_yield``, give way: a bare yield, or a sleep of up to ``max_sleep`` seconds.
 
     Sleeps stop when ``budget`` seconds were slept in the run (yields go on), so a run is never much slower.
+    A choice delays the op after its point only: the real runtime may call the policy at the points of ops that
+    conflict and no others (``focusable``; see ``forkcheck.engines.script``).
     """
+
+    focusable = True
 
     def __init__(self, seed: int, p_yield: float = 0.9, max_sleep: float = 60e-6, budget: float = 5e-3):
         if not 0.0 <= p_yield <= 1.0:
