@@ -280,6 +280,7 @@ class Checker:
         self.ran_once = self.engine.name != "script"  # the real runtime's program ran once (see ``_calibrated``)
         self._raced: Any = None  # the example whose first schedule ran with race detection
         self._watching: Optional[ModuleWatch] = None  # see ``_module_watch``
+        self._watching_globals: Optional[GlobalWatch] = None  # see ``_global_watch``
         self.interleavings: set[int] = set()
         self.switches = 0
         self.per_example = schedules_here(settings, self.engine.name)
@@ -392,7 +393,7 @@ class Checker:
             runs = 1 if self.ran_once else WARM_UP_RUNS
             self.ran_once = True
             watch = self._module_watch()
-            global_watch = GlobalWatch(self.globals)  # the run may change what a check must leave as it was
+            global_watch = self._global_watch()  # the run may change what a check must leave as it was
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
                 steps = self._call(lambda: global_watch.run(
@@ -414,6 +415,14 @@ class Checker:
         if self._watching is None:
             self._watching = ModuleWatch(self.engine.module)
         return self._watching
+
+    def _global_watch(self) -> GlobalWatch:
+        """The watch of globals and process state, one for every run: each run ends with its ``restore``, which puts
+        back what the snapshots hold, so they hold for the next run (reading torch's, Python's and numpy's RNG states
+        and 20 flags cost more than a small run)."""
+        if self._watching_globals is None:
+            self._watching_globals = GlobalWatch(self.globals)
+        return self._watching_globals
 
     def _call(self, fn: Callable[[], Any], phase: str) -> Any:
         """``fn()``, bounded by the timeout, as a run of ``phase`` (see :class:`RunStart`)."""
@@ -442,7 +451,7 @@ class Checker:
         callee = module if module is not None else self.base
         if self.serial_program is not None:
             callee = functools.partial(self.serial_program, module)
-        watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
+        watches = [InputWatch(dict(zip(self.param_names, args))), self._global_watch()]
         if module is not None:
             watches.append(ModuleWatch(module))
         watched = {name: ns[key] for name, (ns, key) in self.globals.items()}
@@ -482,7 +491,7 @@ class Checker:
         """One concurrent run's findings, and its record (``None`` when it hung or raised past the engine)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         tasks = list(range(1, self.settings.tasks + 1))
-        watches = [InputWatch(dict(zip(self.param_names, args))), GlobalWatch(self.globals)]
+        watches = [InputWatch(dict(zip(self.param_names, args))), self._global_watch()]
         module_watch = self._module_watch()
         # race detection predicts other schedules: once per example is enough; shrinking counts no coverage, so its
         # runs go faster unlogged

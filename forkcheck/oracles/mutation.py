@@ -292,9 +292,10 @@ class GlobalWatch:
     def run(self, call: Callable[[], Any]) -> Any:
         """``call()`` on this thread, watching this thread's torch state too (grad mode, intra-op threads), and
         putting it back on this thread afterwards (a thread count set here would also reach threads started
-        later)."""
+        later). A watch may serve run after run, each followed by ``restore``."""
         before = {name: read() for name, (read, _) in _THREAD_STATE.items()}
         self.process_now = {}
+        self.thread_changes = {}
         try:
             return call()
         finally:
