@@ -296,10 +296,11 @@ def shutdown() -> None:
 
 
 def check_in_child(module: Any, attribute: str, target: Any, settings: Any, replay: Optional[str],
-                   nodeid: str, pool_size: int = 0, on_concurrent: Optional[threading.Event] = None) -> Any:
+                   nodeid: str, pool_size: int = 0, on_pool: Any = None) -> Any:
     """``runner.check`` of ``module.attribute`` in the child whose inter-op pool has ``pool_size`` threads (0:
-    torch's default); raises ``Unavailable`` when it cannot run there. ``on_concurrent`` is set when the check
-    starts its first concurrent run on the real runtime."""
+    torch's default); raises ``Unavailable`` when it cannot run there. ``on_pool`` (an event) is set when the check
+    goes on from its first serial reference to runs on the real runtime's pool (its warm-up, or a concurrent run).
+    """
     request = {"op": "check", "module": module.__name__, "file": getattr(module, "__file__", None) or "",
                "attribute": attribute, "target": target.name, "settings": _settings_json(settings),
                "replay": replay, "nodeid": nodeid, "sys_path": [_absolute(p) for p in sys.path],
@@ -314,7 +315,7 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
                 child = _current(pool_size)
             try:
                 child.wait_ready()
-                result = _exchange(child, request, target, settings, nodeid, on_concurrent)
+                result = _exchange(child, request, target, settings, nodeid, on_pool)
                 if retried:
                     result.stats.isolation = result.stats.isolation.noted(f"a fresh one: in the one before, {retried}")
                 return result
@@ -345,7 +346,7 @@ def _settings_json(settings: Any) -> dict[str, Any]:
 
 
 def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, settings: Any, nodeid: str,
-              on_concurrent: Optional[threading.Event] = None) -> Any:
+              on_pool: Any = None) -> Any:
     from .findings import CheckResult
 
     child.captured = []
@@ -374,8 +375,8 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
         if event == "run":
             allowed, what = float(message["timeout"]), message.get("what") or "a run"
             engine = message.get("engine") or engine
-            if on_concurrent is not None and message.get("phase") == "concurrent" and engine.get("name") == "script":
-                on_concurrent.set()
+            if on_pool is not None and message.get("phase") != "serial" and engine.get("name") == "script":
+                on_pool.set()  # the serial reference passed: the other pool sizes can tell more
         elif event == "unavailable":
             raise _Refused(message.get("reason", ""), fresh)
         elif event == "result":

@@ -34,9 +34,9 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
                           replay: Optional[str], nodeid: str) -> CheckResult:
     """Check ``module.attribute`` under each pool size in ``sizes``; raises ``Unavailable`` when no child can.
 
-    The first size checks alone until its first concurrent run on the real runtime (until then the check may end
-    in a way that makes the other sizes needless: a defect the serial run shows, an error, forkcheck's own
-    scheduler); then the other sizes start, ``side_by_side()`` at a time. Their results are taken in the order of
+    The first size checks alone until its first serial reference passed and it goes on to the real runtime's pool
+    (until then the check may end in a way that makes the other sizes needless: a defect the serial run shows, an
+    error, forkcheck's own scheduler); then the other sizes start, ``side_by_side()`` at a time. Their results are taken in the order of
     ``sizes``, as if they had run one after another: the same skips, the same merge.
     """
     if replay:  # rerun the failure under the pool size it was found with (any, off the pool)
@@ -45,21 +45,21 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
     split = settings.replace(pool_sizes=sizes) if len(sizes) > 1 else settings
     for size in sizes:
         prewarm(size)  # forked from the warm template while the first size checks
-    first_ran = threading.Event()
+    on_pool, settled = threading.Event(), threading.Event()  # settled: the first size went on to the pool, or ended
     started: dict[int, Future] = {}
     with ThreadPoolExecutor(max_workers=min(side_by_side(), len(sizes)), thread_name_prefix="forkcheck-size") as pool:
 
         def start(size: int) -> Future:
             if size not in started:
+                told = _Both(on_pool, settled) if size == sizes[0] else None
                 started[size] = pool.submit(check_in_child, module, attribute, target, split, None, nodeid,
-                                            pool_size=size, on_concurrent=first_ran if size == sizes[0] else None)
+                                            pool_size=size, on_pool=told)
             return started[size]
 
         try:
-            start(sizes[0])
-            while not first_ran.wait(0.05) and not started[sizes[0]].done():
-                pass
-            if first_ran.is_set():
+            start(sizes[0]).add_done_callback(lambda _: settled.set())
+            settled.wait()
+            if on_pool.is_set():
                 for size in sizes[1:]:
                     start(size)
             return _collect(sizes, start)
@@ -68,6 +68,17 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
                 if not future.cancel():
                     stop(size)  # its check is under way: end it, so that this thread does not wait for it
             raise
+
+
+class _Both:
+    """Sets two events at once (``check_in_child`` sets what it is given)."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def set(self) -> None:
+        for event in self.events:
+            event.set()
 
 
 def _collect(sizes: tuple[int, ...], start: Callable[[int], Future]) -> CheckResult:
