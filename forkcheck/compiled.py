@@ -58,7 +58,7 @@ def location(scripted: Any) -> str:
     module keeps them in its serialized code) and is the user's (a traced fork's ops point into torch), else the
     graph's qualified name."""
     function = forward(scripted)
-    found = next((where for node in _nodes(function.graph.block())
+    found = next((where for node in graph_nodes(function.graph.block())
                   if (where := location_of(node)) and not where.startswith(_TORCH_DIR)), "")
     if found:
         return found
@@ -67,14 +67,14 @@ def location(scripted: Any) -> str:
     return f"{scripted._c._type().qualified_name()}.forward"
 
 
-def _nodes(block: Any, subgraphs: bool = True) -> Iterator[Any]:
+def graph_nodes(block: Any, subgraphs: bool = True) -> Iterator[Any]:
     """Every node of ``block`` and its nested blocks (and of fork subgraphs, with ``subgraphs``), in program order."""
     for node in block.nodes():
         yield node
         for inner in node.blocks():
-            yield from _nodes(inner, subgraphs)
+            yield from graph_nodes(inner, subgraphs)
         if subgraphs and node.kind() == "prim::fork":
-            yield from _nodes(node.g("Subgraph").block())
+            yield from graph_nodes(node.g("Subgraph").block())
 
 
 def _is_identity(fork: Any) -> bool:
@@ -103,7 +103,7 @@ def serial_program(scripted: Any) -> Callable[..., Any]:
     graph = forward(scripted).graph.copy()
     while True:
         torch._C._jit_pass_inline(graph)  # calls, and the bodies just put in place, may hold forks of their own
-        fork = next((node for node in _nodes(graph.block(), subgraphs=False)
+        fork = next((node for node in graph_nodes(graph.block(), subgraphs=False)
                      if node.kind() == "prim::fork" and not _is_identity(node)), None)
         if fork is None:
             break

@@ -280,7 +280,7 @@ class Checker:
         self.ran_once = self.engine.name != "script"  # the real runtime's program ran once (see ``_calibrated``)
         self._raced: Any = None  # the example whose first schedule ran with race detection
         self._watching: Optional[ModuleWatch] = None  # see ``_module_watch``
-        self._watching_globals: Optional[GlobalWatch] = None  # see ``_global_watch``
+        self._watching_globals: dict[bool, GlobalWatch] = {}  # see ``_global_watch``
         self.interleavings: set[int] = set()
         self.switches = 0
         self.per_example = schedules_here(settings, self.engine.name)
@@ -393,7 +393,8 @@ class Checker:
             runs = 1 if self.ran_once else WARM_UP_RUNS
             self.ran_once = True
             watch = self._module_watch()
-            global_watch = self._global_watch()  # the run may change what a check must leave as it was
+            # the run may change what a check must leave as it was
+            global_watch = self._global_watch(self.engine.runs_python)
             args = copy.deepcopy([inputs[name] for name in self.param_names])
             try:
                 steps = self._call(lambda: global_watch.run(
@@ -416,13 +417,14 @@ class Checker:
             self._watching = ModuleWatch(self.engine.module)
         return self._watching
 
-    def _global_watch(self) -> GlobalWatch:
-        """The watch of globals and process state, one for every run: each run ends with its ``restore``, which puts
+    def _global_watch(self, python: bool = True) -> GlobalWatch:
+        """The watch of globals and process state, one for every run (``python=False``: one for the concurrent runs
+        of compiled code that calls no Python, see ``GlobalWatch``): each run ends with its ``restore``, which puts
         back what the snapshots hold, so they hold for the next run (reading torch's, Python's and numpy's RNG states
         and 20 flags cost more than a small run)."""
-        if self._watching_globals is None:
-            self._watching_globals = GlobalWatch(self.globals)
-        return self._watching_globals
+        if python not in self._watching_globals:
+            self._watching_globals[python] = GlobalWatch(self.globals, python)
+        return self._watching_globals[python]
 
     def _call(self, fn: Callable[[], Any], phase: str) -> Any:
         """``fn()``, bounded by the timeout, as a run of ``phase`` (see :class:`RunStart`)."""
@@ -491,7 +493,7 @@ class Checker:
         """One concurrent run's findings, and its record (``None`` when it hung or raised past the engine)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         tasks = list(range(1, self.settings.tasks + 1))
-        watches = [InputWatch(dict(zip(self.param_names, args))), self._global_watch()]
+        watches = [InputWatch(dict(zip(self.param_names, args))), self._global_watch(self.engine.runs_python)]
         module_watch = self._module_watch()
         # race detection predicts other schedules: once per example is enough; shrinking counts no coverage, so its
         # runs go faster unlogged

@@ -176,3 +176,69 @@ def test_no_library_state_is_watched() -> None:
     """torch, the standard library and site-packages are no user's state: none of their names is watched."""
     names = referenced_globals([_reads_torch_only])
     assert all(name.startswith(__name__) for name in names), names
+
+
+# -- compiled code that calls no Python reaches only torch's state -------------------------------------------------
+
+
+PROGRAMS = """
+import random
+
+import torch
+from torch import Tensor
+
+
+@torch.jit.ignore
+def python_side(x: Tensor) -> Tensor:
+    random.random()
+    return x
+
+
+def calls_python(x: Tensor) -> Tensor:
+    return torch.jit.wait(torch.jit.fork(python_side, x))
+
+
+def no_python(x: Tensor) -> Tensor:
+    return torch.jit.wait(torch.jit.fork(torch.neg, x))
+
+
+LIBRARY = torch.library.Library("fc_user_ops", "DEF")
+LIBRARY.define("twice(Tensor x) -> Tensor")
+LIBRARY.impl("twice", lambda x: x * 2, "CompositeExplicitAutograd")  # a Python kernel
+
+
+def _twice(x: Tensor) -> Tensor:
+    return torch.ops.fc_user_ops.twice(x)
+
+
+def calls_a_users_op(x: Tensor) -> Tensor:
+    return torch.jit.wait(torch.jit.fork(_twice, x))
+"""
+
+
+def test_a_scripted_program_runs_python_only_through_an_ignored_call_or_a_users_op(tmp_path, monkeypatch):
+    import importlib
+
+    from forkcheck._warnings import quiet_jit
+    from forkcheck.engines.script import ScriptEngine
+
+    (tmp_path / "python_calls.py").write_text(PROGRAMS)  # TorchScript reads a program's source from its file
+    monkeypatch.syspath_prepend(str(tmp_path))
+    programs = importlib.import_module("python_calls")
+    with quiet_jit():
+        assert ScriptEngine(programs.calls_python, ["x"], 2).runs_python
+        assert ScriptEngine(programs.calls_a_users_op, ["x"], 2).runs_python
+        assert not ScriptEngine(programs.no_python, ["x"], 2).runs_python
+
+
+def test_a_watch_for_code_without_python_reads_torch_state_only_and_puts_it_back():
+    import random
+
+    import numpy
+
+    full, torch_only = GlobalWatch({}), GlobalWatch({}, python=False)
+    random.random(), numpy.random.rand(), torch.rand(1)
+    assert set(full.changed()) == {"Python default RNG", "numpy default RNG", "torch default RNG"}
+    assert set(torch_only.changed()) == {"torch default RNG"}
+    full.restore()
+    assert full.changed() == {} and torch_only.changed() == {}

@@ -61,6 +61,7 @@ class Engine(Protocol):
     reason: str  # why this engine was chosen
     module: Any  # the module instance the runs share (None for functions)
     scripted: Any  # the target's TorchScript (the static pre-check reads its graph); None on forkcheck's scheduler
+    runs_python: bool  # whether a run's tasks may run Python code (else they reach no Python state: globals, RNGs)
 
     def run(self, args: Sequence[Any], schedule: Any, observe: Observe) -> Run:
         """Fork ``tasks`` instances on ``args`` (the same objects) under ``schedule``, wait for all; what the

@@ -625,6 +625,7 @@ class EagerEngine:
 
     name = "eager"
     scripted = None
+    runs_python = True
 
     def __init__(self, instance: Any, tasks: int, reason: str, timeout: Optional[float] = 60.0,
                  param_names: Sequence[str] = ()):

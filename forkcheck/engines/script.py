@@ -2,7 +2,7 @@
 
 A run observing ``ACCESSES`` logs every op of every task; the ops that conflicted in it are kept, and each later run
 is told apart by the order in which its tasks reached them (``forkcheck.interleavings.point_signature``). Later runs
-also perturb only there: a ``focusable`` policy (``random``) is called at the points before those ops and no others,
+(the next logged one too) also perturb only there: a ``focusable`` policy (``random``) is called at the points before those ops and no others,
 as delaying an op that conflicts with none cannot change what the run computes, only slow it (a task waiting at
 each of a program's points cost 5-10x a plain run). Where the logged run saw no conflict, they run unperturbed.
 """
@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .._warnings import quiet_jit
+from ..compiled import graph_nodes
 from ..instrument import instrument
 from ..interleavings import conflict_groups, point_signature
 from ..observe import AccessLog, storage_names
@@ -50,6 +51,17 @@ def _driver_source(param_types: Sequence[tuple[str, str]], tasks: int, is_module
              "        self.target = target\n\n    def forward(self" if is_module else "def driver("
     body = f"{header}{', ' if is_module and params else ''}{params}):\n{forks}        return ({waits},)\n"
     return body if is_module else body.replace("\n        ", "\n    ")
+
+
+#: Namespaces of ops whose kernels are torch's or forkcheck's own C++ and Python: no user Python code runs in them.
+_NO_USER_PYTHON = ("aten::", "prim::", "forkcheck::")
+
+
+def _runs_python(graph: Any) -> bool:
+    """Whether the program may run the user's Python code: a ``torch.jit.ignore``d call (``prim::PythonOp``), or an
+    op of a library of the user's, whose kernel may be Python. Otherwise its tasks reach no Python state."""
+    return any(node.kind() == "prim::PythonOp" or not node.kind().startswith(_NO_USER_PYTHON)
+               for node in graph_nodes(graph.block()))
 
 
 def _load_driver(source: str, target: Any) -> types.ModuleType:
@@ -92,6 +104,7 @@ class ScriptEngine:
         except Exception as err:
             raise NotScriptable(f"the fork driver for this target does not script: {err}") from err
         self.program = instrument(self.driver)  # scheduling points before every op of every task
+        self.runs_python = _runs_python(self.program.graph)
         if is_module:  # the driver holds the target as ``self.target``: its attributes go by the target's own names
             self.program.sites = {site: dataclasses.replace(info, name="self" + info.name[len("self.target"):])
                                   if info.name.startswith("self.target.") else info
@@ -117,16 +130,16 @@ class ScriptEngine:
 
     def run(self, args: Sequence[Any], schedule: Any, observe: Observe) -> Run:
         """One run with ``schedule``'s policy deciding at every scheduling point; what it raised is its ``error``.
-        Where the last logged run saw no conflict, the plain scripted driver runs: there is nothing to perturb, and
-        the instrumented program's points cost a Python call each (a plain run of the driver, no interleaving
-        recorded)."""
-        focus = self._focus() if observe is not Observe.ACCESSES else None
+        The policy decides where the last logged run saw tasks conflict (everywhere before the first logged run);
+        where that run saw no conflict, the plain scripted driver runs (a logged run, the instrumented program with
+        no policy): there is nothing to perturb, and the program's points cost a Python call each."""
+        focus = self._focus()
         recorder = _Recorder(schedule.policy(), focus)
         log = None
         outputs: list[Any] = []
         error: Optional[Exception] = None
         try:
-            if focus == frozenset():
+            if focus == frozenset() and observe is not Observe.ACCESSES:
                 outputs = list(self.driver(*args))
             elif observe is not Observe.ACCESSES:
                 outputs = list(run_under(recorder, self.program, *args))

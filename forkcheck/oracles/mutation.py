@@ -255,9 +255,13 @@ _THREAD_STATE: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
 }
 
 
-def process_state() -> dict[str, Any]:
-    """The process-wide state a forked task must not change."""
-    return {name: read() for name, (read, _) in _PROCESS_STATE.items()}
+#: Process-wide state only Python code can change: compiled code without Python calls reaches neither.
+_PYTHON_STATE = frozenset({"Python default RNG", "numpy default RNG"})
+
+
+def process_state(python: bool = True) -> dict[str, Any]:
+    """The process-wide state a forked task must not change (``python=False``: the state compiled code reaches)."""
+    return {name: read() for name, (read, _) in _PROCESS_STATE.items() if python or name not in _PYTHON_STATE}
 
 
 def _same(then: Any, now: Any) -> bool:
@@ -281,11 +285,15 @@ class GlobalWatch:
     modules' names; and process-wide state: torch's (RNG, settings, ``torch.backends`` flags) and the Python and
     numpy default RNGs."""
 
-    def __init__(self, slots: Mapping[str, tuple[Any, str]]):
-        self.slots = dict(slots)
+    def __init__(self, slots: Mapping[str, tuple[Any, str]], python: bool = True):
+        """``python=False`` for runs that execute no Python code (compiled code without Python calls): they cannot
+        reach Python's globals or Python's and numpy's RNGs, so only torch's state is watched (reading numpy's RNG
+        alone cost more than a small scripted run)."""
+        self.python = python
+        self.slots = dict(slots) if python else {}
         self.snapshots = {name: NamesSnapshot.take(ns.namespace, ns.deep) if isinstance(ns, _ModuleNames)
                           else snapshot(ns[key]) for name, (ns, key) in self.slots.items()}
-        self.process = process_state()
+        self.process = process_state(python)
         self.process_now: dict[str, Any] = {}  # the process state ``changed`` read last, for ``restore``
         self.thread_changes: dict[str, list[str]] = {}
 
@@ -315,7 +323,7 @@ class GlobalWatch:
             changes = self.snapshots[name].changes(ns[key])
             if changes:
                 changed[name] = changes
-        self.process_now = process_state()
+        self.process_now = process_state(self.python)
         for name, now in self.process_now.items():
             if not _same(self.process[name], now):
                 changed[name] = [_state_change(name, self.process[name], now)]
@@ -345,8 +353,8 @@ class GlobalWatch:
                 snap.restore()
             elif snap.changes(ns[key]):
                 ns[key] = snap.restore()
-        now = self.process_now or process_state()  # read by ``changed`` after the run: nothing ran since
+        now = self.process_now or process_state(self.python)  # read by ``changed`` after the run: nothing ran since
         for name, (_, write) in _PROCESS_STATE.items():
-            if not _same(self.process[name], now[name]):
+            if name in self.process and not _same(self.process[name], now[name]):
                 write(self.process[name])
         self.process_now = {}
