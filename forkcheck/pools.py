@@ -36,8 +36,8 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
 
     The first size checks alone until its first serial reference passed and it goes on to the real runtime's pool
     (until then the check may end in a way that makes the other sizes needless: a defect the serial run shows, an
-    error, forkcheck's own scheduler); then the other sizes start, ``side_by_side()`` at a time. Their results are taken in the order of
-    ``sizes``, as if they had run one after another: the same skips, the same merge.
+    error, forkcheck's own scheduler); then the other sizes start, ``side_by_side()`` at a time. Their results are
+    taken in the order of ``sizes``, as if they had run one after another: the same skips, the same merge.
     """
     if replay:  # rerun the failure under the pool size it was found with (any, off the pool)
         pool_size = ReplayToken.decode(replay).pool_size or sizes[0]

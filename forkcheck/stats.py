@@ -142,7 +142,7 @@ class Stats:
     flaky: str = ""  # Hypothesis saw the failure not repeat on a rerun
     replays: Optional[Replays] = None  # a replay's reruns
     replay_note: str = ""  # why a replay may not repeat the failure (another pool size)
-    interleavings: Optional[int] = None  # distinct task orders the concurrent runs took (every step counted)
+    interleavings: Optional[int] = None  # distinct task orders the recorded concurrent runs took (every step counted)
     switches: Optional[int] = None  # task switches in them
     coverage: dict[str, Any] = field(default_factory=dict)  # ``forkcheck.coverage.Coverage.stats``
     strategy_note: str = ""  # the strategy asked for could not be used, and what was used instead

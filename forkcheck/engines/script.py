@@ -2,9 +2,10 @@
 
 A run observing ``ACCESSES`` logs every op of every task; the ops that conflicted in it are kept, and each later run
 is told apart by the order in which its tasks reached them (``forkcheck.interleavings.point_signature``). Later runs
-(the next logged one too) also perturb only there: a ``focusable`` policy (``random``) is called at the points before those ops and no others,
-as delaying an op that conflicts with none cannot change what the run computes, only slow it (a task waiting at
-each of a program's points cost 5-10x a plain run). Where the logged run saw no conflict, they run unperturbed.
+(the next logged one too) also perturb only there: a ``focusable`` policy (``random``) is called at the points before
+those ops and no others, as delaying an op that conflicts with none cannot change what the run computes, only slow it
+(a task waiting at each of a program's points cost 5-10x a plain run). Where the logged run saw no conflict, they run
+unperturbed.
 """
 from __future__ import annotations
 

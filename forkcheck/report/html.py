@@ -213,8 +213,9 @@ class _Page:
             shown.append(("replay", f"{replay_what(replays)}: {replay_outcome(replays)}"))
         interleavings, switches = stats.pop("interleavings", None), stats.pop("switches", None)
         if interleavings:
-            shown.append(("task orders", f"{interleavings} distinct (of every step, not only conflicting ones)" +
-                          (f", {switches} task switches" if switches else "")))
+            shown.append(("task orders", f"{interleavings} distinct among the recorded runs (of every step, not only "
+                                          "conflicting ones; plain runs, where no op conflicted, record none)"
+                          + (f", {switches} task switches" if switches else "")))
         for key in ("failed_after", "wrong_outcome_after"):
             value = stats.pop(key, None)
             if isinstance(value, int) and value > 0:

@@ -55,7 +55,8 @@ def draw_schedules(draw: Callable[[Any, str], int], strategy: str, count: int) -
     for index in range(count):
         kind = kinds[index % len(kinds)]
         ranges = sorted(ALGORITHMS[kind].DRAWN.items())
-        params = {name: low + mix(base, index, 1 + j) % (high - low + 1) for j, (name, (low, high)) in enumerate(ranges)}
+        params = {name: low + mix(base, index, 1 + j) % (high - low + 1)
+                  for j, (name, (low, high)) in enumerate(ranges)}
         drawn.append(Schedule(kind, mix(base, index), params))
     return drawn
 
