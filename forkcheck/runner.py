@@ -500,12 +500,14 @@ class Checker:
         observe = Observe.ACCESSES if self._raced is not inputs else \
             Observe.SIGNATURE if self.mode.name != "shrink" else Observe.NOTHING
         self._raced = inputs
+        module_unchanged = False  # its findings were none: its restore has nothing to do
         try:
             run = self._call(lambda: watches[1].run(lambda: self.engine.run(args, schedule, observe)), "concurrent")
             if run.error is None:
                 findings = [f for w in watches for f in w.findings(tasks, default_location=self.location)]
                 if module_watch is not None:
-                    findings += module_watch.findings(tasks, default_location=self.location)
+                    found = module_watch.findings(tasks, default_location=self.location)
+                    findings, module_unchanged = findings + found, not found
         except _Hang:
             return [self._hang(self._concurrent_run())], None
         except Exception as err:  # raised past the engine (the target's SystemExit: see ``_with_timeout``)
@@ -513,7 +515,7 @@ class Checker:
         finally:
             watches[1].restore()
             if module_watch is not None:
-                module_watch.restore()  # the next schedule starts from the same module state
+                module_watch.restore(module_unchanged)  # the next schedule starts from the same module state
         if run.error is not None:
             return [self._failed_run(run.error, tasks)], run
         self.coverage.saw(run.trace)

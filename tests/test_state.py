@@ -515,3 +515,22 @@ def test_referenced_globals_follow_functions_and_methods_of_user_objects():
     names = set(referenced_globals([calls_a_helper]))
     assert {f"{__name__}.COUNTER", f"{__name__}.RECORDER", f"{__name__}.REGISTRY"} <= names
     assert f"{__name__}._helper" not in names and f"{__name__}.torch" not in names
+
+
+def test_one_module_watch_serves_run_after_run_and_a_run_seen_clean_costs_no_new_snapshot():
+    module = torch.nn.Linear(2, 2)
+    watch = ModuleWatch(module)
+    before = module.weight.detach().clone()
+    assert watch.changed() == {}
+    snapshot = watch.snapshot
+    watch.restore(unchanged=True)
+    assert watch.snapshot is snapshot  # nothing changed: the snapshot still holds
+    with torch.no_grad():
+        module.weight.add_(1.0)  # the next run writes
+    assert "weight" in " ".join(watch.changed())
+    watch.restore()
+    assert torch.equal(module.weight, before) and watch.changed() == {}
+    with torch.no_grad():
+        module.bias.mul_(2.0)  # a run whose changes nobody asked for (it raised): a plain restore puts them back
+    watch.restore()
+    assert watch.changed() == {}

@@ -72,8 +72,12 @@ class ModuleWatch:
             for path, changes in self.changed().items()
         ]
 
-    def restore(self) -> None:
-        """Put every changed attribute back, so the next run starts from the same state."""
+    def restore(self, unchanged: bool = False) -> None:
+        """Put every changed attribute back, so the next run starts from the same state (and snapshot that state:
+        a restored tensor may be a new object). ``unchanged``: the caller's ``changed`` found nothing just now, and
+        nothing ran since: the snapshot holds (taking one cost more than a small run)."""
+        if unchanged:
+            return
         self.snapshot.restore()
         self.snapshot = ModuleSnapshot.take(self.module)
 
