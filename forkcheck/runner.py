@@ -281,6 +281,7 @@ class Checker:
         self._raced: Any = None  # the example whose first schedule ran with race detection
         self._watching: Optional[ModuleWatch] = None  # see ``_module_watch``
         self._watching_globals: dict[bool, GlobalWatch] = {}  # see ``_global_watch``
+        self._serial_copy: Optional[tuple[Any, ModuleWatch]] = None  # see ``_serial_module``
         self.interleavings: set[int] = set()
         self.switches = 0
         self.per_example = schedules_here(settings, self.engine.name)
@@ -445,17 +446,29 @@ class Checker:
     def _concurrent_run(self) -> str:
         return f"a concurrent run of {self.settings.tasks} forked tasks"
 
+    def _serial_module(self) -> tuple[Any, Optional[ModuleWatch]]:
+        """The copy of a Module target the serial runs use, and its watch: one for every serial run, put back by the
+        watch after each (a deep copy per run cost more than the run; the concurrent runs share theirs the same way),
+        and dropped after a run that hung, which may still be changing it."""
+        if not self.target.is_module:
+            return None, None
+        if self._serial_copy is None:
+            module = copy.deepcopy(self.base)
+            self._serial_copy = (module, ModuleWatch(module))
+        return self._serial_copy
+
     def _serial(self, inputs: dict[str, Any]) -> tuple[list[Finding], Any]:
         """The reference: the target once, on copies, forks inline (plain eager Python, or the compiled program with
         its forks inlined: there the Python stack does not say which line wrote, the static pre-check's twin does)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
-        module = copy.deepcopy(self.base) if self.target.is_module else None
+        module, module_watch = self._serial_module()
         callee = module if module is not None else self.base
         if self.serial_program is not None:
             callee = functools.partial(self.serial_program, module)
-        watches = [InputWatch(dict(zip(self.param_names, args))), self._global_watch()]
-        if module is not None:
-            watches.append(ModuleWatch(module))
+        watches: list[Any] = [InputWatch(dict(zip(self.param_names, args))), self._global_watch()]
+        if module_watch is not None:
+            watches.append(module_watch)
+        module_unchanged = hung = False
         watched = {name: ns[key] for name, (ns, key) in self.globals.items()}
         watched.update(zip(self.param_names, args))
         if module is not None:
@@ -465,8 +478,11 @@ class Checker:
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
             output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)), "serial")
             locate = locator.locate if locator is not None else (lambda name: ("", ""))
-            return [f for w in watches for f in w.findings([1], locate, self.location)], output
+            found = [[f for f in w.findings([1], locate, self.location)] for w in watches]
+            module_unchanged = module_watch is not None and not found[-1]
+            return [f for each in found for f in each], output
         except _Hang:
+            hung = True
             return [self._hang(SERIAL_RUN)], _NO_OUTPUT
         except Exception as err:
             found = exception_finding("the target", err, "serial run, forks inline", location=self.location, tasks=[1])
@@ -474,6 +490,10 @@ class Checker:
             return [found], _NO_OUTPUT
         finally:
             watches[1].restore()
+            if hung:
+                self._serial_copy = None
+            elif module_watch is not None:
+                module_watch.restore(module_unchanged)
 
     def _inferred_note(self, inputs: dict[str, Any]) -> str:
         """For inputs forkcheck inferred, that they were, and the strategies to give if the target needs others."""

@@ -423,3 +423,29 @@ def test_the_module_watch_shared_by_the_runs_sees_a_write_after_runs_it_put_back
     mutation = next(f for f in result.findings if f.kind == "attribute-mutation")
     assert mutation.detail["name"] == "hits" and "in place" not in mutation.message  # the values changed
     assert torch.equal(module.hits, torch.zeros(1))
+
+
+class _CountsCalls(nn.Module):
+    """Writes a buffer in its forward: every serial run changes the module."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return x * 2
+
+
+def test_serial_runs_share_one_copy_of_a_module_put_back_after_each_and_the_target_is_untouched():
+    from forkcheck.runner import Checker
+
+    target = Target.from_object(forkcheck.fork_safe(_CountsCalls(), x=fst.tensors(shape=(2,))), "mod:counts")
+    checker = Checker(target, Settings(seed=1))
+    for _ in range(3):
+        findings, output = checker._serial({"x": torch.ones(2)})
+        assert [f.kind for f in findings] == ["attribute-mutation"] and torch.equal(output, torch.full((2,), 2.0))
+        module, _ = checker._serial_module()
+        assert module.calls.item() == 0  # put back: each run starts from the target's state, and sees its write
+    assert checker._serial_module()[0] is module and module is not checker.base
+    assert checker.base.calls.item() == 0 and target.obj.calls.item() == 0
