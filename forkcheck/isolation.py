@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._words import plural
 
@@ -296,9 +296,9 @@ def shutdown() -> None:
 
 
 def check_in_child(module: Any, attribute: str, target: Any, settings: Any, replay: Optional[str],
-                   nodeid: str, pool_size: int = 0, on_pool: Any = None) -> Any:
+                   nodeid: str, pool_size: int = 0, on_pool: Optional[Callable[[], None]] = None) -> Any:
     """``runner.check`` of ``module.attribute`` in the child whose inter-op pool has ``pool_size`` threads (0:
-    torch's default); raises ``Unavailable`` when it cannot run there. ``on_pool`` (an event) is set when the check
+    torch's default); raises ``Unavailable`` when it cannot run there. ``on_pool()`` is called once, when the check
     goes on from its first serial reference to runs on the real runtime's pool (its warm-up, or a concurrent run).
     """
     request = {"op": "check", "module": module.__name__, "file": getattr(module, "__file__", None) or "",
@@ -346,7 +346,7 @@ def _settings_json(settings: Any) -> dict[str, Any]:
 
 
 def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, settings: Any, nodeid: str,
-              on_pool: Any = None) -> Any:
+              on_pool: Optional[Callable[[], None]] = None) -> Any:
     from .findings import CheckResult
 
     child.captured = []
@@ -376,7 +376,8 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
             allowed, what = float(message["timeout"]), message.get("what") or "a run"
             engine = message.get("engine") or engine
             if on_pool is not None and message.get("phase") != "serial" and engine.get("name") == "script":
-                on_pool.set()  # the serial reference passed: the other pool sizes can tell more
+                on_pool()  # the serial reference passed: the other pool sizes can tell more
+                on_pool = None
         elif event == "unavailable":
             raise _Refused(message.get("reason", ""), fresh)
         elif event == "result":

@@ -30,6 +30,7 @@ class ForkcheckState:
         self.results: dict[str, dict[str, Any]] = {}
         self.report_paths: Any = None
         self.isolation = options.isolation
+        self.needs_prewarm = options.isolation == "child"  # the child process that checks targets is yet to start
         self.collected: dict[str, dict[str, str]] = {}  # nodeid -> kind and name of every selected forkcheck item
         self.seen: set[str] = set()  # every item collected, deselected ones too (which report rows still exist)
         self.invocation = "pytest"  # how this pytest was started, for replay commands that run as printed
@@ -133,9 +134,10 @@ def _prewarm(config: pytest.Config) -> None:
     """A target was collected, or a module that may mark one is about to be imported: start the child process that
     checks targets now, so its warm-up overlaps the rest of the collection."""
     state = config.stash.get(STATE, None)
-    if state is not None and state.isolation == "child" and not config.option.collectonly:
+    if state is not None and state.needs_prewarm and not config.option.collectonly:
         from .isolation import prewarm
 
+        state.needs_prewarm = False
         prewarm(state.options.pool_sizes[0])
 
 
@@ -148,7 +150,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
     from .marker import errors_deferred
 
     if isinstance(collector, (pytest.Module, ModuleTargets)) and collector.path is not None:
-        if _may_mark_targets(collector.path):
+        if collector.config.stash[STATE].needs_prewarm and _may_mark_targets(collector.path):
             _prewarm(collector.config)  # before the module's import (torch's, mostly), which the warm-up overlaps
         with errors_deferred(collector.path):
             report = yield

@@ -51,7 +51,7 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
 
         def start(size: int) -> Future:
             if size not in started:
-                told = _Both(on_pool, settled) if size == sizes[0] else None
+                told = (lambda: (on_pool.set(), settled.set())) if size == sizes[0] else None
                 started[size] = pool.submit(check_in_child, module, attribute, target, split, None, nodeid,
                                             pool_size=size, on_pool=told)
             return started[size]
@@ -68,17 +68,6 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
                 if not future.cancel():
                     stop(size)  # its check is under way: end it, so that this thread does not wait for it
             raise
-
-
-class _Both:
-    """Sets two events at once (``check_in_child`` sets what it is given)."""
-
-    def __init__(self, *events: threading.Event):
-        self.events = events
-
-    def set(self) -> None:
-        for event in self.events:
-            event.set()
 
 
 def _collect(sizes: tuple[int, ...], start: Callable[[int], Future]) -> CheckResult:
