@@ -478,9 +478,9 @@ class Checker:
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
             output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)), "serial")
             locate = locator.locate if locator is not None else (lambda name: ("", ""))
-            found = [[f for f in w.findings([1], locate, self.location)] for w in watches]
-            module_unchanged = module_watch is not None and not found[-1]
-            return [f for each in found for f in each], output
+            per_watch = [w.findings([1], locate, self.location) for w in watches]
+            module_unchanged = module_watch is not None and not per_watch[-1]
+            return [f for found in per_watch for f in found], output
         except _Hang:
             hung = True
             return [self._hang(SERIAL_RUN)], _NO_OUTPUT

@@ -112,29 +112,19 @@ class ScriptEngine:
                                   for site, info in self.program.sites.items()}
         self.param_names = list(param_names)
         self._conflicting: Any = None  # per task pair, the ops that conflicted in the last logged run
-        self._focused: tuple[Any, frozenset[int]] = (None, frozenset())  # ``_conflicting`` and its points
+        self._focus: Optional[frozenset[int]] = None  # the points before those ops (``None``: no run logged yet)
 
     def calibrate(self, args: Sequence[Any]) -> int:
         """Run once unperturbed to count the scheduling points a run passes."""
         self.program.run(*args)
         return max(self.program.steps, 1)
 
-    def _focus(self) -> Optional[frozenset[int]]:
-        """The points before the ops that conflicted in the last logged run (``None``: no run was logged yet)."""
-        if self._conflicting is None:
-            return None
-        if self._focused[0] is not self._conflicting:
-            ops = frozenset().union(*self._conflicting.values())
-            self._focused = (self._conflicting, frozenset(
-                site for site, info in self.program.sites.items() if (info.kind, info.location) in ops))
-        return self._focused[1]
-
     def run(self, args: Sequence[Any], schedule: Any, observe: Observe) -> Run:
-        """One run with ``schedule``'s policy deciding at every scheduling point; what it raised is its ``error``.
-        The policy decides where the last logged run saw tasks conflict (everywhere before the first logged run);
-        where that run saw no conflict, the plain scripted driver runs (a logged run, the instrumented program with
-        no policy): there is nothing to perturb, and the program's points cost a Python call each."""
-        focus = self._focus()
+        """One run under ``schedule``'s policy; what it raised is its ``error``. The policy decides at the points where
+        the last logged run saw tasks conflict (at every point before the first logged run). Where that run saw no
+        conflict, a run that logs nothing is a plain run of the scripted driver (there is nothing to perturb, and
+        the program's points cost a Python call each), and a logged one runs the program with no policy."""
+        focus = self._focus
         recorder = _Recorder(schedule.policy(), focus)
         log = None
         outputs: list[Any] = []
@@ -149,6 +139,9 @@ class ScriptEngine:
                 with log:
                     outputs = list(run_under(recorder, self.program, *args))
                 self._conflicting = conflict_groups(log)
+                ops = frozenset().union(*self._conflicting.values())
+                self._focus = frozenset(site for site, info in self.program.sites.items()
+                                        if (info.kind, info.location) in ops)
         except Exception as err:  # the target's failure: the runner judges it
             error = err
         trace = None
