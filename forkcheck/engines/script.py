@@ -2,10 +2,10 @@
 
 A run observing ``ACCESSES`` logs every op of every task; the ops that conflicted in it are kept, and each later run
 is told apart by the order in which its tasks reached them (``forkcheck.interleavings.point_signature``). Later runs
-(the next logged one too) also perturb only there: a ``focusable`` policy (``random``) is called at the points before
-those ops and no others, as delaying an op that conflicts with none cannot change what the run computes, only slow it
-(a task waiting at each of a program's points cost 5-10x a plain run). Where the logged run saw no conflict, they run
-unperturbed.
+that log nothing also perturb only there: a ``focusable`` policy (``random``) is called at the points before those
+ops and no others, as delaying an op that conflicts with none cannot change what the run computes, only slow it (a
+task waiting at each of a program's points cost 5-10x a plain run). Where the logged run saw no conflict, later runs
+are unperturbed (see ``ScriptEngine.run``).
 """
 from __future__ import annotations
 
@@ -123,8 +123,11 @@ class ScriptEngine:
         """One run under ``schedule``'s policy; what it raised is its ``error``. The policy decides at the points where
         the last logged run saw tasks conflict (at every point before the first logged run). Where that run saw no
         conflict, a run that logs nothing is a plain run of the scripted driver (there is nothing to perturb, and
-        the program's points cost a Python call each), and a logged one runs the program with no policy."""
-        focus = self._focus
+        the program's points cost a Python call each), and a logged one runs the program with no policy. Where it saw
+        conflicts, a logged run is perturbed at every point, as before any was logged: delays packed before the ops
+        that conflicted make the tasks really run them together, which can corrupt an unsynchronised list or dict
+        (the process crashes, and the race oracle's run is lost)."""
+        focus = self._focus if not (observe is Observe.ACCESSES and self._focus) else None
         recorder = _Recorder(schedule.policy(), focus)
         log = None
         outputs: list[Any] = []
