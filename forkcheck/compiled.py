@@ -29,6 +29,11 @@ def forward(scripted: Any) -> Any:
     return scripted.forward if isinstance(scripted, torch.jit.ScriptModule) else scripted
 
 
+def has_compiled_forward(scripted: Any) -> bool:
+    """Whether a compiled module's ``forward`` is compiled (not a ``torch.jit.ignore``d Python method)."""
+    return isinstance(getattr(scripted, "forward", None), torch.ScriptMethod)
+
+
 def arguments(scripted: Any) -> list[Any]:
     """The schema's arguments without ``self``."""
     schema_arguments = forward(scripted).schema.arguments

@@ -11,7 +11,7 @@ import torch
 
 from ._dispatch import DispatchMode
 from .oracles.static import _UNDECLARED_WRITES  # ops that write arguments their schema does not mark (batch norm)
-from .state import tensors_in
+from .state import is_user_module, tensors_in
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -105,3 +105,42 @@ def _written(func, args, kwargs) -> Iterator[Any]:
                     yield kwargs[argument.name]
             else:
                 yield args[index]
+
+
+def changing_lines(call: Any, changed: Any, names: set[str], limit: int = 5000) -> tuple[Any, dict[str, str]]:
+    """``call()`` under a line tracer of the user's code, asking ``changed()`` (the names changed so far) after each
+    line: for each of ``names``, the ``file:line`` of the user's line after which it first changed. A change made in
+    a library the line called (``random.random()``, ``dict.update``) counts for that line. Used once per defect, for
+    changes no op says who made (Python values: globals, lists, attributes). Stops asking after ``limit`` lines."""
+    found: dict[str, str] = {}
+    last = [""]  # the user's line that ran last
+    asked = [0]
+
+    def ask() -> None:
+        if last[0] and asked[0] < limit and len(found) < len(names):
+            asked[0] += 1
+            for name in names & changed():
+                found.setdefault(name, last[0])
+
+    def line(frame: Any, event: str, arg: Any) -> Any:
+        if event in ("line", "return"):
+            ask()
+            last[0] = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        return line
+
+    users: dict[str, bool] = {}  # file -> whether its code is the user's (as the global-state watch tells)
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        file = frame.f_code.co_filename
+        if file not in users:
+            users[file] = _is_user_file(file) and is_user_module(frame.f_globals.get("__name__") or "")
+        return line if users[file] else None
+
+    before = sys.gettrace()  # a coverage tool or debugger: traced again afterwards
+    sys.settrace(calls)
+    try:
+        result = call()
+    finally:
+        sys.settrace(before)
+    ask()
+    return result, found

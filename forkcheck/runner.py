@@ -24,10 +24,10 @@ from .coverage import Coverage
 from .engines import Engine, Observe, Run, ScheduleError, TaskError, choose_engine
 from .compiled import serial_program
 from .findings import CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
-from .locate import WriteLocator, error_location
+from .locate import WriteLocator, changing_lines, error_location
 from .marker import MarkError
 from .oracles.determinism import differences
-from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals
+from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, at_line, referenced_globals
 from .oracles.races import outputs_affected, race_findings
 from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedules import Recorded, Schedule
@@ -282,6 +282,7 @@ class Checker:
         self._watching: Optional[ModuleWatch] = None  # see ``_module_watch``
         self._watching_globals: dict[bool, GlobalWatch] = {}  # see ``_global_watch``
         self._serial_copy: Optional[tuple[Any, ModuleWatch]] = None  # see ``_serial_module``
+        self._lines: dict[str, str] = {}  # see ``_at_lines``
         self.interleavings: set[int] = set()
         self.switches = 0
         self.per_example = schedules_here(settings, self.engine.name)
@@ -480,20 +481,64 @@ class Checker:
             locate = locator.locate if locator is not None else (lambda name: ("", ""))
             per_watch = [w.findings([1], locate, self.location) for w in watches]
             module_unchanged = module_watch is not None and not per_watch[-1]
-            return [f for found in per_watch for f in found], output
+            found = [f for findings in per_watch for f in findings]
         except _Hang:
             hung = True
             return [self._hang(SERIAL_RUN)], _NO_OUTPUT
         except Exception as err:
-            found = exception_finding("the target", err, "serial run, forks inline", location=self.location, tasks=[1])
-            found.message += self._inferred_note(inputs)
-            return [found], _NO_OUTPUT
+            failure = exception_finding("the target", err, "serial run, forks inline", location=self.location,
+                                        tasks=[1])
+            failure.message += self._inferred_note(inputs)
+            return [failure], _NO_OUTPUT
         finally:
             watches[1].restore()
             if hung:
                 self._serial_copy = None
             elif module_watch is not None:
                 module_watch.restore(module_unchanged)
+        return self._at_lines(inputs, found), output
+
+    def _at_lines(self, inputs: dict[str, Any], findings: list[Finding]) -> list[Finding]:
+        """The serial run's changes of Python values (no op wrote them: a global dict filled, a list appended to, an
+        attribute counted up) located at the user's line that made them, found by running the example once more
+        under a line tracer (``locate.changing_lines``), once per defect and check: shrinking sees them again."""
+        located = {_line_key(f) for f in self.static if f.detail.get("op")}  # the static pre-check's twin says
+        wanted = {_line_key(f) for f in findings if _unlocated(f)} - self._lines.keys() - located
+        if wanted:
+            self._lines.update(dict.fromkeys(wanted, ""))  # not found: not looked for again
+            self._lines.update(self._trace_lines(inputs, wanted))
+        return [at_line(f, self._lines[_line_key(f)]) if _unlocated(f) and self._lines.get(_line_key(f)) else f
+                for f in findings]
+
+    def _trace_lines(self, inputs: dict[str, Any], wanted: set[str]) -> dict[str, str]:
+        """The serial run again, on fresh copies, under ``changing_lines``: where each of ``wanted`` changed."""
+        args = copy.deepcopy([inputs[name] for name in self.param_names])
+        module, module_watch = self._serial_module()  # put back by its watch after the serial run
+        callee = module if module is not None else self.base
+        if self.serial_program is not None:
+            callee = functools.partial(self.serial_program, module)
+        global_watch = GlobalWatch(self.globals)
+        watches: dict[str, Any] = {"input-mutation": InputWatch(dict(zip(self.param_names, args))),
+                                   "global-mutation": global_watch}
+        if module is not None:
+            watches["attribute-mutation"] = ModuleWatch(module)
+
+        def changed() -> set[str]:
+            return {f"{kind}:{name}" for kind, watch in watches.items() for name in watch.changed()}
+
+        try:
+            return self._call(lambda: global_watch.run(
+                lambda: changing_lines(lambda: callee(*args), changed, wanted)[1]), "serial")
+        except _Hang:
+            self._serial_copy = None
+            return {}
+        except Exception:  # it raised this time: the lines stay unknown, the findings stand
+            return {}
+        finally:
+            global_watch.process_now = {}  # read during the run, not after it: restore reads the state again
+            global_watch.restore()
+            if module_watch is not None:
+                module_watch.restore()
 
     def _inferred_note(self, inputs: dict[str, Any]) -> str:
         """For inputs forkcheck inferred, that they were, and the strategies to give if the target needs others."""
@@ -592,6 +637,18 @@ def _instance(target: Target) -> Any:
                               f"instance built as it should be: checked = fork_safe({name}(...))") from None
         raise TargetError(f"{target.name}: forkcheck runs copies of the marked Module, and copy.deepcopy of it "
                           f"raised {describe_error(err)}{where}; make it copyable") from None
+
+
+#: The findings of changes ``_at_lines`` may locate, and the key it knows a defect by.
+_LINE_KINDS = frozenset({"input-mutation", "global-mutation", "attribute-mutation"})
+
+
+def _line_key(finding: Finding) -> str:
+    return f"{finding.kind}:{finding.detail.get('name', '')}"
+
+
+def _unlocated(finding: Finding) -> bool:
+    return finding.kind in _LINE_KINDS and not finding.detail.get("op")
 
 
 def _under(mode: Any, callee: Callable, args: list) -> Any:

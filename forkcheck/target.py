@@ -59,6 +59,11 @@ class Target:
                     f"for one that takes arguments, mark an instance: checked = fork_safe({self.obj.__name__}(...))"
                 ) from None
             return self.obj()
+        if self.is_compiled and self.is_module and not compiled.has_compiled_forward(self.obj):
+            raise TargetError(
+                f"{self.name}: the compiled module's forward is torch.jit.ignore'd, so it is Python code that "
+                "TorchScript's runtime calls back into, and copies of the module lose it; mark the module before "
+                "torch.jit.script (its class or an instance) to check its forward as Python")
         if self.is_module:
             return copy.deepcopy(self.obj)
         return self.obj

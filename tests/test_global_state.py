@@ -117,41 +117,47 @@ def test_no_state_leaked_to_later_threads():
     assert torch.backends.mkldnn.enabled and torch.get_float32_matmul_precision() == "highest"
 """
 
-EXPECTED = {
-    "counts_on_its_class": ("class 'test_changes.Counter'", ".n changed from 0 to 1"),
-    "counts_on_a_namespace": ("global 'test_changes.STATE'", ".n changed from 0 to 1"),
-    "calls_a_counting_helper": ("global 'helper.COUNT'", "changed from 0 to 1"),
-    "adds_a_global": ("global 'test_changes.ADDED'", "was added"),
-    "sets_the_thread_count": ("torch intra-op threads", " to 3"),
-    "reseeds": ("torch default RNG", "was reseeded (torch.manual_seed(3))"),
-    "makes_cudnn_deterministic": ("torch.backends.cudnn.deterministic", "changed from False to True"),
-    "turns_mkldnn_off": ("torch.backends.mkldnn.enabled", "changed from True to False"),
-    "lowers_the_matmul_precision": ("torch float32 matmul precision", "changed from highest to medium"),
+EXPECTED = {  # what changed, how, and the line that changed it (its file, its text)
+    "counts_on_its_class": ("class 'test_changes.Counter'", ".n changed from 0 to 1", "Counter.n += 1"),
+    "counts_on_a_namespace": ("global 'test_changes.STATE'", ".n changed from 0 to 1", "STATE.n += 1"),
+    "calls_a_counting_helper": ("global 'helper.COUNT'", "changed from 0 to 1", "helper.py:COUNT += 1"),
+    "adds_a_global": ("global 'test_changes.ADDED'", "was added", 'globals()["ADDED"] = 1'),
+    "sets_the_thread_count": ("torch intra-op threads", " to 3", "torch.set_num_threads(3)"),
+    "reseeds": ("torch default RNG", "was reseeded (torch.manual_seed(3))", "torch.manual_seed(3)"),
+    "makes_cudnn_deterministic": ("torch.backends.cudnn.deterministic", "changed from False to True",
+                                  "torch.backends.cudnn.deterministic = True"),
+    "turns_mkldnn_off": ("torch.backends.mkldnn.enabled", "changed from True to False",
+                         "torch.backends.mkldnn.enabled = False"),
+    "lowers_the_matmul_precision": ("torch float32 matmul precision", "changed from highest to medium",
+                                    'torch.set_float32_matmul_precision("medium")'),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("isolation", ["child", "inprocess"])
 def test_global_state_changes_are_findings_and_pure_code_passes(fc, pytester: pytest.Pytester, isolation) -> None:
+    """Each change is located at the line that made it (no op says who: a line tracer, in the serial run)."""
     pytester.makepyfile(helper=HELPER, test_changes=source(CHANGES), test_pure=source(PURE))
     result = fc.run("--forkcheck-isolation", isolation, "--forkcheck-pool-sizes", "1")
     rows = fc.rows()
-    for name, (subject, says) in EXPECTED.items():
+    for name, (subject, says, writer) in EXPECTED.items():
         row = rows[f"test_changes.py::{name}"]
         assert row["verdict"] == "fail", row
         messages = [f["message"] for f in row["findings"] if f["kind"] == "global-mutation"]
-        assert len(messages) == 1 and messages[0].startswith(f"{subject} changed: "), row["findings"]
-        assert messages[0].endswith(says), messages
-        assert row["findings"][0]["location"].endswith(f"test_changes.py:{_line(pytester, name)}"), row
+        where = _line(pytester, writer)
+        assert len(messages) == 1 and messages[0].startswith(f"{subject} changed at "), row["findings"]
+        assert f"{where}: " in messages[0] and messages[0].endswith(says), messages
+        assert row["findings"][0]["location"].endswith(where), row
     pure = rows["test_pure.py::reads_globals_and_calls_helpers"]
     assert (pure["verdict"], pure["findings"], pure["error"]) == ("pass", [], "")
     result.assert_outcomes(failed=len(EXPECTED), passed=2)  # the plain test saw nothing left behind
 
 
-def _line(pytester: pytest.Pytester, name: str) -> int:
-    """The line defining ``name``: where a finding without a line of its own points."""
-    lines = (pytester.path / "test_changes.py").read_text().splitlines()
-    return lines.index(f"def {name}(x: Tensor) -> Tensor:") + 1
+def _line(pytester: pytest.Pytester, writer: str) -> str:
+    """``file:line`` of the line ``writer`` names (``file:text``, or the text of a line of test_changes.py)."""
+    file, _, text = writer.rpartition(":") if writer.startswith("helper.py:") else ("test_changes.py", "", writer)
+    lines = [line.strip() for line in (pytester.path / file).read_text().splitlines()]
+    return f"{file}:{lines.index(text) + 1}"
 
 
 def test_a_thread_count_set_by_the_code_is_put_back_for_later_threads() -> None:

@@ -155,7 +155,7 @@ class CountCallsEagerly(nn.Module):
         self.calls = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
+        self.calls += 1  # W: eager-calls
         double = lambda t: t * 2  # noqa: E731 -- TorchScript rejects lambdas: this runs on the eager scheduler
         return double(x)
 
@@ -200,7 +200,7 @@ class ReplaceHead(nn.Module):
         self.head = nn.Linear(3, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        self.head = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 3)  # W: head
         return self.head(x)
 
 
@@ -218,11 +218,11 @@ class RememberInputs(nn.Module):
 
 @pytest.mark.parametrize("module, path, where, engine, strategies, says", cases(
     (CountCalls(), "calls", "calls", "script", None, "changed from 0 to 1"),
-    (CountCallsEagerly(), "calls", None, "eager", None, "changed from 0 to 1"),
+    (CountCallsEagerly(), "calls", "eager-calls", "eager", None, "changed from 0 to 1"),
     (CountInBuffer(), "seen", "buffer", "script", None, "by aten::add_.Tensor at"),
     (DecayWeight(), "weight", "parameter", "script", {"x": fst.tensors(shape=(3,))}, "by aten::mul_.Tensor at"),
     (HalvesNorm(), "norm.num_batches_tracked", "norm", "script", {"x": MATRIX}, "by aten::add_.Tensor at"),
-    (ReplaceHead(), "head", None, "eager", {"x": MATRIX}, "was rebound to another object"),
+    (ReplaceHead(), "head", "head", "eager", {"x": MATRIX}, "was rebound to another object"),
     (RememberInputs(), "seen", "seen", "script", None, "length changed from 0 to 1"),
 ))
 def test_attribute_mutation(module, path, where, engine, strategies, says):
@@ -256,13 +256,13 @@ STATS = Stats()
 
 def cache_by_size(x: Tensor) -> Tensor:
     if x.numel() not in _CACHE:
-        _CACHE[x.numel()] = x * 2
+        _CACHE[x.numel()] = x * 2  # W: cache
     return _CACHE[x.numel()]
 
 
 def count_calls(x: Tensor) -> Tensor:
     global _CALLS
-    _CALLS += 1
+    _CALLS += 1  # W: calls-global
     return x + 1
 
 
@@ -271,7 +271,7 @@ def make_counter():
 
     def counted(x: Tensor) -> Tensor:
         nonlocal count
-        count += 1
+        count += 1  # W: cell
         return x + 1
 
     return counted
@@ -281,7 +281,7 @@ counted = make_counter()
 
 
 def log_sizes(x: Tensor) -> Tensor:
-    _LOG.append(x.numel())
+    _LOG.append(x.numel())  # W: log
     return x + 1
 
 
@@ -290,54 +290,54 @@ def add_noise(x: Tensor) -> Tensor:
 
 
 def add_python_noise(x: Tensor) -> Tensor:
-    return x + random.random()
+    return x + random.random()  # W: python-rng
 
 
 def add_seeded_noise(x: Tensor) -> Tensor:
-    return x + torch.rand(x.shape, generator=_GENERATOR)
+    return x + torch.rand(x.shape, generator=_GENERATOR)  # W: generator
 
 
 def grad_off_scripted(x: Tensor) -> Tensor:
-    torch.set_grad_enabled(False)
+    torch.set_grad_enabled(False)  # W: grad-off-scripted
     return x * 2
 
 
 def grad_off(x: Tensor) -> Tensor:
-    torch.set_grad_enabled(False)
+    torch.set_grad_enabled(False)  # W: grad-off
     return x * _SCALE
 
 
 def double_precision(x: Tensor) -> Tensor:
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(torch.float64)  # W: dtype
     return x + 1
 
 
 def count_in_array(x: Tensor) -> Tensor:
-    _HISTOGRAM[min(x.numel(), 3)] += 1
+    _HISTOGRAM[min(x.numel(), 3)] += 1  # W: histogram
     return x + 1
 
 
 def count_on_object(x: Tensor) -> Tensor:
-    STATS.calls += 1
+    STATS.calls += 1  # W: stats
     return x + 1
 
 
 def normalize_globally(x: Tensor) -> Tensor:
-    return _NORM(x)
+    return _NORM(x)  # W: global-norm
 
 
 @pytest.mark.parametrize("program, subject, where, engine, strategies, says", cases(
-    (cache_by_size, f"global '{__name__}._CACHE'", None, "eager", {"x": fst.tensors(shape=(1,))}, "[1] was added"),
-    (count_calls, f"global '{__name__}._CALLS'", None, "eager", None, "changed from 0 to 1"),
-    (counted, "closure variable 'make_counter.<locals>.counted.count'", None, "eager", None, "changed from 0 to 1"),
-    (log_sizes, f"global '{__name__}._LOG'", None, "eager", None, "length changed from 0 to 1"),
+    (cache_by_size, f"global '{__name__}._CACHE'", "cache", "eager", {"x": fst.tensors(shape=(1,))}, "[1] was added"),
+    (count_calls, f"global '{__name__}._CALLS'", "calls-global", "eager", None, "changed from 0 to 1"),
+    (counted, "closure variable 'make_counter.<locals>.counted.count'", "cell", "eager", None, "changed from 0 to 1"),
+    (log_sizes, f"global '{__name__}._LOG'", "log", "eager", None, "length changed from 0 to 1"),
     (add_noise, "torch default RNG", "rand", "script", None, "by aten::rand at"),
-    (add_python_noise, "Python default RNG", None, "eager", None, "was advanced"),
-    (add_seeded_noise, f"global '{__name__}._GENERATOR'", None, "eager", None, "was advanced"),
-    (double_precision, "torch default dtype", None, "eager", None, "changed from torch.float32 to torch.float64"),
-    (count_on_object, f"global '{__name__}.STATS'", None, "eager", None, ".calls changed from 0 to 1"),
-    (count_in_array, f"global '{__name__}._HISTOGRAM'", None, "eager", None, "1 of 4 elements changed"),
-    (normalize_globally, f"global '{__name__}._NORM'", None, "script", {"x": MATRIX}, ".num_batches_tracked"),
+    (add_python_noise, "Python default RNG", "python-rng", "eager", None, "was advanced"),
+    (add_seeded_noise, f"global '{__name__}._GENERATOR'", "generator", "eager", None, "was advanced"),
+    (double_precision, "torch default dtype", "dtype", "eager", None, "changed from torch.float32 to torch.float64"),
+    (count_on_object, f"global '{__name__}.STATS'", "stats", "eager", None, ".calls changed from 0 to 1"),
+    (count_in_array, f"global '{__name__}._HISTOGRAM'", "histogram", "eager", None, "1 of 4 elements changed"),
+    (normalize_globally, f"global '{__name__}._NORM'", "global-norm", "script", {"x": MATRIX}, ".num_batches_tracked"),
 ))
 def test_global_mutation(program, subject, where, engine, strategies, says):
     result = check(program, strategies)
@@ -350,7 +350,9 @@ def test_global_mutation(program, subject, where, engine, strategies, says):
 @pytest.mark.parametrize("program", [grad_off, grad_off_scripted], ids=["eager", "script"])
 def test_grad_mode_left_off_is_a_global_mutation(program):
     finding = only(check(program), "global-mutation")
-    assert finding.message == "torch grad mode changed: changed from True to False"
+    where = line("grad-off" if program is grad_off else "grad-off-scripted")
+    assert (finding.message, finding.location) == (f"torch grad mode changed at {where}: changed from True to False",
+                                                   where)
 
 
 # -- outputs that depend on the schedule ----------------------------------------------------------------------------

@@ -92,6 +92,8 @@ class ScriptEngine:
         self.scripted = instance if compiled else _script(instance)
         is_module = isinstance(instance, torch.nn.Module)
         self.module = self.scripted if is_module else None
+        if is_module and not isinstance(self.scripted.forward, torch.ScriptMethod):  # forward is ``jit.ignore``d
+            raise NotScriptable("its forward is torch.jit.ignore'd: it runs as Python, not on TorchScript's runtime")
         schema = self.scripted.forward.schema if is_module else self.scripted.schema
         arguments = schema.arguments[1:] if is_module else schema.arguments
         param_types = [(arg.name, str(arg.type)) for arg in arguments]

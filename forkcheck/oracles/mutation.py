@@ -4,10 +4,11 @@ Each ``*Watch`` snapshots before a run, turns what changed after it into finding
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import types
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy
 import torch
@@ -38,6 +39,12 @@ def _finding(kind: str, subject: str, name: str, changes: list[str], tasks: list
     )
 
 
+def at_line(finding: Finding, location: str) -> Finding:
+    """``finding`` (made with no op or line to say who changed its subject) located at the line that did."""
+    subject, _, shown = finding.message.partition(" changed: ")
+    return dataclasses.replace(finding, message=f"{subject} changed at {location}: {shown}", location=location)
+
+
 class InputWatch:
     """Arguments by parameter name: tensors (bits, version, metadata), lists, dicts and objects (contents)."""
 
@@ -45,14 +52,12 @@ class InputWatch:
         self.inputs = dict(inputs)
         self.snapshots = {name: snapshot(value) for name, value in inputs.items()}
 
+    def changed(self) -> dict[str, list[str]]:
+        return {name: changes for name, snap in self.snapshots.items() if (changes := snap.changes(self.inputs[name]))}
+
     def findings(self, tasks: list[int], locate: Locate = _no_location, default_location: str = "") -> list[Finding]:
-        found = []
-        for name, snap in self.snapshots.items():
-            changes = snap.changes(self.inputs[name])
-            if changes:
-                found.append(_finding("input-mutation", f"input {name!r}", name, changes, tasks, locate,
-                                      default_location))
-        return found
+        return [_finding("input-mutation", f"input {name!r}", name, changes, tasks, locate, default_location)
+                for name, changes in self.changed().items()]
 
 
 class ModuleWatch:
@@ -300,6 +305,7 @@ class GlobalWatch:
         self.process = process_state(python)
         self.process_now: dict[str, Any] = {}  # the process state ``changed`` read last, for ``restore``
         self.thread_changes: dict[str, list[str]] = {}
+        self._thread_before: Optional[dict[str, Any]] = None  # this thread's state when the run going on began
 
     def run(self, call: Callable[[], Any]) -> Any:
         """``call()`` on this thread, watching this thread's torch state too (grad mode, intra-op threads), and
@@ -308,9 +314,11 @@ class GlobalWatch:
         before = {name: read() for name, (read, _) in _THREAD_STATE.items()}
         self.process_now = {}
         self.thread_changes = {}
+        self._thread_before = before
         try:
             return call()
         finally:
+            self._thread_before = None
             for name, (read, write) in _THREAD_STATE.items():
                 now = read()
                 if not _same(before[name], now):
@@ -332,6 +340,10 @@ class GlobalWatch:
             if not _same(self.process[name], now):
                 changed[name] = [_state_change(name, self.process[name], now)]
         changed.update(self.thread_changes)
+        if self._thread_before is not None:  # asked during the run (``locate.changing_lines``): this thread's now
+            changed.update((name, [_state_change(name, self._thread_before[name], now)])
+                           for name, (read, _) in _THREAD_STATE.items()
+                           if not _same(self._thread_before[name], now := read()))
         return changed
 
     def findings(self, tasks: list[int], locate: Locate = _no_location, default_location: str = "") -> list[Finding]:
