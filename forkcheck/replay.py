@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .settings import STRATEGIES
 
 _BLOB = re.compile(r"@reproduce_failure\('([^']+)', b'([^']+)'\)")
+_WHOLE = "copy the whole token from the failure message or the report (it is one word, with no spaces)"
 _PREFIX = "fc1."
 #: How a target's schedules are drawn from its choices (``schedules.portfolio.draw_schedules``): 2 since one draw
 #: per example; a token made under another form would replay other schedules.
@@ -59,6 +60,10 @@ class ReplayToken:
         body = token[len(_PREFIX):]
         try:
             raw = zlib.decompress(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except (ValueError, zlib.error):  # base64's and zlib's own words say nothing a user can act on
+            raise ReplayError(f"corrupt forkcheck replay token: it does not decode, so part of it is missing or "
+                              f"changed ({len(token)} characters); {_WHOLE}") from None
+        try:
             target, version, blob, tasks, schedule_seed, strategy, *rest = json.loads(raw)
             if strategy not in STRATEGIES:
                 raise ValueError(f"unknown schedule strategy {strategy!r}")
@@ -71,8 +76,9 @@ class ReplayToken:
                 raise ValueError("parameters are not a list")
             return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy, schedules,
                        pool_size, pct_steps, decisions, tuple(map(str, parameters)), str(inputs), int(draws))
-        except (ValueError, TypeError, zlib.error) as err:
-            raise ReplayError(f"corrupt forkcheck replay token ({err}); copy the whole token from the report") from None
+        except (ValueError, TypeError) as err:
+            raise ReplayError(f"corrupt forkcheck replay token: it decodes, but not to a token's fields ({err}); "
+                              f"{_WHOLE}") from None
 
     def check_hypothesis(self) -> None:
         """Raise ``ReplayError`` when the token was made under another Hypothesis version: its choices are that

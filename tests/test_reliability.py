@@ -268,9 +268,11 @@ def test_replay_tokens_that_are_corrupt_or_for_another_target_are_errors() -> No
     other = ReplayToken("mod:other", "6.0", "AAAA", 3).encode()
     for token, message in ((other, "this replay token is for mod:other, not mod:double"),
                            ("fc1.AAAAnotzlib", "corrupt forkcheck replay token"),
+                           (other[:-6], "it does not decode, so part of it is missing or changed"),  # cut short
                            ("garbage", "not a forkcheck replay token")):
         result = check(target, settings, replay=token)
         assert result.verdict == "error" and message in result.error, result.error
+        assert "Error -" not in result.error and "header" not in result.error, result.error  # no zlib words
 
 
 # -- nothing lost ------------------------------------------------------------------------------------------------
