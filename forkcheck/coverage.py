@@ -52,10 +52,15 @@ def _span(low: int, high: int) -> str:
         f"{low if low == high else f'{low}-{high}'} distinct interleavings"
 
 
-def statement(coverage: Mapping[str, Any]) -> str:
-    """One sentence: what a check's schedules covered (``""`` when nothing was counted)."""
-    if not coverage:
-        return ""
+def statement(coverage: Mapping[str, Any], replays: int = 0) -> str:
+    """One sentence: what a check's schedules covered (``""`` when nothing was counted); for a replay, what its
+    ``replays`` reruns covered together (each stops at its first failing schedule, so they may run fewer schedules
+    than the token's schedules times the reruns)."""
+    said = _statement(coverage) if coverage else ""
+    return f"over the {replays} replays, each stopping at its first failure, {said}" if said and replays else said
+
+
+def _statement(coverage: Mapping[str, Any]) -> str:
     search = coverage.get("exhaustive")
     if search:
         k, n = search["preemptions"], _span(*search["per_input"])

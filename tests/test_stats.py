@@ -53,3 +53,24 @@ def test_a_result_round_trips_through_json_as_a_child_process_sends_it() -> None
 def test_an_unknown_key_is_an_error_naming_it() -> None:
     with pytest.raises(TypeError, match="'speed'"):
         Stats.from_json({"seed": 1, "speed": 2})
+
+
+def test_a_replay_s_coverage_says_it_counts_every_rerun_s_schedules() -> None:
+    """A replay reruns the token's schedules 10 times, each rerun stopping at its first failing schedule: its coverage
+    counts the schedules they ran together, and says so (19 beside "its 5 schedules ... 10 times" read as a slip)."""
+    from forkcheck.findings import Finding
+    from forkcheck.report.html import render_html
+    from forkcheck.report.terminal import failure_text
+
+    result = CheckResult(target="m:f", kind="function", nodeid="t.py::f", engine="script", verdict="fail",
+                         findings=[Finding("race", "race on a tensor")],
+                         stats=Stats(replays=Replays(runs=10, reproduced=10, schedules=5),
+                                     coverage={"runs": 19, "interleavings": 3, "by": "conflicting accesses"}))
+    text = failure_text(result)
+    assert ("coverage: over the 10 replays, each stopping at its first failure, 19 schedules covered 3 distinct "
+            "interleavings") in text, text
+    row = json.loads(json.dumps(result.to_json()))
+    page = render_html({"results": [row], "complete": True})
+    assert "over the 10 replays, each stopping at its first failure, 19 schedules" in page
+    result.stats.replays = None  # a check's own coverage: as it was
+    assert "coverage: 19 schedules covered 3 distinct interleavings" in failure_text(result)

@@ -144,7 +144,8 @@ class _Page:
         stats = dict(row.get("stats") or {}) if isinstance(row.get("stats"), Mapping) else {}
         pools = stats.pop("pool_sizes", None)
         replays = self._replays(nodeid, findings, str(stats.pop("replay_with", "") or ""))
-        coverage = statement(stats.pop("coverage", None) or {})
+        replayed = stats.get("replays") if isinstance(stats.get("replays"), Mapping) else {}
+        coverage = statement(stats.pop("coverage", None) or {}, int(replayed.get("runs") or 0) if replayed else 0)
         run_at = str(row.get("run_at") or "")
         replay_run = row.get("replay_run")
         return {

@@ -112,7 +112,7 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
         where, tasks = _get(finding, "location"), task_names(_get(finding, "tasks", []))
         if where or tasks:
             lines.append(f"      at {where or '?'}" + (f" ({', '.join(tasks)})" if tasks else ""))
-    covered = statement(stats.get("coverage") or {})
+    covered = statement(stats.get("coverage") or {}, int(replays.get("runs") or 0) if replays else 0)
     if covered:
         lines.append(f"coverage: {covered}")
     per_size = stats.get("pool_sizes")
