@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import types
 from typing import Any, Callable, Iterator
 
 import torch
@@ -80,6 +81,31 @@ def graph_nodes(block: Any, subgraphs: bool = True) -> Iterator[Any]:
             yield from graph_nodes(inner, subgraphs)
         if subgraphs and node.kind() == "prim::fork":
             yield from graph_nodes(node.g("Subgraph").block())
+
+
+def python_callees(scripted: Any) -> list[Callable[..., Any]]:
+    """The Python functions a compiled program calls back into (``torch.jit.ignore``d ones: ``prim::PythonOp``),
+    forked bodies and called functions included, for the global-state watch: their code, not the graph, says which
+    globals the program can reach."""
+    if isinstance(scripted, torch.nn.Module) and not has_compiled_forward(scripted):
+        return []
+    found: list[Callable[..., Any]] = []
+    _python_ops(forward(scripted).graph, found)
+    return found
+
+
+def _python_ops(graph: Any, found: list[Callable[..., Any]]) -> None:
+    graph = graph.copy()  # the user's graph stays as it was
+    torch._C._jit_pass_inline(graph)
+    for node in graph_nodes(graph.block(), subgraphs=False):
+        if node.kind() == "prim::PythonOp":
+            function = node.pyobj()
+            # an ignored method comes wrapped by torch's lazy binding; the user's method is in its closure
+            inner = [cell.cell_contents for cell in getattr(function, "__closure__", None) or ()
+                     if isinstance(cell.cell_contents, types.FunctionType)]
+            found.extend(inner if getattr(function, "__module__", "").startswith("torch") else [function])
+        elif node.kind() in ("prim::fork", "prim::awaitable"):
+            _python_ops(node.g("Subgraph"), found)
 
 
 def _is_identity(fork: Any) -> bool:

@@ -22,7 +22,7 @@ import torch
 from . import _exit, _warnings
 from .coverage import Coverage
 from .engines import Engine, Observe, Run, ScheduleError, TaskError, choose_engine
-from .compiled import serial_program
+from .compiled import python_callees, serial_program
 from .findings import CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, changing_lines, error_location
 from .marker import MarkError
@@ -292,6 +292,9 @@ class Checker:
         self.predicted: Optional[tuple] = None  # the first such example: its key, races and inputs (shown)
 
     def _code(self) -> list[Callable]:
+        """The Python code whose globals the target can reach (for a compiled one, what it calls back into)."""
+        if self.target.is_compiled:
+            return python_callees(self.base)
         if not self.target.is_module:
             return [self.base]
         classes = {type(m) for m in self.base.modules()}

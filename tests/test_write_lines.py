@@ -1,6 +1,7 @@
 """A change of a Python value (no op wrote it: a global dict filled, a list appended to, an attribute counted up, a
 Python RNG drawn from) is located at the user's line that made it, in eager code and in the Python a compiled
-program calls back into; a module whose forward is ``torch.jit.ignore``d is checked as the Python it is."""
+program calls back into (whose globals are watched, found from the graph); a module whose forward is
+``torch.jit.ignore``d is checked as the Python it is."""
 from __future__ import annotations
 
 import importlib
@@ -54,6 +55,20 @@ def pure(x: Tensor) -> Tensor:
     return torch.jit.wait(torch.jit.fork(cached, x)) + len(str(CACHE))  # fills CACHE only when empty: see the test
 
 
+def no_python(x: Tensor) -> Tensor:
+    return torch.jit.wait(torch.jit.fork(torch.neg, x))
+
+
+class Helped(nn.Module):
+    @torch.jit.ignore
+    def helper(self, x: Tensor) -> Tensor:
+        SEEN.append(2)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.jit.wait(torch.jit.fork(self.helper, x))
+
+
 class IgnoredForward(nn.Module):
     def __init__(self):
         super().__init__()
@@ -90,9 +105,12 @@ def test_a_global_dict_filled_in_eager_code_is_located_at_its_write(programs) ->
     assert location == marks["cache"] and message.startswith(f"global 'line_programs.CACHE' changed at {location}: ")
 
 
-def test_python_changes_a_compiled_program_calls_back_into_are_located(programs) -> None:
+@pytest.mark.parametrize("compiled_by", ["forkcheck", "the user"])
+def test_python_changes_a_compiled_program_calls_back_into_are_found_and_located(programs, compiled_by) -> None:
+    """Scripted by forkcheck from its source, or given compiled (its Python callees found in its graph)."""
     module, marks = programs
-    result = forkcheck.check(module.compiled_note, examples=3)  # scripts: the real runtime runs it
+    target = module.compiled_note if compiled_by == "forkcheck" else torch.jit.script(module.compiled_note)
+    result = forkcheck.check(target, examples=3)
     assert (result.verdict, result.engine) == ("fail", "script"), result.error
     found = _found(result)
     assert found["Python default RNG"][0] == marks["draw"], found
@@ -157,3 +175,12 @@ def test_changing_lines_names_the_line_after_which_each_value_changed() -> None:
         sys.settrace(before)
     assert (result, after) == (3, tracer)
     assert found == {"box": f"{__file__}:{first + 1}", "table": f"{__file__}:{first + 2}"}
+
+
+def test_a_compiled_module_s_ignored_methods_and_functions_are_its_python_callees(programs) -> None:
+    from forkcheck.compiled import python_callees
+
+    module, _ = programs
+    assert python_callees(torch.jit.script(module.compiled_note)) == [module.note]  # in a forked, called body
+    assert python_callees(torch.jit.script(module.Helped())) == [module.Helped.helper]  # unwrapped from torch's
+    assert python_callees(torch.jit.script(module.no_python)) == []
