@@ -52,12 +52,15 @@ def _span(low: int, high: int) -> str:
         f"{low if low == high else f'{low}-{high}'} distinct interleavings"
 
 
-def statement(coverage: Mapping[str, Any], replays: int = 0) -> str:
+def statement(coverage: Mapping[str, Any], replays: int = 0, per_replay: int = 0) -> str:
     """One sentence: what a check's schedules covered (``""`` when nothing was counted); for a replay, what its
-    ``replays`` reruns covered together (each stops at its first failing schedule, so they may run fewer schedules
-    than the token's schedules times the reruns)."""
+    ``replays`` reruns of ``per_replay`` schedules covered together (each stops at its first failing schedule, so
+    they may have run fewer than all)."""
     said = _statement(coverage) if coverage else ""
-    return f"over the {replays} replays, each stopping at its first failure, {said}" if said and replays else said
+    if not (said and replays):
+        return said
+    stopped = coverage.get("runs", 0) < replays * per_replay
+    return f"over the {replays} replays{', each stopping at its first failure,' if stopped else ''} {said}"
 
 
 def _statement(coverage: Mapping[str, Any]) -> str:

@@ -76,9 +76,9 @@ class ReplayToken:
                 raise ValueError("parameters are not a list")
             return cls(str(target), str(version), str(blob), int(tasks), int(schedule_seed), strategy, schedules,
                        pool_size, pct_steps, decisions, tuple(map(str, parameters)), str(inputs), int(draws))
-        except (ValueError, TypeError) as err:
-            raise ReplayError(f"corrupt forkcheck replay token: it decodes, but not to a token's fields ({err}); "
-                              f"{_WHOLE}") from None
+        except (ValueError, TypeError):
+            raise ReplayError(f"corrupt forkcheck replay token: it decodes, but not to a token's fields; {_WHOLE}") \
+                from None
 
     def check_hypothesis(self) -> None:
         """Raise ``ReplayError`` when the token was made under another Hypothesis version: its choices are that

@@ -253,7 +253,7 @@ class ContainerSnapshot:
         if self.items is None:
             return [] if len(now) == self.length else [f"length changed from {self.length} to {len(now)}"]
         if isinstance(self.items, dict):
-            return _dict_changes(self.items, now, lambda key: f"[{key!r}]")
+            return _dict_changes(self.items, now, lambda key: f"key {key!r}")  # "[(1,)] was added" read as a list
         if len(now) != self.length:
             return [f"length changed from {self.length} to {len(now)}"]
         pairs = enumerate(zip(self.items, now))

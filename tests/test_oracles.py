@@ -122,7 +122,7 @@ def write_in_forked_task(x: Tensor) -> Tensor:
     (write_into_out, "x", "out", {"x": MATRIX, "y": MATRIX}, "by aten::add.out at"),
     (write_then_undo, "x", "undo", None, "written in place (2 writes); on this input the values happen to end up the same"),
     (append_to_list, "xs", "append", None, "length changed from 0 to 1"),
-    (set_dict_item, "d", "setitem", None, "['seen'] was added"),
+    (set_dict_item, "d", "setitem", None, "key 'seen' was added"),
     (transpose_in_place, "x", "t_", {"x": MATRIX}, "metadata changed from shape [4, 3] stride [3, 1]"),
     (resize_in_place, "x", "resize_", {"x": MATRIX}, "to shape [1] stride [1]"),
     (write_through_data, "x", "data", None, "elements changed"),
@@ -327,7 +327,7 @@ def normalize_globally(x: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize("program, subject, where, engine, strategies, says", cases(
-    (cache_by_size, f"global '{__name__}._CACHE'", "cache", "eager", {"x": fst.tensors(shape=(1,))}, "[1] was added"),
+    (cache_by_size, f"global '{__name__}._CACHE'", "cache", "eager", {"x": fst.tensors(shape=(1,))}, "key 1 was added"),
     (count_calls, f"global '{__name__}._CALLS'", "calls-global", "eager", None, "changed from 0 to 1"),
     (counted, "closure variable 'make_counter.<locals>.counted.count'", "cell", "eager", None, "changed from 0 to 1"),
     (log_sizes, f"global '{__name__}._LOG'", "log", "eager", None, "length changed from 0 to 1"),

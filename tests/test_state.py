@@ -188,7 +188,8 @@ def test_dict_items_added_removed_and_replaced():
     table["c"] = 2
     del table["a"]
     table["b"] = torch.zeros(1)
-    assert snap.changes(table) == ["['a'] was removed", "['c'] was added", "['b'] was rebound to an equal new tensor"]
+    assert snap.changes(table) == ["key 'a' was removed", "key 'c' was added",
+                                  "key 'b' was rebound to an equal new tensor"]
 
 
 def test_dict_reordering_is_a_change():

@@ -72,5 +72,9 @@ def test_a_replay_s_coverage_says_it_counts_every_rerun_s_schedules() -> None:
     row = json.loads(json.dumps(result.to_json()))
     page = render_html({"results": [row], "complete": True})
     assert "over the 10 replays, each stopping at its first failure, 19 schedules" in page
+    result.stats.replays = Replays(runs=10, reproduced=10, schedules=2)  # all 20 ran: none stopped early
+    assert "coverage: over the 10 replays 19 schedules covered" not in failure_text(result)
+    result.stats.coverage["runs"] = 20
+    assert "coverage: over the 10 replays 20 schedules covered 3 distinct" in failure_text(result)
     result.stats.replays = None  # a check's own coverage: as it was
-    assert "coverage: 19 schedules covered 3 distinct interleavings" in failure_text(result)
+    assert "coverage: 20 schedules covered 3 distinct interleavings" in failure_text(result)

@@ -26,7 +26,8 @@ from ..coverage import statement
 from ..findings import KINDS, VERDICTS
 from ..stats import FoundBy
 from ..task_names import task_name
-from .terminal import pool_shown, reason, relative, replay_command, replay_outcome, replay_what
+from .terminal import (pool_shown, reason, relative, replay_command, replay_counts, replay_outcome,
+                       replay_what)
 from .._words import plural as _plural
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -144,8 +145,7 @@ class _Page:
         stats = dict(row.get("stats") or {}) if isinstance(row.get("stats"), Mapping) else {}
         pools = stats.pop("pool_sizes", None)
         replays = self._replays(nodeid, findings, str(stats.pop("replay_with", "") or ""))
-        replayed = stats.get("replays") if isinstance(stats.get("replays"), Mapping) else {}
-        coverage = statement(stats.pop("coverage", None) or {}, int(replayed.get("runs") or 0) if replayed else 0)
+        coverage = statement(stats.pop("coverage", None) or {}, *replay_counts(stats.get("replays")))
         run_at = str(row.get("run_at") or "")
         replay_run = row.get("replay_run")
         return {
@@ -164,7 +164,7 @@ class _Page:
             "input_title": "Replayed input" if stats.get("replays") else "Minimal failing input",
             "error": self.rel(row.get("error") or ""),
             "replays": replays,
-            "replayed": self._replayed(replay_run) if isinstance(replay_run, Mapping) else None,
+            "replayed": self.replay_counts(replay_run) if isinstance(replay_run, Mapping) else None,
             "run_at": _when(run_at),
             "earlier": _when(run_at) if run_at and self.run_at and run_at < self.run_at and not (
                 isinstance(replay_run, Mapping) and replay_run.get("run_at") == self.run_at) else "",
@@ -188,7 +188,7 @@ class _Page:
                               "href": "#" + finding["id"]})
         return shown
 
-    def _replayed(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    def replay_counts(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """A replay's row, shown beside the row it replays: when, what it ran, how often the failure came back."""
         replays = (row.get("stats") or {}).get("replays") if isinstance(row.get("stats"), Mapping) else None
         replays = replays if isinstance(replays, Mapping) else {}

@@ -91,6 +91,12 @@ def replay_what(replays: Mapping[str, Any]) -> str:
     return what
 
 
+def replay_counts(replays: Any) -> tuple[int, int]:
+    """How many reruns a replay made and how many schedules each (0, 0 for a check's own result)."""
+    return (int(replays.get("runs") or 0), int(replays.get("schedules") or 0)) if isinstance(replays, Mapping) \
+        else (0, 0)
+
+
 def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> str:
     """The failure section of one item: every finding, the minimal input, the replay command (or, for a replay,
     what it ran and how often the failure came back)."""
@@ -112,7 +118,7 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
         where, tasks = _get(finding, "location"), task_names(_get(finding, "tasks", []))
         if where or tasks:
             lines.append(f"      at {where or '?'}" + (f" ({', '.join(tasks)})" if tasks else ""))
-    covered = statement(stats.get("coverage") or {}, int(replays.get("runs") or 0) if replays else 0)
+    covered = statement(stats.get("coverage") or {}, *replay_counts(replays))
     if covered:
         lines.append(f"coverage: {covered}")
     per_size = stats.get("pool_sizes")
