@@ -133,13 +133,13 @@ def _write_reports(args: argparse.Namespace, rows: dict[str, Any], seed: int, ru
 def _result_text(result: Any, rootdir: str) -> str:
     """What the check found, as the plugin prints a failing item (paths relative to ``rootdir``); for a pass, what
     was run."""
-    from .report.terminal import failure_text, pool_line, reason
+    from .report.terminal import engine_clause, failure_text, pool_line
     from .stats import IN_PROCESS
 
     stats = result.stats
     if result.verdict == "pass":
         lines = [f"safe to fork: no findings in {result.examples} examples, {result.schedules} schedules "
-                 f"({result.engine} engine; {reason(result.engine_reason)})"]
+                 f"({engine_clause(result.engine, result.engine_reason)})"]
         if stats.pool_sizes:
             lines.append(f"inter-op pool sizes: {pool_line(stats.to_json()['pool_sizes'])}")
     else:

@@ -27,7 +27,7 @@ from ._words import plural
 
 
 #: Result stats that hold for one pool size only: each size's summary keeps them, the merged result does not.
-PER_SIZE = ("pool_size", "failed_after", "wrong_outcome_after", "found_by")
+PER_SIZE = ("pool_size", "failed_after", "wrong_outcome_after", "found_by")  # a lone size's are the result's
 
 
 def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: Any, sizes: tuple[int, ...],
@@ -138,7 +138,8 @@ def merge(results: dict[int, CheckResult], skipped: dict[int, str]) -> CheckResu
     errored = [r for r in results.values() if r.verdict == "error"]
     merged = CheckResult(target=first.target, kind=first.kind, nodeid=first.nodeid, engine=first.engine,
                          engine_reason=first.engine_reason,
-                         stats=dataclasses.replace(first.stats, **dict.fromkeys(PER_SIZE)))
+                         stats=dataclasses.replace(first.stats, **dict.fromkeys(PER_SIZE if len(results) > 1
+                                                                                else ("pool_size",))))
     merged.verdict = "fail" if failed else "error" if errored else "pass"
     merged.error = errored[0].error if errored and not failed else ""
     merged.examples = max(r.examples for r in results.values())  # the same inputs under every size
@@ -176,6 +177,8 @@ def _union(findings: dict[int, list[Finding]]) -> list[Finding]:
         for finding in found:
             key = defect_key(finding)
             first = kept.setdefault(key, finding)
+            if first.detail.get("run") == "serial":  # forks inline: no pool played a part
+                continue
             sizes = first.detail.setdefault("pool_sizes", [])
             if finding.detail.get("outputs_affected") and not first.detail.get("outputs_affected"):
                 kept[key] = first = finding

@@ -341,6 +341,8 @@ class Checker:
         if not mode.serial_only:
             self.examples += 1
         findings, reference = self._serial(inputs)
+        for finding in findings:  # shown as the serial run's: one call, forks inline, no pool, no timeline
+            finding.detail["run"] = SERIAL
         self.serial_failure = bool(findings)
         if findings and self.failed_after is None:
             self.failed_after = self.schedules
@@ -622,6 +624,7 @@ class Checker:
 
 _NO_OUTPUT = object()
 SERIAL_RUN = "the serial reference run (forks inline)"
+SERIAL = "serial"  # a finding's ``detail["run"]`` when the serial reference showed it
 
 
 def _instance(target: Target) -> Any:

@@ -343,3 +343,21 @@ def test_an_item_s_own_seed_says_it_comes_from_the_session_s_and_which_to_rerun_
     alone = synthetic_report(1)
     alone["seed"] = 0  # the session's own seed: nothing to explain
     assert "drawn from the session" not in render_html(alone)
+
+
+def test_a_serial_run_finding_draws_no_task_timeline_and_the_engine_reads_as_in_the_terminal():
+    from forkcheck.report.terminal import ENGINES, failure_text
+
+    def row(run: str) -> dict:
+        detail = {"name": "m.SEEN", **({"run": run} if run else {})}
+        return {"target": "m:t", "nodeid": f"t.py::{run or 'concurrent'}", "verdict": "fail", "engine": "eager",
+                "engine_reason": "torch.jit.script failed: no", "examples": 1, "schedules": 1,
+                "findings": [{"kind": "global-mutation", "message": "global 'm.SEEN' changed", "location": "m.py:3",
+                              "tasks": [1], "detail": detail}]}
+
+    page = render_html({"results": [row("serial"), row("")], "complete": True})
+    assert page.count('aria-label="Task timeline"') == 1  # the concurrent run's finding only
+    assert "the serial reference run: the target called once, its forks inline" in page
+    scheduler = ENGINES["eager"].replace("'", "&#39;")  # as the template escapes it
+    assert f"Ran on <strong>{scheduler}</strong>" in page
+    assert f"(eager engine, {ENGINES['eager']}; torch.jit.script failed: no)" in failure_text(row(""))

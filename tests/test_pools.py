@@ -158,3 +158,27 @@ def test_the_merged_coverage_counts_every_size_s_runs_and_at_least_the_most_one_
                                                    "(by the order of ops)")
     alone = merge({2: sized(3, 3)}, {4: "not run: skipped"})
     assert statement(alone.stats.coverage) == "3 schedules covered 3 distinct interleavings (by the order of ops)"
+
+
+def test_a_defect_the_serial_run_showed_keeps_its_finding_s_account_and_names_no_pool() -> None:
+    """Later sizes are skipped after a serial-run defect: the lone size's stats are the result's (the report says
+    the serial run showed it), and its findings name no pool size (forks ran inline), in the terminal and the page."""
+    from forkcheck.findings import CheckResult, Finding
+    from forkcheck.pools import merge
+    from forkcheck.report.html import render_html
+    from forkcheck.report.terminal import failure_text
+    from forkcheck.stats import FoundBy, Stats
+
+    serial = Finding("global-mutation", "global 'm.SEEN' changed at m.py:3: length changed from 0 to 1",
+                     location="m.py:3", tasks=[1], detail={"name": "m.SEEN", "run": "serial"})
+    raced = Finding("race", "race on a tensor", location="m.py:9", tasks=[1, 2], detail={"name": "t"})
+    result = CheckResult(target="m:t", engine="script", verdict="fail", examples=1, schedules=0,
+                         findings=[serial, raced], stats=Stats(found_by=FoundBy.SERIAL_RUN, failed_after=0))
+    merged = merge({2: result}, {4: "not run: the serial run (forks inline, no pool) already shows the defect"})
+    assert (merged.stats.found_by, merged.stats.failed_after) == (FoundBy.SERIAL_RUN, 0)
+    by_kind = {f.kind: f for f in merged.findings}
+    assert "pool_sizes" not in by_kind["global-mutation"].detail and by_kind["race"].detail["pool_sizes"] == [2]
+    assert "at m.py:3 (the serial run, forks inline)" in failure_text(merged)
+    page = render_html({"results": [merged.to_json()], "complete": True})
+    assert "the serial run (forks inline) showed it on example 1" in page
+    assert page.count("shown with") == 1  # the race's pool, not the serial run's

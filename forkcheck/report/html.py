@@ -26,16 +26,12 @@ from ..coverage import statement
 from ..findings import KINDS, VERDICTS
 from ..stats import FoundBy
 from ..task_names import task_name
-from .terminal import (pool_shown, reason, relative, replay_command, replay_counts, replay_outcome,
+from .terminal import (ENGINES, pool_shown, reason, relative, replay_command, replay_counts, replay_outcome,
                        replay_what)
 from .._words import plural as _plural
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _MUTATIONS = ("input-mutation", "attribute-mutation", "global-mutation")
-_ENGINES = {
-    "script": "the TorchScript runtime",
-    "eager": "forkcheck's controlled scheduler",
-}
 _SNIPPET_CONTEXT = 2  # lines shown either side of a finding's line
 _MAX_SOURCE_BYTES = 2_000_000
 _MAX_LANES = 8
@@ -152,7 +148,7 @@ class _Page:
             "id": anchor, "nodeid": nodeid, "nodeid_parts": re.split(r"(?<=/)|(?<=::)", nodeid),
             "target": str(row.get("target") or ""),
             "kind": str(row.get("kind") or "target"), "verdict": verdict,
-            "engine": engine, "engine_name": _ENGINES.get(engine, engine),
+            "engine": engine, "engine_name": ENGINES.get(engine, engine),
             "engine_reason": self.rel(reason(row.get("engine_reason") or "")),
             "counts": _counts(row, stats),
             "stats": self._stats(row, stats),
@@ -279,8 +275,10 @@ class _Page:
     def _details(self, detail: Mapping[str, Any]) -> list[tuple[str, str]]:
         """What else the oracle said, as labelled sentences: task pairs, pool sizes, the rest made readable."""
         said = {"name", "op", "changes", "differences", "traceback", "events", "diff", "accesses", "storage", "ops",
-                "locations", "outputs_affected", "source"}
+                "locations", "outputs_affected", "source", "run"}
         shown: list[tuple[str, str]] = []
+        if detail.get("run") == "serial":
+            shown.append(("shown by", "the serial reference run: the target called once, its forks inline"))
         pairs = detail.get("task_pairs")
         if isinstance(pairs, list) and pairs:
             shown.append(("tasks that race", "; ".join(" and ".join(task_name(t) if isinstance(t, int) else
@@ -523,7 +521,7 @@ def _timeline(kind: str, tasks: list[int], detail: Mapping[str, Any], line: int)
     events = detail.get("events")
     if isinstance(events, list) and events:
         return _event_timeline([e for e in events if isinstance(e, Mapping)])
-    if not tasks or kind in ("hang",):
+    if not tasks or kind in ("hang",) or detail.get("run") == "serial":  # one call, forks inline: no lanes to draw
         return None
     return _lane_timeline(kind, tasks, detail, line)
 

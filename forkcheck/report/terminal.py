@@ -56,6 +56,16 @@ def relative(text: str, rootdir: str) -> str:
     return text.replace(rootdir.rstrip(os.sep) + os.sep, "")
 
 
+#: What runs a target's tasks, by the engine's name in the JSON report: one wording in every place it is shown.
+ENGINES = {"script": "the TorchScript runtime", "eager": "forkcheck's own scheduler"}
+
+
+def engine_clause(engine: str, engine_reason: str) -> str:
+    """``eager engine, forkcheck's own scheduler; torch.jit.script failed: ...``."""
+    named = f"{engine} engine, {ENGINES[engine]}" if engine in ENGINES else f"{engine} engine"
+    return f"{named}; {reason(engine_reason)}" if engine_reason else named
+
+
 def reason(text: str) -> str:
     """An engine's reason as a clause: one line, without the trailing colon or full stop of a quoted error."""
     return " ".join(str(text).split()).rstrip(" .:")
@@ -112,10 +122,12 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
     if replays:
         lines.append(f"replayed {replay_what(replays)}, {replays.get('runs', 0)} times: {replay_outcome(replays)}")
     lines.append(f"not safe to fork: {kinds} in {target} "
-                 f"({_get(result, 'engine')} engine; {reason(_get(result, 'engine_reason'))})")
+                 f"({engine_clause(_get(result, 'engine'), _get(result, 'engine_reason'))})")
     for finding in findings:
         lines.append(f"  [{_get(finding, 'kind')}] {_get(finding, 'message')}")
         where, tasks = _get(finding, "location"), task_names(_get(finding, "tasks", []))
+        if (_get(finding, "detail", {}) or {}).get("run") == "serial":
+            tasks = ["the serial run, forks inline"]
         if where or tasks:
             lines.append(f"      at {where or '?'}" + (f" ({', '.join(tasks)})" if tasks else ""))
     covered = statement(stats.get("coverage") or {}, *replay_counts(replays))
