@@ -19,12 +19,19 @@ class Coverage:
     signatures: set[int] = field(default_factory=set)
     runs: int = 0  # runs with a signature
     searches: list[dict[str, Any]] = field(default_factory=list)  # one per input explored exhaustively
+    conflicted: Optional[bool] = None  # whether two tasks' accesses conflicted in any logged run (None: none logged)
 
     def saw(self, trace: Optional[int]) -> None:
         """A run's signature (``forkcheck.engines.Run.trace``; ``None``: the run was not told apart)."""
         if trace is not None:
             self.signatures.add(trace)
             self.runs += 1
+
+    def logged(self, log: Any) -> None:
+        """A run's access log: whether two tasks touched the same data, one writing (an order to vary)."""
+        from .interleavings import conflicts
+
+        self.conflicted = bool(self.conflicted) or next(conflicts(log.accesses), None) is not None
 
     def explored(self, exploration: Any, stopped: bool) -> None:
         """An input's search is over (``stopped``: at a failing interleaving)."""
@@ -34,6 +41,8 @@ class Coverage:
 
     def stats(self, bound: int, budget: int) -> dict[str, Any]:
         data: dict[str, Any] = {"interleavings": len(self.signatures), "runs": self.runs, "by": BY.get(self.engine, "")}
+        if self.conflicted is not None:
+            data["conflicts"] = self.conflicted
         if self.searches:
             counts = [s["interleavings"] for s in self.searches]
             data["exhaustive"] = {
@@ -79,5 +88,8 @@ def _statement(coverage: Mapping[str, Any]) -> str:
                                      f"choices left untried")
         return f"explored {n} with ≤ {k} preemptions {of}, not all: {why}"
     runs, seen = coverage.get("runs", 0), coverage.get("interleavings", 0)
+    if coverage.get("conflicts") is False and seen <= 1:
+        return (f"{runs} schedule{'s' * (runs != 1)}, with no conflicting accesses to order: in no example's logged "
+                f"run did two tasks touch the same data with one of them writing")
     return (f"{runs} schedule{'s' * (runs != 1)} covered {'at least ' if coverage.get('at_least') else ''}{seen} "
             f"distinct interleaving{'s' * (seen != 1)} (by {coverage.get('by') or 'conflicting accesses'})")

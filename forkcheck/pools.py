@@ -165,8 +165,11 @@ def _coverage(per_size: list[dict[str, Any]]) -> dict[str, Any]:
     counted = [c for c in per_size if c]
     if not counted or any("exhaustive" in c for c in counted) or len(counted) == 1:
         return counted[0] if counted else {}
-    return {"interleavings": max(c.get("interleavings", 0) for c in counted), "at_least": True,
-            "runs": sum(c.get("runs", 0) for c in counted), "by": counted[0].get("by", "")}
+    merged = {"interleavings": max(c.get("interleavings", 0) for c in counted), "at_least": True,
+              "runs": sum(c.get("runs", 0) for c in counted), "by": counted[0].get("by", "")}
+    if all("conflicts" in c for c in counted):
+        merged["conflicts"] = any(c["conflicts"] for c in counted)
+    return merged
 
 
 def _union(findings: dict[int, list[Finding]]) -> list[Finding]:

@@ -605,6 +605,7 @@ class Checker:
                     location=self.return_location, tasks=[task], detail={"differences": diffs[:10]}))
                 break
         if run.log is not None:
+            self.coverage.logged(run.log)
             findings += [outputs_affected(race, affected) for race in race_findings(run.log)]
         return findings, run
 

@@ -158,6 +158,10 @@ def test_the_merged_coverage_counts_every_size_s_runs_and_at_least_the_most_one_
                                                    "(by the order of ops)")
     alone = merge({2: sized(3, 3)}, {4: "not run: skipped"})
     assert statement(alone.stats.coverage) == "3 schedules covered 3 distinct interleavings (by the order of ops)"
+    quiet, busy = sized(3, 1), sized(3, 1)
+    quiet.stats.coverage["conflicts"], busy.stats.coverage["conflicts"] = False, True
+    assert merge({2: quiet, 4: quiet}, {}).stats.coverage["conflicts"] is False
+    assert merge({2: quiet, 4: busy}, {}).stats.coverage["conflicts"] is True  # one size saw an order to vary
 
 
 def test_a_defect_the_serial_run_showed_keeps_its_finding_s_account_and_names_no_pool() -> None:

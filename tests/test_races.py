@@ -406,3 +406,16 @@ def test_where_the_logged_run_saw_no_conflict_later_runs_are_plain_runs_of_the_d
         assert [out.tolist() for out in run.result()] == [out.tolist() for out in logged.result()]
         assert run.interleaving == () and run.steps == 0  # no point passed: the uninstrumented driver ran
     assert seen == []
+
+
+def test_coverage_says_when_no_logged_run_saw_an_order_to_vary() -> None:
+    """Tasks that only read what they share have no conflicting order (the line says so); a write the parent makes
+    after its wait is one, ordered by the wait (counted as interleavings, and no race)."""
+    from forkcheck.coverage import statement
+
+    readers = forkcheck.check(two_readers, seed=1, examples=2, schedules=4)
+    assert (readers.verdict, readers.stats.coverage["conflicts"]) == ("pass", False)
+    assert "with no conflicting accesses to order" in statement(readers.stats.coverage)
+    ordered = forkcheck.check(write_after_wait, seed=1, examples=2, schedules=4)
+    assert (ordered.verdict, ordered.stats.coverage["conflicts"]) == ("pass", True)
+    assert "distinct interleaving" in statement(ordered.stats.coverage)
