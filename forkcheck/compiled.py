@@ -59,6 +59,18 @@ def display_name(scripted: Any) -> str:
     return getattr(scripted, "original_name", None) or type(scripted).__qualname__
 
 
+def defining_module(scripted: Any) -> str:
+    """The module the compiled code was written in, from its TorchScript qualified name (``__torch__.models.Head``:
+    ``models``; torch's name mangling left out); "" when it names none."""
+    try:
+        name = scripted.qualified_name if isinstance(scripted, torch.jit.ScriptFunction) else \
+            scripted._c._type().qualified_name()
+    except (AttributeError, RuntimeError):
+        return ""
+    return ".".join(part for part in name.split(".")[:-1]
+                    if part != "__torch__" and not part.startswith("___torch_mangle"))
+
+
 def location(scripted: Any) -> str:
     """``file:line`` of the first op of the target's graph whose source range survived compilation (a loaded
     module keeps them in its serialized code) and is the user's (a traced fork's ops point into torch), else the

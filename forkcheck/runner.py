@@ -628,6 +628,13 @@ SERIAL_RUN = "the serial reference run (forks inline)"
 SERIAL = "serial"  # a finding's ``detail["run"]`` when the serial reference showed it
 
 
+def _setup_error(target: Target, err: Exception) -> str:
+    """The error of a check the user's setup stopped, without the target's name its message may start with (the
+    report shows it beside the error)."""
+    text = str(err)
+    return "setup error: " + (text[len(target.name) + 2:] if text.startswith(f"{target.name}: ") else text)
+
+
 def _instance(target: Target) -> Any:
     """The object to run; a Module that cannot be built or copied is the user's setup error, named as such."""
     try:
@@ -704,7 +711,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
             if checker.exhaustive:
                 checker.replay_decisions = list(token.decisions)
     except (TargetError, MarkError, ReplayError, InferenceError, StrategyError) as err:
-        return _errored(result, started, f"setup error: {err}")
+        return _errored(result, started, _setup_error(target, err))
     except Exception:
         return _errored(result, started, "internal error in forkcheck while preparing the check:\n"
                         + traceback.format_exc())
@@ -716,7 +723,7 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
             search = _search(checker, seed, REPLAY, reproduce=token)
             failed, replay_token = _replay(search, checker, token, result), replay
     except (ReplayError, StrategyError) as err:
-        return _errored(result, started, f"setup error: {err}", checker)
+        return _errored(result, started, _setup_error(target, err), checker)
     except Exception:
         return _errored(result, started, "internal error in forkcheck:\n" + traceback.format_exc(), checker)
     findings = _merge(failed.findings if failed is not None else [], checker.static)

@@ -29,9 +29,12 @@ class Target:
     def from_object(cls, obj: Any, name: Optional[str] = None) -> "Target":
         mark = get_mark(obj) or Mark()
         if name is None:
-            qualname = (compiled.display_name(obj) if compiled.is_compiled(obj) and not isinstance(obj, type)
+            instance = compiled.is_compiled(obj) and not isinstance(obj, type)
+            qualname = (compiled.display_name(obj) if instance
                         else getattr(obj, "__qualname__", None) or type(obj).__qualname__)
-            module = mark.module or getattr(obj, "__module__", "") or ""
+            # a compiled object's class is torch's: its code's own module names it
+            module = mark.module or (compiled.defining_module(obj) if instance else "") or \
+                getattr(obj, "__module__", "") or ""
             name = f"{module}:{qualname}"
         return cls(obj=obj, name=name, mark=mark)
 

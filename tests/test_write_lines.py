@@ -148,8 +148,9 @@ def test_a_module_whose_forward_is_ignored_runs_as_python_and_its_attribute_is_l
 def test_a_compiled_module_whose_forward_is_ignored_is_a_setup_error_naming_the_fix(programs) -> None:
     module, _ = programs
     result = forkcheck.check(torch.jit.script(module.IgnoredForward()), examples=3)
+    assert result.target == "line_programs:IgnoredForward"  # its code's module, not torch's class's
     assert result.verdict == "error" and "mark the module before torch.jit.script" in result.error
-    assert "internal error" not in result.error
+    assert result.error.startswith("setup error: the compiled module's forward"), result.error  # named once
 
 
 def test_changing_lines_names_the_line_after_which_each_value_changed() -> None:
