@@ -328,7 +328,9 @@ def test_a_real_report(browser, tmp_path):
     command = json.loads((tmp_path / "reports" / "forkcheck.json").read_text())["command"]
     assert command.endswith(" -m pytest")  # as this run was started, by the same interpreter
     assert replay.startswith(f"{command} 'test_ops.py::shift_in_place' --forkcheck-replay fc1.")
-    assert browser.js("document.querySelectorAll('figure.timeline .lane').length") >= 2
+    # the serial run showed it (forks inline): it is said so, and no fork/wait lanes are drawn for it
+    assert "the serial reference run" in finding
+    assert browser.js("document.querySelectorAll('figure.timeline .lane').length") == 0
     shot = browser.screenshot(tmp_path / "real-report.png")
     print(f"screenshot: {shot}")
 
@@ -375,8 +377,12 @@ def test_the_examples_report(browser, tmp_path):
             f"{report['command']} '{row['nodeid']}' --forkcheck-replay fc1.")
         if first.get("location"):
             assert browser.js(f"!!{item}.querySelector('pre.source .hit')") is True
-        if first.get("tasks"):
-            assert browser.js(f"{item}.querySelectorAll('figure.timeline .mark.conflict').length") >= 1
+        marks = browser.js(f"{item}.querySelectorAll('article.finding')[0]"
+                           ".querySelectorAll('figure.timeline .mark.conflict').length")
+        if (first.get("detail") or {}).get("run") == "serial":  # forks inline: no task lanes
+            assert marks == 0
+        elif first.get("tasks"):
+            assert marks >= 1
     text = browser.js("document.body.innerText")
     assert report["rootdir"] + "/" not in text  # paths relative to the rootdir
     browser.screenshot(tmp_path / "examples-report.png")
