@@ -361,3 +361,15 @@ def test_a_serial_run_finding_draws_no_task_timeline_and_the_engine_reads_as_in_
     scheduler = ENGINES["eager"].replace("'", "&#39;")  # as the template escapes it
     assert f"Ran on <strong>{scheduler}</strong>" in page
     assert f"(eager engine, {ENGINES['eager']}; torch.jit.script failed: no)" in failure_text(row(""))
+
+
+def test_a_row_from_an_earlier_session_is_not_told_to_rerun_with_this_session_s_seed():
+    def row(nodeid: str, run_at: str, seed: int) -> dict:
+        return {"target": "m:t", "nodeid": nodeid, "verdict": "pass", "engine": "script", "examples": 1,
+                "schedules": 1, "findings": [], "run_at": run_at, "stats": {"seed": seed}}
+
+    page = render_html({"results": [row("t.py::old", "2026-12-01T10:00:00Z", 11), row("t.py::new",
+                                                                                       "2026-12-02T10:00:00Z", 22)],
+                        "complete": True, "seed": 5, "run_at": "2026-12-02T10:00:00Z"})
+    assert page.count("rerun with --forkcheck-seed 5") == 1  # this session's row only
+    assert "11: this check&#39;s own, drawn from the seed of the session that ran it" in page

@@ -202,6 +202,10 @@ class _Page:
         if "seed" in stats:  # the check's own seed; in a session, derived from the session's (the one to rerun with)
             own, session = stats.pop("seed"), self.report.get("seed")
             option = self.report.get("seed_option") or "--forkcheck-seed"
+            run_at = str(row.get("run_at") or "")
+            if run_at and self.run_at and run_at < self.run_at:  # another session's row: this one's seed is not its
+                session = None
+                own = f"{own}: this check's own, drawn from the seed of the session that ran it ({_when(run_at)})"
             shown.append(("seed", self.rel(own) if session in (None, own) else
                           f"{own}: this check's own, drawn from the session's seed {session} (rerun with {option} "
                           f"{session})"))
