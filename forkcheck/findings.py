@@ -19,6 +19,8 @@ KINDS = (
 )
 
 VERDICTS = ("pass", "fail", "error", "skipped")
+#: A finding's ``detail["run"]`` when the serial reference showed it: one call, forks inline, no pool.
+SERIAL = "serial"
 
 
 @dataclass

@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from .findings import CheckResult, Finding, defect_key, sort_findings
+from .findings import SERIAL, CheckResult, Finding, defect_key, sort_findings
 from .isolation import Unavailable, check_in_child, prewarm, stop
 from .replay import ReplayToken
 from .stats import CRASHED, FoundBy, SizeSummary
@@ -180,7 +180,7 @@ def _union(findings: dict[int, list[Finding]]) -> list[Finding]:
         for finding in found:
             key = defect_key(finding)
             first = kept.setdefault(key, finding)
-            if first.detail.get("run") == "serial":  # forks inline: no pool played a part
+            if first.detail.get("run") == SERIAL:  # forks inline: no pool played a part
                 continue
             sizes = first.detail.setdefault("pool_sizes", [])
             if finding.detail.get("outputs_affected") and not first.detail.get("outputs_affected"):

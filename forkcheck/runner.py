@@ -23,7 +23,7 @@ from . import _exit, _warnings
 from .coverage import Coverage
 from .engines import Engine, Observe, Run, ScheduleError, TaskError, choose_engine
 from .compiled import python_callees, serial_program
-from .findings import CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
+from .findings import SERIAL, CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, changing_lines, error_location
 from .marker import MarkError
 from .oracles.determinism import differences
@@ -463,14 +463,19 @@ class Checker:
             self._serial_copy = (module, ModuleWatch(module))
         return self._serial_copy
 
+    def _serial_callee(self, module: Any) -> Callable[..., Any]:
+        """What the serial runs call: the target (its serial copy for a Module), or a compiled one's program with its
+        forks inlined (see ``forkcheck.compiled``)."""
+        if self.serial_program is not None:
+            return functools.partial(self.serial_program, module)
+        return module if module is not None else self.base
+
     def _serial(self, inputs: dict[str, Any]) -> tuple[list[Finding], Any]:
         """The reference: the target once, on copies, forks inline (plain eager Python, or the compiled program with
         its forks inlined: there the Python stack does not say which line wrote, the static pre-check's twin does)."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         module, module_watch = self._serial_module()
-        callee = module if module is not None else self.base
-        if self.serial_program is not None:
-            callee = functools.partial(self.serial_program, module)
+        callee = self._serial_callee(module)
         watches: list[Any] = [InputWatch(dict(zip(self.param_names, args))), self._global_watch()]
         if module_watch is not None:
             watches.append(module_watch)
@@ -519,9 +524,7 @@ class Checker:
         """The serial run again, on fresh copies, under ``changing_lines``: where each of ``wanted`` changed."""
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         module, module_watch = self._serial_module()  # put back by its watch after the serial run
-        callee = module if module is not None else self.base
-        if self.serial_program is not None:
-            callee = functools.partial(self.serial_program, module)
+        callee = self._serial_callee(module)
         global_watch = GlobalWatch(self.globals)
         watches: dict[str, Any] = {"input-mutation": InputWatch(dict(zip(self.param_names, args))),
                                    "global-mutation": global_watch}
@@ -625,7 +628,6 @@ class Checker:
 
 _NO_OUTPUT = object()
 SERIAL_RUN = "the serial reference run (forks inline)"
-SERIAL = "serial"  # a finding's ``detail["run"]`` when the serial reference showed it
 
 
 def _setup_error(target: Target, err: Exception) -> str:

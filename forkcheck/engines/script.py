@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .._warnings import quiet_jit
-from ..compiled import graph_nodes
+from ..compiled import graph_nodes, has_compiled_forward
 from ..instrument import instrument
 from ..interleavings import conflict_groups, point_signature
 from ..observe import AccessLog, storage_names
@@ -92,7 +92,7 @@ class ScriptEngine:
         self.scripted = instance if compiled else _script(instance)
         is_module = isinstance(instance, torch.nn.Module)
         self.module = self.scripted if is_module else None
-        if is_module and not isinstance(self.scripted.forward, torch.ScriptMethod):  # forward is ``jit.ignore``d
+        if is_module and not has_compiled_forward(self.scripted):  # its forward is ``jit.ignore``d
             raise NotScriptable("its forward is torch.jit.ignore'd: it runs as Python, not on TorchScript's runtime")
         schema = self.scripted.forward.schema if is_module else self.scripted.schema
         arguments = schema.arguments[1:] if is_module else schema.arguments

@@ -289,6 +289,12 @@ def _state_change(name: str, then: Any, now: Any) -> str:
     return "was advanced (random numbers were drawn)" if name.endswith("RNG") else f"changed from {then} to {now}"
 
 
+def _thread_changes(before: Mapping[str, Any]) -> dict[str, list[str]]:
+    """This thread's torch state that differs from ``before``, as changes."""
+    return {name: [_state_change(name, before[name], now)] for name, (read, _) in _THREAD_STATE.items()
+            if not _same(before[name], now := read())}
+
+
 class GlobalWatch:
     """The state the code can reach (``referenced_globals``): Python globals, closure cells, user classes and
     modules' names; and process-wide state: torch's (RNG, settings, ``torch.backends`` flags) and the Python and
@@ -319,11 +325,9 @@ class GlobalWatch:
             return call()
         finally:
             self._thread_before = None
-            for name, (read, write) in _THREAD_STATE.items():
-                now = read()
-                if not _same(before[name], now):
-                    self.thread_changes[name] = [_state_change(name, before[name], now)]
-                    write(before[name])
+            self.thread_changes = _thread_changes(before)
+            for name in self.thread_changes:
+                _THREAD_STATE[name][1](before[name])
 
     def changed(self) -> dict[str, list[str]]:
         changed = {}
@@ -341,9 +345,7 @@ class GlobalWatch:
                 changed[name] = [_state_change(name, self.process[name], now)]
         changed.update(self.thread_changes)
         if self._thread_before is not None:  # asked during the run (``locate.changing_lines``): this thread's now
-            changed.update((name, [_state_change(name, self._thread_before[name], now)])
-                           for name, (read, _) in _THREAD_STATE.items()
-                           if not _same(self._thread_before[name], now := read()))
+            changed.update(_thread_changes(self._thread_before))
         return changed
 
     def findings(self, tasks: list[int], locate: Locate = _no_location, default_location: str = "") -> list[Finding]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..coverage import statement
-from ..findings import KINDS, VERDICTS
+from ..findings import KINDS, SERIAL, VERDICTS
 from ..stats import FoundBy
 from ..task_names import task_name
 from .terminal import (ENGINES, pool_shown, reason, relative, replay_command, replay_counts, replay_outcome,
@@ -160,7 +160,7 @@ class _Page:
             "input_title": "Replayed input" if stats.get("replays") else "Minimal failing input",
             "error": self.rel(row.get("error") or ""),
             "replays": replays,
-            "replayed": self.replay_counts(replay_run) if isinstance(replay_run, Mapping) else None,
+            "replayed": self._replayed(replay_run) if isinstance(replay_run, Mapping) else None,
             "run_at": _when(run_at),
             "earlier": _when(run_at) if run_at and self.run_at and run_at < self.run_at and not (
                 isinstance(replay_run, Mapping) and replay_run.get("run_at") == self.run_at) else "",
@@ -184,7 +184,7 @@ class _Page:
                               "href": "#" + finding["id"]})
         return shown
 
-    def replay_counts(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    def _replayed(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """A replay's row, shown beside the row it replays: when, what it ran, how often the failure came back."""
         replays = (row.get("stats") or {}).get("replays") if isinstance(row.get("stats"), Mapping) else None
         replays = replays if isinstance(replays, Mapping) else {}
@@ -281,7 +281,7 @@ class _Page:
         said = {"name", "op", "changes", "differences", "traceback", "events", "diff", "accesses", "storage", "ops",
                 "locations", "outputs_affected", "source", "run"}
         shown: list[tuple[str, str]] = []
-        if detail.get("run") == "serial":
+        if detail.get("run") == SERIAL:
             shown.append(("shown by", "the serial reference run: the target called once, its forks inline"))
         pairs = detail.get("task_pairs")
         if isinstance(pairs, list) and pairs:
@@ -525,7 +525,7 @@ def _timeline(kind: str, tasks: list[int], detail: Mapping[str, Any], line: int)
     events = detail.get("events")
     if isinstance(events, list) and events:
         return _event_timeline([e for e in events if isinstance(e, Mapping)])
-    if not tasks or kind in ("hang",) or detail.get("run") == "serial":  # one call, forks inline: no lanes to draw
+    if not tasks or kind in ("hang",) or detail.get("run") == SERIAL:  # one call, forks inline: no lanes to draw
         return None
     return _lane_timeline(kind, tasks, detail, line)
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any, Iterable, Mapping, Optional
 
 from ..coverage import statement
+from ..findings import SERIAL
 from ..stats import FoundBy
 from ..task_names import task_names
 from .._words import plural as _plural
@@ -126,7 +127,7 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
     for finding in findings:
         lines.append(f"  [{_get(finding, 'kind')}] {_get(finding, 'message')}")
         where, tasks = _get(finding, "location"), task_names(_get(finding, "tasks", []))
-        if (_get(finding, "detail", {}) or {}).get("run") == "serial":
+        if (_get(finding, "detail", {}) or {}).get("run") == SERIAL:
             tasks = ["the serial run, forks inline"]
         if where or tasks:
             lines.append(f"      at {where or '?'}" + (f" ({', '.join(tasks)})" if tasks else ""))
