@@ -296,10 +296,12 @@ def shutdown() -> None:
 
 
 def check_in_child(module: Any, attribute: str, target: Any, settings: Any, replay: Optional[str],
-                   nodeid: str, pool_size: int = 0, on_pool: Optional[Callable[[], None]] = None) -> Any:
+                   nodeid: str, pool_size: int = 0, on_run: Optional[Callable[[str, str], None]] = None,
+                   dropped: Optional[threading.Event] = None) -> Any:
     """``runner.check`` of ``module.attribute`` in the child whose inter-op pool has ``pool_size`` threads (0:
-    torch's default); raises ``Unavailable`` when it cannot run there. ``on_pool()`` is called once, when the check
-    goes on from its first serial reference to runs on the real runtime's pool (its warm-up, or a concurrent run).
+    torch's default); raises ``Unavailable`` when it cannot run there. ``on_run(phase, engine)`` is called as each
+    run starts: its ``RunStart.phase`` and the name of the engine that runs it. Once ``dropped`` is set, no check
+    starts (``Unavailable``), and ``stop(pool_size)`` ends the one under way.
     """
     request = {"op": "check", "module": module.__name__, "file": getattr(module, "__file__", None) or "",
                "attribute": attribute, "target": target.name, "settings": _settings_json(settings),
@@ -311,11 +313,13 @@ def check_in_child(module: Any, attribute: str, target: Any, settings: Any, repl
     retried = ""
     with _size_lock(pool_size):
         for _ in range(2):
-            with _lock:
+            with _lock:  # as ``stop`` retires the child: a check dropped before it took a child takes none
+                if dropped is not None and dropped.is_set():
+                    raise Unavailable("the result is no longer wanted")
                 child = _current(pool_size)
             try:
                 child.wait_ready()
-                result = _exchange(child, request, target, settings, nodeid, on_pool)
+                result = _exchange(child, request, target, settings, nodeid, on_run)
                 if retried:
                     result.stats.isolation = result.stats.isolation.noted(f"a fresh one: in the one before, {retried}")
                 return result
@@ -346,7 +350,7 @@ def _settings_json(settings: Any) -> dict[str, Any]:
 
 
 def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, settings: Any, nodeid: str,
-              on_pool: Optional[Callable[[], None]] = None) -> Any:
+              on_run: Optional[Callable[[str, str], None]] = None) -> Any:
     from .findings import CheckResult
 
     child.captured = []
@@ -375,9 +379,8 @@ def _exchange(child: ChildProcess, request: dict[str, Any], target: Any, setting
         if event == "run":
             allowed, what = float(message["timeout"]), message.get("what") or "a run"
             engine = message.get("engine") or engine
-            if on_pool is not None and message.get("phase") != "serial" and engine.get("name") == "script":
-                on_pool()  # the serial reference passed: the other pool sizes can tell more
-                on_pool = None
+            if on_run is not None:
+                on_run(message.get("phase") or "", engine.get("name") or "")
         elif event == "unavailable":
             raise _Refused(message.get("reason", ""), fresh)
         elif event == "result":

@@ -37,7 +37,9 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
     The first size checks alone until its first serial reference passed and it goes on to the real runtime's pool
     (until then the check may end in a way that makes the other sizes needless: a defect the serial run shows, an
     error, forkcheck's own scheduler); then the other sizes start, ``side_by_side()`` at a time. Their results are
-    taken in the order of ``sizes``, as if they had run one after another: the same skips, the same merge.
+    taken in the order of ``sizes``, as if they had run one after another: the same skips, the same merge; a size
+    still checking or queued when the sizes before it made it needless (a hang, an error) is stopped, not waited for.
+    (Starting every size at once gained nothing on 2 cores: the first size's pool threads keep both busy.)
     """
     if replay:  # rerun the failure under the pool size it was found with (any, off the pool)
         pool_size = ReplayToken.decode(replay).pool_size or sizes[0]
@@ -47,14 +49,21 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
         prewarm(size)  # forked from the warm template while the first size checks
     on_pool, settled = threading.Event(), threading.Event()  # settled: the first size went on to the pool, or ended
     started: dict[int, Future] = {}
+    dropped = threading.Event()  # set when no result is wanted any more: a size not yet in its child does not start
+    stopped: list[int] = []
     with ThreadPoolExecutor(max_workers=min(side_by_side(), len(sizes)), thread_name_prefix="forkcheck-size") as pool:
 
         def start(size: int) -> Future:
             if size not in started:
-                told = (lambda: (on_pool.set(), settled.set())) if size == sizes[0] else None
+                told = first_run if size == sizes[0] else None
                 started[size] = pool.submit(check_in_child, module, attribute, target, split, None, nodeid,
-                                            pool_size=size, on_pool=told)
+                                            pool_size=size, on_run=told, dropped=dropped)
             return started[size]
+
+        def first_run(phase: str, engine: str) -> None:
+            if engine == "script" and phase != "serial":  # the serial reference passed: the other sizes can tell more
+                on_pool.set()
+                settled.set()
 
         try:
             start(sizes[0]).add_done_callback(lambda _: settled.set())
@@ -62,12 +71,16 @@ def check_over_pool_sizes(module: Any, attribute: str, target: Any, settings: An
             if on_pool.is_set():
                 for size in sizes[1:]:
                     start(size)
-            return _collect(sizes, start)
-        except BaseException:
+            result = _collect(sizes, start)
+        finally:  # after an error, or where the sizes left were needless: end their checks, so no one waits for them
+            dropped.set()
             for size, future in started.items():
-                if not future.cancel():
-                    stop(size)  # its check is under way: end it, so that this thread does not wait for it
-            raise
+                if not future.done() and not future.cancel():
+                    stop(size)  # its check is under way: it ends as a crash, whose result is dropped
+                    stopped.append(size)
+    for size in stopped:
+        prewarm(size)  # the next target's child, forked while this target is reported
+    return result
 
 
 def _collect(sizes: tuple[int, ...], start: Callable[[int], Future]) -> CheckResult:

@@ -186,3 +186,19 @@ def test_a_defect_the_serial_run_showed_keeps_its_finding_s_account_and_names_no
     page = render_html({"results": [merged.to_json()], "complete": True})
     assert "the serial run (forks inline) showed it on example 1" in page
     assert page.count("shown with") == 1  # the race's pool, not the serial run's
+
+
+def test_a_size_queued_behind_a_hang_is_not_run(monkeypatch, tmp_path) -> None:
+    # one core for this process (as under pytest-xdist with a worker per core): the second size queues behind the
+    # first, which hangs on the pool; the result says the second was not run, and it was not (it was run in full,
+    # waiting out the timeout again, while the report said it was not)
+    import forkcheck.pools
+
+    monkeypatch.chdir(tmp_path)  # the child checks in the parent's working directory
+    monkeypatch.setattr(forkcheck.pools, "side_by_side", lambda: 1)
+    result = forkcheck.check(pool_programs.stalls_on_the_pool, pool_sizes=(2, 4), seed=1, examples=2, schedules=2)
+    assert [f.kind for f in result.findings] == ["hang"]
+    per_size = result.stats.to_json()["pool_sizes"]
+    assert per_size["2"]["kinds"] == ["hang"] and per_size["4"]["verdict"] == "skipped"
+    assert "a run under 2 threads hung" in per_size["4"]["reason"]
+    assert set((tmp_path / "stalls").read_text().split()) == {"2"}  # every stalled task ran in the 2-thread pool
