@@ -7,7 +7,8 @@ interpreter). Prints, per repeat:
 
 - forkcheck's added wall time (plugin on minus ``-p no:forkcheck``) at ``-n 0`` on a generated suite of 24 small
   targets (16 pure, 8 unsafe) and on the bundled examples, for this tree and the baseline, and their ratio (goal
-  <= 0.2x);
+  <= 0.2x). The examples are compared on the files both trees have (this tree's newer ones, which the baseline may
+  not check, left out), then this tree's are timed in full;
 - ``-n 2`` against ``-n 0`` on the 24-target suite (goal >= 1.6x faster), and whether the verdicts are the same;
 - a warm in-process check of the docs' ``bar`` against the same number of plain scripted fork/wait calls (goal <=
   8x), for both trees;
@@ -208,10 +209,12 @@ def _reap_all(deadline_s: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def session(python: str, cwd: str, path: str, workers: str, plugin: bool, memory: bool = False) -> Session:
-    """One pytest session, waited for with everything it started."""
+def session(python: str, cwd: str, path: str, workers: str, plugin: bool, memory: bool = False,
+            ignore: tuple[str, ...] = ()) -> Session:
+    """One pytest session, waited for with everything it started (``ignore``: files of ``path`` left out)."""
     with tempfile.TemporaryDirectory() as report:
         args = [python, "-m", "pytest", path, "-q", "-p", "xdist", "-n", workers, "-p", "no:cacheprovider"]
+        args += [f"--ignore={os.path.join(path, name)}" for name in ignore]
         args += ["--forkcheck-seed", "1", "--forkcheck-report", report] if plugin else ["-p", "no:forkcheck"]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -266,21 +269,34 @@ def summary(verdicts: dict[str, str]) -> str:
     return ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
 
 
+def example_files(root: str) -> set[str]:
+    return {name for name in os.listdir(os.path.join(root, "examples")) if name.endswith(".py")}
+
+
 def compare(label: str, base_python: Optional[str], base_root: Optional[str], suite_dir: str) -> None:
     """One repeat: every figure, each tree's sessions run one after the other."""
     trees = [("this tree", sys.executable, ROOT)] + ([("baseline", base_python, base_root)] if base_python else [])
+    # the examples both trees have (this tree's newer ones left out: the baseline may not check them), then all of
+    # this tree's, with no ratio
+    newer = tuple(sorted(example_files(ROOT) - example_files(base_root))) if base_root else ()
     print(f"## {label} ({load()})")
-    for what, cwd_of, path in (("24-target suite", lambda root: suite_dir, suite_dir),
-                               ("examples suite", lambda root: root, "examples")):
+    suites = [("24-target suite", lambda root: suite_dir, suite_dir, trees, ()),
+              ("examples suite" + (f" (the files both trees have; this tree's {', '.join(newer)} left out)"
+                                   if newer else ""), lambda root: root, "examples", trees, newer)]
+    if newer:
+        suites.append(("examples suite (all of this tree's)", lambda root: root, "examples", trees[:1], ()))
+    for what, cwd_of, path, checked, ignored in suites:
         added: dict[str, tuple[float, float]] = {}
-        for name, python, root in trees:
-            on = session(python, cwd_of(root), path, "0", True, memory=what == "examples suite")
-            off = session(python, cwd_of(root), path, "0", False)
+        for name, python, root in checked:
+            ignore = ignored if name == "this tree" else ()
+            memory = what.startswith("examples suite") and not ignore
+            on = session(python, cwd_of(root), path, "0", True, memory=memory, ignore=ignore)
+            off = session(python, cwd_of(root), path, "0", False, ignore=ignore)
             added[name] = (on.seconds - off.seconds, on.cpu - off.cpu)
-            memory = f"; peak memory {on.peak / 2**30:.2f} GiB (PSS, children included)" if on.peak else ""
+            peak = f"; peak memory {on.peak / 2**30:.2f} GiB (PSS, children included)" if on.peak else ""
             print(f"{what}, {name}, -n 0: on {on.seconds:.1f} s (cpu {on.cpu:.1f} s), off {off.seconds:.1f} s "
                   f"(cpu {off.cpu:.1f} s), added {added[name][0]:.1f} s, cpu {added[name][1]:.1f} s "
-                  f"({added[name][0] / max(len(on.verdicts), 1):.2f} s per target); {summary(on.verdicts)}{memory}"
+                  f"({added[name][0] / max(len(on.verdicts), 1):.2f} s per target); {summary(on.verdicts)}{peak}"
                   f" ({load()})")
         if "baseline" in added:
             print(f"{what}: added time, this tree / baseline = wall {added['this tree'][0] / added['baseline'][0]:.2f}x"
