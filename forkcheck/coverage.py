@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+FIRST_RUN = "each example's first run"  # the one logged: a replay logs each rerun's
 #: How interleavings are told apart, per engine.
 BY = {"eager": "the order of conflicting accesses",
-      "script": "the order in which tasks reached the ops that conflicted in each example's first run"}
+      "script": f"the order in which tasks reached the ops that conflicted in {FIRST_RUN}"}
 
 
 @dataclass
@@ -69,6 +70,7 @@ def statement(coverage: Mapping[str, Any], replays: int = 0, per_replay: int = 0
     if not (said and replays):
         return said
     stopped = coverage.get("runs", 0) < replays * per_replay
+    said = said.replace(FIRST_RUN, "each replay's first run")
     return f"over the {replays} replays{', each stopping at its first failure,' if stopped else ''} {said}"
 
 

@@ -27,7 +27,7 @@ from .findings import SERIAL, CheckResult, Finding, defect_key, describe_error, 
 from .locate import WriteLocator, changing_lines, error_location
 from .marker import MarkError
 from .oracles.determinism import differences
-from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, at_line, referenced_globals
+from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals, relocated
 from .oracles.races import outputs_affected, race_findings
 from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedules import Recorded, Schedule
@@ -517,7 +517,7 @@ class Checker:
         if wanted:
             self._lines.update(dict.fromkeys(wanted, ""))  # not found: not looked for again
             self._lines.update(self._trace_lines(inputs, wanted))
-        return [at_line(f, self._lines[_line_key(f)]) if _unlocated(f) and self._lines.get(_line_key(f)) else f
+        return [relocated(f, location=self._lines[_line_key(f)]) if _unlocated(f) and self._lines.get(_line_key(f)) else f
                 for f in findings]
 
     def _trace_lines(self, inputs: dict[str, Any], wanted: set[str]) -> dict[str, str]:
@@ -678,13 +678,11 @@ def _merge(findings: list[Finding], new: list[Finding]) -> list[Finding]:
     lacked the op and line that wrote, its twin's (e.g. the static pre-check's) fill them in."""
     merged = {defect_key(f): f for f in findings}
     for finding in new:
-        first = merged.setdefault(defect_key(finding), finding)
+        key = defect_key(finding)
+        first = merged.setdefault(key, finding)
         if first is not finding and not first.detail.get("op") and finding.detail.get("op"):
-            first.detail["op"] = finding.detail["op"]
             located = finding.location and "/torch/" not in finding.location  # a traced graph may keep no lines
-            if located:
-                first.location = finding.location
-            first.message += f" (written by {finding.detail['op']}{f' at {finding.location}' if located else ''})"
+            merged[key] = relocated(first, finding.detail["op"], finding.location if located else "")
     return list(merged.values())
 
 

@@ -135,8 +135,10 @@ class ResultCollector:
         from .report.terminal import summary_lines
 
         terminalreporter.write_sep("=", "forkcheck")
+        header_hidden = terminalreporter.verbosity < 0 or getattr(terminalreporter.config.option, "no_header", False)
         for line in summary_lines(list(self.state.results.values()), self.state.report_paths,
-                                  self.state.invocation, str(self.rootdir)):
+                                  self.state.invocation, str(self.rootdir),
+                                  seed=self.state.seed if header_hidden else None):
             terminalreporter.write_line(line)
 
 

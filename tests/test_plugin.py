@@ -279,6 +279,17 @@ def test_fixed_seed_reproduces_verdicts_and_findings(fc, pytester) -> None:
     assert outcome() == first
 
 
+def test_the_summary_names_the_seed_where_the_header_was_not_shown(fc, pytester) -> None:
+    pytester.makepyfile(test_ops=source(SCALE))
+    shown = fc.run("--forkcheck-seed", "42").stdout.str()
+    assert "forkcheck: seed 42 (rerun with --forkcheck-seed 42)" in shown  # the header says it once
+    assert "1 pass (seed" not in shown
+    for hidden in ("-q", "--no-header"):
+        result = fc.run("--forkcheck-seed", "42", hidden)
+        assert "forkcheck: seed" not in result.stdout.str()
+        result.stdout.fnmatch_lines(["1 pass (seed 42: rerun with --forkcheck-seed 42)"])
+
+
 # -- replay -----------------------------------------------------------------------------------------------------
 
 

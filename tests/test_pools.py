@@ -92,7 +92,7 @@ def test_the_plugin_reports_which_sizes_showed_each_bug(fc, pytester) -> None:
     assert eager["engine"] == "eager" and "pool_sizes" not in eager["stats"]
     assert eager["schedules"] == 2 * 4  # forkcheck's own scheduler does not use the pool: every schedule, once
     page = (pytester.path / "reports" / "index.html").read_text()
-    assert page.count('<table class="pools">') == 2
+    assert page.count('<table class="pools">') == 1  # the race's: the serial run's defect took no pool
 
 
 def test_a_replay_runs_under_the_pool_size_it_was_found_with(fc, pytester) -> None:
@@ -183,8 +183,12 @@ def test_a_defect_the_serial_run_showed_keeps_its_finding_s_account_and_names_no
     by_kind = {f.kind: f for f in merged.findings}
     assert "pool_sizes" not in by_kind["global-mutation"].detail and by_kind["race"].detail["pool_sizes"] == [2]
     assert "at m.py:3 (the serial run, forks inline)" in failure_text(merged)
+    # no size's pool took part: the line does not list the serial run under the first size (it ran in that child)
+    assert ("inter-op pool sizes: none needed: the serial run (forks inline, no pool) already shows the defect"
+            in failure_text(merged))
     page = render_html({"results": [merged.to_json()], "complete": True})
     assert "the serial run (forks inline) showed it on example 1" in page
+    assert "Inter-op pool sizes" not in page and "(serial run)" not in page
     assert page.count("shown with") == 1  # the race's pool, not the serial run's
 
 

@@ -58,6 +58,7 @@ def test_an_unknown_key_is_an_error_naming_it() -> None:
 def test_a_replay_s_coverage_says_it_counts_every_rerun_s_schedules() -> None:
     """A replay reruns the token's schedules 10 times, each rerun stopping at its first failing schedule: its coverage
     counts the schedules they ran together, and says so (19 beside "its 5 schedules ... 10 times" read as a slip)."""
+    from forkcheck.coverage import BY
     from forkcheck.findings import Finding
     from forkcheck.report.html import render_html
     from forkcheck.report.terminal import failure_text
@@ -65,10 +66,12 @@ def test_a_replay_s_coverage_says_it_counts_every_rerun_s_schedules() -> None:
     result = CheckResult(target="m:f", kind="function", nodeid="t.py::f", engine="script", verdict="fail",
                          findings=[Finding("race", "race on a tensor")],
                          stats=Stats(replays=Replays(runs=10, reproduced=10, schedules=5),
-                                     coverage={"runs": 19, "interleavings": 3, "by": "conflicting accesses"}))
+                                     coverage={"runs": 19, "interleavings": 3, "by": BY["script"]}))
     text = failure_text(result)
     assert ("coverage: over the 10 replays, each stopping at its first failure, 19 schedules covered 3 distinct "
             "interleavings") in text, text
+    # the replayed example's first run is logged in every rerun: it is not several examples
+    assert "ops that conflicted in each replay's first run" in text and "each example's" not in text
     row = json.loads(json.dumps(result.to_json()))
     page = render_html({"results": [row], "complete": True})
     assert "over the 10 replays, each stopping at its first failure, 19 schedules" in page
@@ -78,3 +81,4 @@ def test_a_replay_s_coverage_says_it_counts_every_rerun_s_schedules() -> None:
     assert "coverage: over the 10 replays 20 schedules covered 3 distinct" in failure_text(result)
     result.stats.replays = None  # a check's own coverage: as it was
     assert "coverage: 20 schedules covered 3 distinct interleavings" in failure_text(result)
+    assert "ops that conflicted in each example's first run" in failure_text(result)

@@ -27,22 +27,35 @@ def _no_location(name: str) -> tuple[str, str]:
 def _finding(kind: str, subject: str, name: str, changes: list[str], tasks: list[int], locate: Locate,
              default_location: str) -> Finding:
     op, location = locate(name)
-    by = f" by {op}" if op else ""
-    at = f" at {location}" if location else ""
     shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
     return Finding(
         kind=kind,
-        message=f"{subject} changed{by}{at}: {shown}",
+        message=_message(subject, shown, op, location),
         location=location or default_location,
         tasks=list(tasks),
         detail={"name": name, "op": op, "changes": changes[:10]},
     )
 
 
-def at_line(finding: Finding, location: str) -> Finding:
-    """``finding`` (made with no op or line to say who changed its subject) located at the line that did."""
-    subject, _, shown = finding.message.partition(" changed: ")
-    return dataclasses.replace(finding, message=f"{subject} changed at {location}: {shown}", location=location)
+def _message(subject: str, shown: str, op: str, location: str) -> str:
+    """``input 'x' changed by aten::add_ at f.py:3: 2 of 4 elements changed, ...``; a lone change that says
+    ``changed from 0 to 1`` is said once: ``module attribute 'calls' changed from 0 to 1 by prim::SetAttr at ...``."""
+    by = f" by {op}" if op else ""
+    at = f" at {location}" if location else ""
+    if shown.startswith("changed from ") and "; " not in shown:
+        return f"{subject} {shown}{by}{at}"
+    return f"{subject} changed{by}{at}: {shown}"
+
+
+def relocated(finding: Finding, op: str = "", location: str = "") -> Finding:
+    """``finding`` (made with no op to say who changed its subject) said again with the ``op`` and ``location`` (the
+    line) that did, where given."""
+    subject, _, rest = finding.message.partition(" changed")
+    shown = "changed" + rest if rest.startswith(" from ") else rest.partition(": ")[2]
+    op = op or finding.detail.get("op", "")
+    said = location or (finding.location if f" at {finding.location}" in finding.message else "")
+    return dataclasses.replace(finding, message=_message(subject, shown, op, said),
+                               location=location or finding.location, detail={**finding.detail, "op": op})
 
 
 class InputWatch:

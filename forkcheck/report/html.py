@@ -140,6 +140,8 @@ class _Page:
         engine = str(row.get("engine") or "")
         stats = dict(row.get("stats") or {}) if isinstance(row.get("stats"), Mapping) else {}
         pools = stats.pop("pool_sizes", None)
+        if stats.get("found_by") == FoundBy.SERIAL_RUN:
+            pools = None  # no pool took part: the counts say the serial run showed it
         replays = self._replays(nodeid, findings, str(stats.pop("replay_with", "") or ""))
         coverage = statement(stats.pop("coverage", None) or {}, *replay_counts(stats.get("replays")))
         run_at = str(row.get("run_at") or "")

@@ -136,7 +136,8 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
         lines.append(f"coverage: {covered}")
     per_size = stats.get("pool_sizes")
     if per_size:
-        lines.append(f"inter-op pool sizes: {pool_line(per_size)}")
+        lines.append("inter-op pool sizes: " + (SERIAL_NEEDS_NO_POOL if stats.get("found_by") == FoundBy.SERIAL_RUN
+                                                else pool_line(per_size)))
     failing = _get(result, "failing_input", {})
     if failing:
         lines.append("replayed input:" if replays else "minimal failing input:")
@@ -149,11 +150,13 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
 
 
 def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[str, Any]],
-                  invocation: str = "pytest", rootdir: str = "") -> list[str]:
-    """The counts, one line per failing item (first finding, replay command) or replay, then where the report is."""
+                  invocation: str = "pytest", rootdir: str = "", seed: Optional[int] = None) -> list[str]:
+    """The counts (and the ``seed``, where the header that says it was not shown), one line per failing item (first
+    finding, replay command) or replay, then where the report is."""
     results = sorted(results, key=lambda r: r["nodeid"])
     counts = {v: sum(r["verdict"] == v for r in results) for v in ("pass", "fail", "error", "skipped")}
-    lines = [", ".join(f"{n} {v}" for v, n in counts.items() if n)]
+    lines = [", ".join(f"{n} {v}" for v, n in counts.items() if n)
+             + (f" (seed {seed}: rerun with --forkcheck-seed {seed})" if seed is not None else "")]
     for result in results:
         replays = (result.get("stats") or {}).get("replays")
         if replays:
@@ -174,6 +177,9 @@ def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[
     if paths:
         lines.append(f"report: {paths['html']} (machine-readable: {paths['json']})")
     return [relative(line, rootdir) for line in lines]
+
+
+SERIAL_NEEDS_NO_POOL = "none needed: the serial run (forks inline, no pool) already shows the defect"
 
 
 def pool_shown(summary: dict[str, Any]) -> str:
