@@ -126,7 +126,7 @@ def _write_reports(args: argparse.Namespace, rows: dict[str, Any], seed: int, ru
     from .session import merge_rows
 
     previous = previous_report(Path(args.report)).get("results", [])
-    merged = merge_rows(previous, rows, Path(run["rootdir"]), set(rows), bool(args.replay))
+    merged = merge_rows(previous, rows, Path(run["rootdir"]), set(rows), args.replay or "")
     return write_reports(args.report, merged, seed, run=run)
 
 

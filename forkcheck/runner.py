@@ -865,6 +865,10 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
                           f"target's inputs (its parameters or their strategies changed since the token was made); "
                           f"{FRESH}")
     size = _pool_size(checker)
+    if checker.serial_failure:  # each rerun stopped at the serial run: no schedule ran, no pool took part
+        result.stats.replays = Replays(runs=REPLAYS, reproduced=reproduced, wrong_outcome=wrong,
+                                       what="the failing input's serial run (forks inline, no pool)")
+        return first
     result.stats.replays = Replays(runs=REPLAYS, reproduced=reproduced, wrong_outcome=wrong,
                                    schedules=checker.per_example, strategy=token.strategy, pool_size=size)
     if token.pool_size and size and size != token.pool_size:

@@ -23,10 +23,12 @@ def now() -> str:
 
 
 def merge_rows(previous: Iterable[Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]], rootdir: Path,
-               seen: set[str], replay: bool, partly: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+               seen: set[str], replay: str, partly: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """The report's rows after this run: ``new`` over the ``previous`` rows of items that still exist (``seen``:
     the node ids collected in this run, deselected ones too; ``partly``: files only some of whose items were asked
-    for, as in ``file.py::name``); under ``replay`` a new row joins the one it replays."""
+    for, as in ``file.py::name``); a replay's row joins the row whose finding gave its token (``replay``) or a row
+    that passes (does the failure still come back?), and takes the place of a row whose findings gave other tokens
+    (the item was checked again since: the replay is not of that row's failure)."""
     files = {nodeid.split("::")[0] for nodeid in seen} - set(partly)
     rows: dict[str, dict[str, Any]] = {}
     for row in previous:
@@ -38,11 +40,18 @@ def merge_rows(previous: Iterable[Mapping[str, Any]], new: Mapping[str, Mapping[
             continue
         rows[nodeid] = dict(row)
     for nodeid, row in new.items():
-        if replay and nodeid in rows and rows[nodeid].get("verdict") in ("fail", "pass"):
+        if replay and nodeid in rows and _joins(rows[nodeid], replay):
             rows[nodeid] = dict(rows[nodeid], replay_run=dict(row))
         else:
             rows[nodeid] = dict(row)
     return rows
+
+
+def _joins(row: Mapping[str, Any], token: str) -> bool:
+    """Whether the replay of ``token`` goes beside ``row``: it passes, or one of its findings gave the token."""
+    findings = row.get("findings") if row.get("verdict") == "fail" else None
+    return row.get("verdict") == "pass" or isinstance(findings, list) and any(
+        isinstance(f, Mapping) and f.get("replay") == token for f in findings)
 
 
 class ResultCollector:
@@ -90,7 +99,7 @@ class ResultCollector:
         rows = self.state.results
         if not options.fresh_report:
             previous = previous_report(Path(options.report)).get("results", [])
-            rows = merge_rows(previous, rows, self.rootdir, self.state.seen | set(rows), bool(options.replay),
+            rows = merge_rows(previous, rows, self.rootdir, self.state.seen | set(rows), options.replay or "",
                               self._partly(session.config))
         run = {"run_at": self.run_at, "wall_s": round(time.monotonic() - self.started, 3),
                "rootdir": str(self.rootdir), "command": self.state.invocation}

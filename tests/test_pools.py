@@ -197,6 +197,7 @@ def test_a_size_queued_behind_a_hang_is_not_run(monkeypatch, tmp_path) -> None:
     # first, which hangs on the pool; the result says the second was not run, and it was not (it was run in full,
     # waiting out the timeout again, while the report said it was not)
     import forkcheck.pools
+    from forkcheck.report.terminal import pool_line
 
     monkeypatch.chdir(tmp_path)  # the child checks in the parent's working directory
     monkeypatch.setattr(forkcheck.pools, "side_by_side", lambda: 1)
@@ -205,4 +206,5 @@ def test_a_size_queued_behind_a_hang_is_not_run(monkeypatch, tmp_path) -> None:
     per_size = result.stats.to_json()["pool_sizes"]
     assert per_size["2"]["kinds"] == ["hang"] and per_size["4"]["verdict"] == "skipped"
     assert "a run under 2 threads hung" in per_size["4"]["reason"]
+    assert pool_line(per_size).startswith("2 threads: hang: a run hung after 1 schedule; ")  # not "a wrong outcome"
     assert set((tmp_path / "stalls").read_text().split()) == {"2"}  # every stalled task ran in the 2-thread pool

@@ -55,8 +55,9 @@ def test_a_replay_is_one_block_and_its_row_goes_beside_the_row_it_replays(fc, py
     assert "Failing test case" not in out + result.stderr.str()  # Hypothesis's own block, once per rerun
     failures = out[out.index("= FAILURES ="):out.index("= forkcheck =")]
     assert failures.count("reproduced 10 of 10 (10 with a wrong outcome)") == 1 and len(failures.splitlines()) < 15
-    result.stdout.fnmatch_lines(["REPLAY test_ops.py::add_in_place: the failing input *reproduced 10 of 10 "
-                                 "(10 with a wrong outcome)"])
+    # the input's serial run shows the defect: no schedule ran and no pool took part in any rerun
+    result.stdout.fnmatch_lines(["REPLAY test_ops.py::add_in_place: the failing input's serial run (forks inline, "
+                                 "no pool), reproduced 10 of 10 (10 with a wrong outcome)"])
     rows = fc.rows()
     assert sorted(rows) == ["test_ops.py::add_in_place", "test_ops.py::scale"]
     row = rows["test_ops.py::add_in_place"]
@@ -64,6 +65,22 @@ def test_a_replay_is_one_block_and_its_row_goes_beside_the_row_it_replays(fc, py
     assert row["replay_run"]["stats"]["replays"]["reproduced"] == 10
     page = (pytester.path / "reports" / "index.html").read_text()
     assert "Replayed " in page and "reproduced 10 of 10" in page
+
+
+def test_a_replay_joins_the_row_whose_finding_gave_its_token_and_takes_another_run_s_row_s_place(tmp_path) -> None:
+    from forkcheck.session import merge_rows
+
+    (tmp_path / "t.py").write_text("")
+    failed = {"nodeid": "t.py::f", "verdict": "fail", "findings": [{"kind": "race", "replay": "fc1.mine"}]}
+    replay = {"nodeid": "t.py::f", "verdict": "fail", "findings": [], "stats": {"replays": {"runs": 10}}}
+    rows = merge_rows([failed], {"t.py::f": replay}, tmp_path, {"t.py::f"}, "fc1.mine")
+    assert rows["t.py::f"]["findings"] == failed["findings"] and rows["t.py::f"]["replay_run"] == replay
+    # the item was checked again since the token was printed: the row's failure is not the one replayed
+    rows = merge_rows([failed], {"t.py::f": replay}, tmp_path, {"t.py::f"}, "fc1.earlier")
+    assert rows["t.py::f"] == replay
+    passed = {"nodeid": "t.py::f", "verdict": "pass", "findings": []}  # fixed since: does the failure come back?
+    assert merge_rows([passed], {"t.py::f": replay}, tmp_path, {"t.py::f"}, "fc1.earlier")["t.py::f"] == \
+        dict(passed, replay_run=replay)
 
 
 def test_the_printed_replay_command_names_the_interpreter_that_ran_pytest(fc, pytester) -> None:

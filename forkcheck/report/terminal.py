@@ -91,10 +91,14 @@ def replay_outcome(replays: Mapping[str, Any]) -> str:
 
 def replay_what(replays: Mapping[str, Any]) -> str:
     """Which example and schedules a replay ran, e.g. ``the failing input and its 3 schedules (portfolio), on an
-    inter-op pool of 2 threads``; a marked test's replay says ``the test`` (``replays["what"]``)."""
+    inter-op pool of 2 threads``; ``replays["what"]`` says it otherwise (a marked test's ``the test``, a defect the
+    serial run shows ``the failing input's serial run ...``)."""
     schedules, strategy, pool = replays.get("schedules"), replays.get("strategy"), replays.get("pool_size")
     what = str(replays.get("what") or "the failing input")
-    what += f" and its {_plural(int(schedules), 'schedule')}" if schedules else " and its schedules"
+    if schedules:
+        what += f" and its {_plural(int(schedules), 'schedule')}"
+    elif not replays.get("what"):
+        what += " and its schedules"
     if strategy:
         what += f" ({strategy})"
     if pool:
@@ -196,7 +200,8 @@ def pool_shown(summary: dict[str, Any]) -> str:
     if summary.get("found_by") == FoundBy.SERIAL_RUN:
         return f"{kinds} (serial run)"
     if after:
-        return f"{kinds}: a wrong outcome after {after} schedule{'s' if after != 1 else ''}"
+        outcome = "a run hung" if "hang" in summary.get("kinds", []) else "a wrong outcome"
+        return f"{kinds}: {outcome} after {after} schedule{'s' if after != 1 else ''}"
     return f"{kinds}: predicted only, no wrong outcome in {summary.get('schedules', 0)} schedules"
 
 
