@@ -103,7 +103,8 @@ def _check(args: argparse.Namespace) -> int:
     print(_result_text(result, root))
     rows = {args.path: result.to_json()}
     paths = None if args.no_report else _write_reports(args, rows, settings.seed, {
-        "run_at": started, "rootdir": root, "command": command, "seed_option": "--seed"})
+        "run_at": started, "rootdir": root, "command": command, "seed_option": "--seed",
+        **({"replay": True} if args.replay else {})})
     print("\n".join(summary_lines(rows.values(), paths, rootdir=root)))
     if result.verdict != "error":
         return FINDINGS if result.verdict == "fail" else SAFE

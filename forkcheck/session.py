@@ -102,7 +102,8 @@ class ResultCollector:
             rows = merge_rows(previous, rows, self.rootdir, self.state.seen | set(rows), options.replay or "",
                               self._partly(session.config))
         run = {"run_at": self.run_at, "wall_s": round(time.monotonic() - self.started, 3),
-               "rootdir": str(self.rootdir), "command": self.state.invocation}
+               "rootdir": str(self.rootdir), "command": self.state.invocation,
+               **({"replay": True} if options.replay else {})}  # its seed drew no search
         self.state.report_paths = write_reports(options.report, rows, self.state.seed,
                                                 complete=exitstatus != pytest.ExitCode.INTERRUPTED, run=run)
 

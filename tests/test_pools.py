@@ -189,6 +189,7 @@ def test_a_defect_the_serial_run_showed_keeps_its_finding_s_account_and_names_no
     page = render_html({"results": [merged.to_json()], "complete": True})
     assert "the serial run (forks inline) showed it on example 1" in page
     assert "Inter-op pool sizes" not in page and "(serial run)" not in page
+    assert '<span class="tasks">the serial run</span>' in page  # not "task 1": forks ran inline, in one call
     assert page.count("shown with") == 1  # the race's pool, not the serial run's
 
 

@@ -49,6 +49,8 @@ def test_a_replay_is_one_block_and_its_row_goes_beside_the_row_it_replays(fc, py
     pytester.makepyfile(test_ops=source(SCALE, ADD_IN_PLACE))
     (token,) = set(fc.tokens(fc.run()))
     original = fc.rows()["test_ops.py::add_in_place"]
+    assert "replay" not in fc.report()
+    assert "repeats this run's search" in (pytester.path / "reports" / "index.html").read_text()
     result = fc.run("test_ops.py::add_in_place", "--forkcheck-replay", token)
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
@@ -65,6 +67,8 @@ def test_a_replay_is_one_block_and_its_row_goes_beside_the_row_it_replays(fc, py
     assert row["replay_run"]["stats"]["replays"]["reproduced"] == 10
     page = (pytester.path / "reports" / "index.html").read_text()
     assert "Replayed " in page and "reproduced 10 of 10" in page
+    # the run replayed a token: its seed drew no search, so the page does not offer it as the way to repeat one
+    assert fc.report()["replay"] is True and "· a replay ·" in page and "repeats this run's search" not in page
 
 
 def test_a_replay_joins_the_row_whose_finding_gave_its_token_and_takes_another_run_s_row_s_place(tmp_path) -> None:

@@ -10,7 +10,8 @@ from ..task_names import task_names
 def build_report(results: Mapping[str, Mapping[str, Any]], seed: int, complete: bool = True,
                  run: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """The report: versions, the session seed, facts about the run (``run``: ``run_at``, ``wall_s``, ``rootdir``,
-    ``command``, ``seed_option``: the option that repeats the run's search) and the rows; ``complete`` is false
+    ``command``, ``seed_option``: the option that repeats the run's search; ``replay``: true for a run that
+    replayed a token, whose seed drew no search) and the rows; ``complete`` is false
     for an interrupted run. Each finding gets ``task_names`` beside its numeric ``tasks``."""
     from importlib.metadata import version
 
