@@ -100,8 +100,10 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    seed = config.stash[STATE].seed
-    return f"forkcheck: seed {seed} (rerun with --forkcheck-seed {seed})"
+    state = config.stash[STATE]
+    if state.options.replay:  # the token's example and schedules: the session's seed draws nothing
+        return "forkcheck: replaying a token (its input and schedules, no search: no seed to rerun with)"
+    return f"forkcheck: seed {state.seed} (rerun with --forkcheck-seed {state.seed})"
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -146,9 +146,10 @@ class ResultCollector:
 
         terminalreporter.write_sep("=", "forkcheck")
         header_hidden = terminalreporter.verbosity < 0 or getattr(terminalreporter.config.option, "no_header", False)
+        searched = not self.state.options.replay  # a replay's seed draws nothing
         for line in summary_lines(list(self.state.results.values()), self.state.report_paths,
                                   self.state.invocation, str(self.rootdir),
-                                  seed=self.state.seed if header_hidden else None):
+                                  seed=self.state.seed if header_hidden and searched else None):
             terminalreporter.write_line(line)
 
 

@@ -290,6 +290,16 @@ def test_the_summary_names_the_seed_where_the_header_was_not_shown(fc, pytester)
         result.stdout.fnmatch_lines(["1 pass (seed 42: rerun with --forkcheck-seed 42)"])
 
 
+def test_a_replay_session_offers_no_seed_to_rerun(fc, pytester) -> None:
+    pytester.makepyfile(test_ops=source(ADD_IN_PLACE))
+    (token,) = set(fc.tokens(fc.run()))
+    for hidden in ((), ("-q",)):
+        out = fc.run("--forkcheck-replay", token, *hidden).stdout.str()
+        assert "rerun with --forkcheck-seed" not in out and "(seed " not in out.split("= forkcheck =")[-1]
+    assert "forkcheck: replaying a token (its input and schedules, no search" in fc.run(
+        "--forkcheck-replay", token).stdout.str()
+
+
 # -- replay -----------------------------------------------------------------------------------------------------
 
 
