@@ -893,9 +893,10 @@ def _count(result: CheckResult, checker: Optional[Checker], started: float) -> N
         if checker.settings.strategy == "exhaustive" and not checker.exhaustive:
             stats.strategy_note = ("exhaustive search needs forkcheck's own scheduler, and this compiled target runs "
                                    "on TorchScript's runtime: its schedules were the portfolio's")
-        stats.pool_size = _pool_size(checker) or None
+        serial = bool(checker.failures) and checker.serial_failure
+        stats.pool_size = None if serial else _pool_size(checker) or None  # the serial run showed it: no pool did
         if checker.failures:
-            stats.found_by = FoundBy.SERIAL_RUN if checker.serial_failure else FoundBy.CONCURRENT_RUNS
+            stats.found_by = FoundBy.SERIAL_RUN if serial else FoundBy.CONCURRENT_RUNS
         stats.failed_after = checker.failed_after
         stats.wrong_outcome_after = checker.wrong_after or None
     result.duration_s = round(time.perf_counter() - started, 3)

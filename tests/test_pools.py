@@ -86,6 +86,8 @@ def test_the_plugin_reports_which_sizes_showed_each_bug(fc, pytester) -> None:
                                  "schedules; 2 threads: race, nondeterminism: a wrong outcome after * schedule*"])
     serial = rows["test_programs.py::add_in_place"]["stats"]["pool_sizes"]
     assert serial["1"]["found_by"] == "serial run"
+    # it ran in the 1-thread child, but forks ran inline: no pool took part, and the result names none
+    assert "pool_size" not in serial["1"] and "pool_size" not in rows["test_programs.py::add_in_place"]["stats"]
     assert serial["2"] == {"verdict": "skipped",
                            "reason": "not run: the serial run (forks inline, no pool) already shows the defect"}
     eager = rows["test_programs.py::plus_one"]
