@@ -49,9 +49,10 @@ def merge_rows(previous: Iterable[Mapping[str, Any]], new: Mapping[str, Mapping[
 
 def _joins(row: Mapping[str, Any], token: str) -> bool:
     """Whether the replay of ``token`` goes beside ``row``: it passes, or one of its findings gave the token."""
+    if row.get("verdict") == "pass":
+        return True
     findings = row.get("findings") if row.get("verdict") == "fail" else None
-    return row.get("verdict") == "pass" or isinstance(findings, list) and any(
-        isinstance(f, Mapping) and f.get("replay") == token for f in findings)
+    return isinstance(findings, list) and any(isinstance(f, Mapping) and f.get("replay") == token for f in findings)
 
 
 class ResultCollector:

@@ -140,8 +140,7 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
         lines.append(f"coverage: {covered}")
     per_size = stats.get("pool_sizes")
     if per_size:
-        lines.append("inter-op pool sizes: " + (SERIAL_NEEDS_NO_POOL if stats.get("found_by") == FoundBy.SERIAL_RUN
-                                                else pool_line(per_size)))
+        lines.append(f"inter-op pool sizes: {pool_line(per_size)}")
     failing = _get(result, "failing_input", {})
     if failing:
         lines.append("replayed input:" if replays else "minimal failing input:")
@@ -197,8 +196,6 @@ def pool_shown(summary: dict[str, Any]) -> str:
         return f"nothing in {summary.get('schedules', 0)} schedules"
     kinds = ", ".join(summary.get("kinds", []))
     after = summary.get("wrong_outcome_after")
-    if summary.get("found_by") == FoundBy.SERIAL_RUN:
-        return f"{kinds} (serial run)"
     if after:
         outcome = "a run hung" if "hang" in summary.get("kinds", []) else "a wrong outcome"
         return f"{kinds}: {outcome} after {after} schedule{'s' if after != 1 else ''}"
@@ -206,6 +203,9 @@ def pool_shown(summary: dict[str, Any]) -> str:
 
 
 def pool_line(per_size: dict[str, Any]) -> str:
-    """One line: what each pool size showed, e.g. ``1 thread: nothing in 40 schedules; 2 threads: ...``."""
+    """One line: what each pool size showed, e.g. ``1 thread: nothing in 40 schedules; 2 threads: ...``; where the
+    first size's serial run showed the defect (the others were skipped), that no pool was needed."""
+    if any(summary.get("found_by") == FoundBy.SERIAL_RUN for summary in per_size.values()):
+        return SERIAL_NEEDS_NO_POOL
     return "; ".join(f"{size} thread{'s' if str(size) != '1' else ''}: {pool_shown(summary)}"
                      for size, summary in per_size.items())
