@@ -228,6 +228,7 @@ class Mode:
     hold_races: bool = False
     serial_only: bool = False
     until: Optional[float] = None  # time.monotonic() after which no new example runs (shrinking)
+    budget: Optional[int] = None  # ``exhaustive``: the most runs an input's search takes in this pass (shrinking)
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -290,6 +291,7 @@ class Checker:
         self.failed_after: Optional[int] = None  # concurrent schedules run until the first finding (0: serial run)
         self.mode = REPLAY  # the search pass running now (see ``Mode``; ``_search`` sets it)
         self.predicted: Optional[tuple] = None  # the first such example: its key, races and inputs (shown)
+        self.failing_run = 0  # the schedule of its example that decided the last failure (1: the first)
 
     def _code(self) -> list[Callable]:
         """The Python code whose globals the target can reach (for a compiled one, what it calls back into)."""
@@ -364,6 +366,7 @@ class Checker:
                 self.failed_after = self.schedules
             if found and (decisions is None or _wrong_outcome(found)):
                 decisions = list(run.decisions if run is not None else []) if self.exhaustive else None
+                self.failing_run = index + 1
             if _wrong_outcome(found):
                 self.wrong_after = self.wrong_after or self.schedules
                 stopped = True
@@ -387,7 +390,8 @@ class Checker:
             return [Recorded(self.replay_decisions)]
         from .dpor import Exploration
 
-        return Exploration(self.settings.preemptions, self.settings.budget)
+        budget = self.settings.budget
+        return Exploration(self.settings.preemptions, min(budget, self.mode.budget or budget))
 
     def _calibrated(self, drawn: list[Schedule], inputs: dict[str, Any]) -> list[Schedule]:
         """PCT's change points spread over the steps of a run: counted once, after the first serial run that passed
@@ -795,6 +799,7 @@ def _explore(checker: Checker, seed: int, result: CheckResult) -> tuple[Optional
 
 
 SHRINK_S = 10.0  # the longest a failure under forkcheck's own scheduler is shrunk; the smallest found so far is kept
+SHRINK_RUNS = 10  # ``exhaustive``: a smaller input's search takes at most this many runs more than twice the failure's
 
 
 def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -> _Failed:
@@ -804,13 +809,17 @@ def _shrink(checker: Checker, seed: int, result: CheckResult, failed: _Failed) -
     the same schedules), or any defect under forkcheck's own scheduler, whose schedules replay exactly. The real
     runtime never repeats itself exactly, so its concurrency-only failures are reported as found. A failure with a
     wrong outcome shrinks to one with a wrong outcome, not to a race alone. Counts are those of the first search.
+    Under ``exhaustive`` a smaller input's search stops a little after the run where the failure's own showed it
+    (the search runs its interleavings in the same order): an input that needs more is not the simpler failure, and
+    searching each to the budget took the whole shrinking time on a few inputs.
     """
     kept = (checker.examples, checker.schedules, checker.failed_after, checker.wrong_after, checker.serial_failure,
             checker.coverage)
     checker.coverage = Coverage(checker.engine.name)
     checker.memo = {}
     mode = Mode("shrink", hold_races=_wrong_outcome(failed.findings), serial_only=checker.serial_failure,
-                until=time.monotonic() + SHRINK_S)
+                until=time.monotonic() + SHRINK_S,
+                budget=2 * checker.failing_run + SHRINK_RUNS if checker.exhaustive else None)
     try:
         shrunk = _first_failure(_search(checker, seed, mode), checker, result)
         return shrunk if shrunk is not None and blob_from_notes(shrunk) else failed  # no blob: no token to show

@@ -142,6 +142,31 @@ def test_a_check_finds_the_lost_update_and_replays_its_interleaving() -> None:
     assert replayed.stats.replays.wrong_outcome == replayed.stats.replays.runs
 
 
+def test_shrinking_searches_each_smaller_input_only_a_little_past_the_failure_s_own_interleaving(
+        monkeypatch) -> None:
+    """Searching every smaller input to the budget took the whole shrinking time on a few inputs (and left the
+    failure's input as large as found)."""
+    import forkcheck.dpor
+    from forkcheck.runner import SHRINK_RUNS
+
+    searches = []
+
+    class Recorded(forkcheck.dpor.Exploration):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            searches.append(self)
+
+    monkeypatch.setattr(forkcheck.dpor, "Exploration", Recorded)
+    lost = forkcheck.fork_safe(lost_update, x=forkcheck_rows(), tags=empty_sets())
+    result = forkcheck.check(lost, seed=2, examples=5, strategy="exhaustive", tasks=1, budget=300)
+    assert result.verdict == "fail"
+    budgets = [search.budget for search in searches]
+    assert budgets[0] == 300 and len(set(budgets)) == 2, budgets  # the search's, then the shrinking's
+    shrinking = budgets[-1]
+    assert shrinking <= 2 * result.stats.wrong_outcome_after + SHRINK_RUNS < 300  # at most: it counts all inputs
+    assert all(search.runs <= shrinking for search in searches if search.budget == shrinking)
+
+
 def test_a_pass_says_it_explored_every_interleaving_within_the_bound() -> None:
     fixed = forkcheck.fork_safe(update_in_order, x=forkcheck_rows(), tags=empty_sets())
     result = forkcheck.check(fixed, seed=2, examples=3, strategy="exhaustive", preemptions=1)
@@ -216,7 +241,8 @@ def _seeded(kind: str) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("bug", _seeded("bugs"))
 def test_exhaustive_finds_every_seeded_bug(bug) -> None:
-    result = forkcheck.check(bug.target, seed=1, examples=3, strategy="exhaustive", budget=200)  # a race: at once
+    # a race: at once; the first input (zeros) shows no wrong outcome in its 100 interleavings, the next one does
+    result = forkcheck.check(bug.target, seed=1, examples=3, strategy="exhaustive", budget=100)
     assert result.verdict == "fail", bug.name
     kinds = {f.kind for f in result.findings}
     assert kinds & ({"race", *bug.kinds}), (bug.name, kinds)
