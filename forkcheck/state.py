@@ -149,7 +149,9 @@ def describe_tensor_diff(before: torch.Tensor, after: torch.Tensor) -> str:
     count = int(differs.sum())
     if count == 0:
         return "changed bits only (e.g. 0.0 and -0.0, or another NaN)"
-    first = [int(i) for i in differs.nonzero()[0]] if a.dim() else []
+    if not a.dim():  # a scalar: its two values say it all
+        return f"changed from {_scalar(a)} to {_scalar(b)}"
+    first = [int(i) for i in differs.nonzero()[0]]
     text = f"{count} of {a.numel()} elements changed, first at index {first}"
     if a.dtype != torch.bool:
         wide = torch.complex128 if a.is_complex() else torch.float64
@@ -157,6 +159,11 @@ def describe_tensor_diff(before: torch.Tensor, after: torch.Tensor) -> str:
             largest = (b[differs].to(wide) - a[differs].to(wide)).abs().max()
         text += f", largest absolute change {float(largest):.6g}"
     return text
+
+
+def _scalar(t: torch.Tensor) -> str:
+    value = t.item()
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 @dataclass

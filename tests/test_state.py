@@ -77,6 +77,14 @@ def test_data_change_says_how_much_and_where():
     assert "1 of 4 elements changed" in change and "index [2]" in change and "5" in change
 
 
+def test_a_scalar_s_change_says_its_two_values():
+    x, n = torch.tensor(0.0), torch.tensor(3)
+    snaps = TensorSnapshot.take(x), TensorSnapshot.take(n)
+    x.add_(1.5)
+    n.add_(1)
+    assert [snap.changes(t) for snap, t in zip(snaps, (x, n))] == [["changed from 0 to 1.5"], ["changed from 3 to 4"]]
+
+
 def test_write_that_restores_the_values_is_still_a_change():
     x = torch.ones(3)
     snap = TensorSnapshot.take(x)
