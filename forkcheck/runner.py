@@ -493,15 +493,14 @@ class Checker:
         try:  # grad mode and other torch state are per thread: the watch runs the call on the thread it watches
             output = self._call(lambda: watches[1].run(lambda: _under(locator, callee, args)), "serial")
             locate = locator.locate if locator is not None else (lambda name: ("", ""))
-            per_watch = [w.findings([1], locate, self.location) for w in watches]
+            per_watch = [w.findings([], locate, self.location) for w in watches]  # no task: forks ran inline
             module_unchanged = module_watch is not None and not per_watch[-1]
             found = [f for findings in per_watch for f in findings]
         except _Hang:
             hung = True
             return [self._hang(SERIAL_RUN)], _NO_OUTPUT
         except Exception as err:
-            failure = exception_finding("the target", err, "serial run, forks inline", location=self.location,
-                                        tasks=[1])
+            failure = exception_finding("the target", err, "serial run, forks inline", location=self.location)
             failure.message += self._inferred_note(inputs)
             return [failure], _NO_OUTPUT
         finally:

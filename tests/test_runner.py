@@ -218,7 +218,7 @@ def test_a_defect_the_serial_run_shows_needs_no_schedules():
     result = check(add_in_place)
     assert result.schedules == 0 and result.examples >= 1
     assert result.failing_input["x"].startswith("tensor(")
-    assert result.findings[0].tasks == [1]
+    assert result.findings[0].tasks == [] and result.findings[0].detail["run"] == "serial"  # forks ran inline
 
 
 def test_the_same_seed_gives_the_same_result():
