@@ -872,6 +872,7 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
         raise ReplayError(f"this replay token no longer fits {checker.target.name}: its choices draw none of the "
                           f"target's inputs (its parameters or their strategies changed since the token was made); "
                           f"{FRESH}")
+    checker.examples = 1  # the token's one input, rerun: its schedules count every rerun's
     size = _pool_size(checker)
     if checker.serial_failure:  # each rerun stopped at the serial run: no schedule ran, no pool took part
         result.stats.replays = Replays(runs=REPLAYS, reproduced=reproduced, wrong_outcome=wrong,
