@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 from typing import Any, Iterator, Mapping, Optional
 
@@ -40,6 +41,31 @@ def error_location(err: BaseException) -> str:
     """``file:line`` of the innermost frame of ``err``'s traceback in the user's code."""
     frames = [f for f in traceback.extract_tb(err.__traceback__) if _is_user_file(f.filename)]
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+_RUNNERS = (os.sep + "_pytest" + os.sep, os.sep + "pluggy" + os.sep)
+
+
+def stuck_line(run_thread: Optional[int]) -> str:
+    """``file:line`` where a run that did not finish is: of the threads it may be on (its own, ``run_thread``;
+    forkcheck's task threads; torch's pool threads, which ``threading`` does not know), the innermost line of the
+    user's code, preferring a thread that is running that line to one waiting below it; "" where none runs the
+    user's Python (a loop in compiled code)."""
+    known = {thread.ident: thread.name for thread in threading.enumerate()}
+    running, waiting = [], []
+    for ident, frame in sys._current_frames().items():
+        if ident == threading.get_ident() or (ident in known and ident != run_thread
+                                              and not known[ident].startswith("forkcheck-task")):
+            continue
+        innermost = True
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if _is_user_file(name) and not name.startswith(_STDLIB) and not any(r in name for r in _RUNNERS):
+                (running if innermost else waiting).append(f"{name}:{frame.f_lineno}")
+                break
+            innermost, frame = False, frame.f_back
+    return (running + waiting + [""])[0]
 
 
 def _storage_key(t: torch.Tensor) -> Optional[int]:

@@ -24,7 +24,7 @@ from .coverage import Coverage
 from .engines import Engine, Observe, Run, ScheduleError, TaskError, choose_engine
 from .compiled import python_callees, serial_program
 from .findings import SERIAL, CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
-from .locate import WriteLocator, changing_lines, error_location
+from .locate import WriteLocator, changing_lines, error_location, stuck_line
 from .marker import MarkError
 from .oracles.determinism import differences
 from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals, relocated
@@ -74,7 +74,9 @@ def _fail(findings: list[Finding], inputs: dict[str, Any]) -> None:
 
 
 class _Hang(Exception):
-    pass
+    def __init__(self, where: str = ""):
+        super().__init__(where)
+        self.where = where  # the user's line a thread of the run was at (``locate.stuck_line``), if any
 
 
 def _fingerprint(value: Any) -> Any:
@@ -182,11 +184,12 @@ def _with_timeout(call: Callable[[], Any], run: RunStart, observer: Optional[Run
 
     _RunThread.shared().run(body)
     if not done.wait(run.timeout):
+        where = stuck_line(_RunThread.shared().thread.ident)
         _RunThread.abandon()
         _exit.run_abandoned()
         if observer is not None:
             observer.run_abandoned(run)
-        raise _Hang()
+        raise _Hang(where)
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -496,9 +499,9 @@ class Checker:
             per_watch = [w.findings([], locate, self.location) for w in watches]  # no task: forks ran inline
             module_unchanged = module_watch is not None and not per_watch[-1]
             found = [f for findings in per_watch for f in findings]
-        except _Hang:
+        except _Hang as hang:
             hung = True
-            return [self._hang(SERIAL_RUN)], _NO_OUTPUT
+            return [self._hang(SERIAL_RUN, hang.where)], _NO_OUTPUT
         except Exception as err:
             failure = exception_finding("the target", err, "serial run, forks inline", location=self.location)
             failure.message += self._inferred_note(inputs)
@@ -584,8 +587,8 @@ class Checker:
                 if module_watch is not None:
                     found = module_watch.findings(tasks, default_location=self.location)
                     findings, module_unchanged = findings + found, not found
-        except _Hang:
-            return [self._hang(self._concurrent_run())], None
+        except _Hang as hang:
+            return [self._hang(self._concurrent_run(), hang.where)], None
         except Exception as err:  # raised past the engine (the target's SystemExit: see ``_with_timeout``)
             return [self._failed_run(err, tasks)], None
         finally:
@@ -625,8 +628,8 @@ class Checker:
         return exception_finding("a forked task", cause, f"concurrent run, {self.engine.name} engine",
                                  location=self.location, tasks=tasks)
 
-    def _hang(self, what: str) -> Finding:
-        return hang_finding(what, self.settings.timeout, location=self.location)
+    def _hang(self, what: str, where: str = "") -> Finding:
+        return hang_finding(what, self.settings.timeout, location=where or self.location)
 
 
 _NO_OUTPUT = object()

@@ -1,6 +1,7 @@
 """One check without pytest: the public facade, the engine chosen, counts and reproducibility, and that a check
 leaves the user's objects and the process's state as it found them."""
 import dataclasses
+import inspect
 from typing import Dict, List
 
 import pytest
@@ -194,6 +195,9 @@ def test_an_observer_is_told_of_a_run_given_up_as_hung(monkeypatch):
     result = run_check(Target.from_object(sleeps), Settings().replace(**QUICK, timeout=0.5), observer=runs)
     assert result.verdict == "fail" and [f.kind for f in result.findings] == ["hang"]
     assert "the serial reference run (forks inline)" in result.findings[0].message
+    lines = inspect.getsourcelines(sleeps)
+    sleeping = lines[1] + next(i for i, line in enumerate(lines[0]) if "time.sleep" in line)
+    assert result.findings[0].location == f"{__file__}:{sleeping}"  # where the run was, not the def line
     assert runs.abandoned == runs.started[:1] and runs.abandoned[0].phase == "serial"
     assert runs.abandoned[0].engine.name == "eager" and runs.abandoned[0].timeout == 0.5
 
