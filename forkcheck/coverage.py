@@ -34,10 +34,11 @@ class Coverage:
 
         self.conflicted = bool(self.conflicted) or next(conflicts(log.accesses), None) is not None
 
-    def explored(self, exploration: Any, stopped: bool) -> None:
-        """An input's search is over (``stopped``: at a failing interleaving)."""
-        self.searches.append({"interleavings": exploration.interleavings, "runs": exploration.runs,
-                              "complete": exploration.complete and not stopped, "stopped": stopped,
+    def explored(self, exploration: Any, stopped: bool, raced: int = 0) -> None:
+        """An input's search is over (``stopped``: at a failing interleaving; ``raced``: cut short after that many
+        runs once a race was predicted, for another input that may show a wrong outcome)."""
+        self.searches.append({"interleavings": exploration.interleavings, "runs": raced or exploration.runs,
+                              "complete": exploration.complete and not stopped, "stopped": stopped, "raced": raced,
                               "pending": exploration.pending, "diverged": exploration.diverged})
 
     def stats(self, bound: int, budget: int) -> dict[str, Any]:
@@ -52,6 +53,8 @@ class Coverage:
                 "per_input": [min(counts), max(counts)], "runs": sum(s["runs"] for s in self.searches),
                 "pending": sum(s["pending"] for s in self.searches if not s["complete"]),
                 "diverged": next((s["diverged"] for s in self.searches if s["diverged"]), ""),
+                "raced": sum(bool(s["raced"]) for s in self.searches),
+                "raced_after": max(s["raced"] for s in self.searches),
             }
         return data
 
@@ -85,9 +88,14 @@ def _statement(coverage: Mapping[str, Any]) -> str:
                     f"({n} explored)")
         if search["complete"] == inputs:
             return f"explored all {n} with ≤ {k} preemptions {of} ({search['runs']} runs, DPOR)"
-        why = search["diverged"] or (f"the budget of {search['budget']} runs per input ran out on "
-                                     f"{inputs - search['complete']} of {inputs} inputs, at least {search['pending']} "
-                                     f"choices left untried")
+        raced, ran_out = search.get("raced", 0), inputs - search["complete"] - search.get("raced", 0)
+        reasons = [f"once a race was predicted (it fails the check), the search of {raced} of {inputs} inputs "
+                   f"stopped after {search['raced_after']} runs, for another input that might show a wrong outcome"
+                   ] if raced else []
+        if ran_out > 0:
+            reasons.append(f"the budget of {search['budget']} runs per input ran out on {ran_out} of {inputs} inputs, "
+                           f"at least {search['pending']} choices left untried")
+        why = search["diverged"] or "; ".join(reasons)
         return f"explored {n} with ≤ {k} preemptions {of}, not all: {why}"
     runs, seen = coverage.get("runs", 0), coverage.get("interleavings", 0)
     if coverage.get("conflicts") is False and seen <= 1:

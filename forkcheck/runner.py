@@ -54,6 +54,7 @@ class _Failed(Exception):
 
 
 AFTER_A_RACE = 3  # schedules per example once a race is predicted and outcomes stayed right
+SEARCH_AFTER_A_RACE = 20  # ``exhaustive``: the same, for the runs of an input's search
 WARM_UP_RUNS = 2  # unperturbed runs of the real runtime's program before its first schedule (see ``_calibrated``)
 
 
@@ -329,7 +330,8 @@ class Checker:
         schedules run, to tell whether the race also makes an outcome wrong. With
         ``hold_races``, an example with races only passes (the first is kept in ``predicted``), so the search goes on
         to inputs that may show the wrong outcome; once a race is predicted, an example runs at most
-        ``AFTER_A_RACE`` schedules (the first inputs Hypothesis draws, zeros, often hide a race's effect).
+        ``AFTER_A_RACE`` schedules, and an input's exhaustive search ``SEARCH_AFTER_A_RACE`` runs (the first inputs
+        Hypothesis draws, zeros, often hide a race's effect: searching them to the budget took 500 runs in vain).
         """
         if self.exhaustive:
             drawn: Any = self._interleavings()
@@ -355,9 +357,11 @@ class Checker:
             drawn = self._calibrated(drawn, inputs)
         searched = not findings and not mode.serial_only
         decisions: Optional[list[int]] = None  # the interleaving of the first run with findings (or a wrong outcome)
-        stopped = False
+        stopped, raced = False, 0
         for index, schedule in enumerate(drawn if searched else ()):
-            if index >= AFTER_A_RACE and mode.hold_races and (findings or self.predicted) and not self.exhaustive:
+            if index >= (SEARCH_AFTER_A_RACE if self.exhaustive else AFTER_A_RACE) and mode.hold_races and (
+                    findings or self.predicted):
+                raced = index
                 break  # a race is predicted and the outcome stayed right: another input is likelier to show it
             self.schedules += 1
             found, run = self._concurrent(inputs, schedule, reference)
@@ -375,7 +379,7 @@ class Checker:
                 stopped = True
                 break
         if searched and self.exhaustive and hasattr(drawn, "pending"):
-            self.coverage.explored(drawn, stopped)
+            self.coverage.explored(drawn, stopped, raced)
         if findings and decisions is not None:
             self.decisions_of[key] = decisions
         if findings and mode.hold_races and not _wrong_outcome(findings):

@@ -142,6 +142,35 @@ def test_a_check_finds_the_lost_update_and_replays_its_interleaving() -> None:
     assert replayed.stats.replays.wrong_outcome == replayed.stats.replays.runs
 
 
+def same_write(buf: Tensor, x: Tensor, tags: set) -> Tensor:
+    for _ in range(6):  # many conflicting writes: many interleavings, all with the same outcome
+        buf.copy_(x.abs())
+    return buf
+
+
+def benign_race(x: Tensor, tags: set) -> Tensor:
+    buf = torch.zeros_like(x)
+    first = torch.jit.fork(same_write, buf, x, tags)
+    second = torch.jit.fork(same_write, buf, x, tags)
+    torch.jit.wait(first)
+    torch.jit.wait(second)
+    return buf
+
+
+def test_once_a_race_is_predicted_each_input_s_search_stops_early_for_another_input() -> None:
+    """Both tasks write the same values: a race whose outcome is never wrong, however the writes interleave."""
+    from forkcheck.runner import SEARCH_AFTER_A_RACE
+
+    benign = forkcheck.fork_safe(benign_race, x=forkcheck_rows(), tags=empty_sets())
+    result = forkcheck.check(benign, seed=2, examples=3, strategy="exhaustive", tasks=1, budget=300)
+    assert result.verdict == "fail" and [f.kind for f in result.findings] == ["race"]
+    search = result.stats.coverage["exhaustive"]
+    assert search["raced"] == search["inputs"] == 3 and search["raced_after"] == SEARCH_AFTER_A_RACE
+    assert result.schedules == 3 * SEARCH_AFTER_A_RACE  # not 3 x 300
+    assert "once a race was predicted (it fails the check), the search of 3 of 3 inputs stopped after 20 runs" in \
+        statement(result.stats.coverage)
+
+
 def test_shrinking_searches_each_smaller_input_only_a_little_past_the_failure_s_own_interleaving(
         monkeypatch) -> None:
     """Searching every smaller input to the budget took the whole shrinking time on a few inputs (and left the
@@ -241,8 +270,8 @@ def _seeded(kind: str) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("bug", _seeded("bugs"))
 def test_exhaustive_finds_every_seeded_bug(bug) -> None:
-    # a race: at once; the first input (zeros) shows no wrong outcome in its 100 interleavings, the next one does
-    result = forkcheck.check(bug.target, seed=1, examples=3, strategy="exhaustive", budget=100)
+    # a race: at once; the first input (zeros) shows no wrong outcome, so its search stops soon, the next one does
+    result = forkcheck.check(bug.target, seed=1, examples=3, strategy="exhaustive")
     assert result.verdict == "fail", bug.name
     kinds = {f.kind for f in result.findings}
     assert kinds & ({"race", *bug.kinds}), (bug.name, kinds)
