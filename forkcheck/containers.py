@@ -75,9 +75,11 @@ class ContainerWatch:
         if event != "c_call":
             return
         owner = getattr(arg, "__self__", None)
-        kind = type(owner) if type(owner) in _KIND else next((k for k in _KIND if isinstance(owner, k)), None)
-        if kind is None:
-            return
+        kind = type(owner)
+        if kind is not list and kind is not dict:  # every C call comes here: the common case returns at once
+            if not isinstance(owner, (list, dict)):
+                return
+            kind = list if isinstance(owner, list) else dict
         name = arg.__name__
         write = name in WRITES[kind]
         if not (write or name in READS[kind]) or not _is_user(frame.f_code.co_filename):
