@@ -229,10 +229,11 @@ def test_empty_tuple():
 @pytest.mark.slow
 @pytest.mark.parametrize("annotation", [Dict[str, Tensor], dict[str, Tensor]])
 def test_dicts(annotation):
-    for v in draws(from_type(annotation)):
+    drawn = draws(from_type(annotation))
+    for v in drawn:
         assert isinstance(v, dict) and len(v) <= 4
         assert all(isinstance(k, str) and isinstance(x, Tensor) for k, x in v.items())
-    assert find(from_type(annotation), lambda v: len(v) >= 2)
+    assert any(len(v) >= 2 for v in drawn)  # (``find`` shrank dicts of tensors for 10 s)
 
 
 def test_int_keyed_dicts():
