@@ -290,11 +290,13 @@ def _written(node: Any) -> list[bool]:
 
 
 def _makes_containers(node: Any) -> bool:
-    """Whether the node's container outputs are new objects (a constructor, or a schema return without alias)."""
+    """Whether the node's container outputs are new objects: a constructor, or a schema whose returns alias no
+    input themselves (``chunk``'s ``Tensor(a)[]`` is a new list of views; ``append``'s ``t[](a!)`` is its input).
+    A new list must say so: one made where a freed list was is another list (its accesses are not the old one's)."""
     if node.kind() in _CONSTRUCTORS:
         return True
     schema = _schema(node)
-    return schema is not None and all(r.alias_info is None for r in schema.returns)
+    return schema is not None and all(r.alias_info is None or not r.alias_info.before_set for r in schema.returns)
 
 
 class _Pass:

@@ -74,6 +74,17 @@ def each_builds_its_own(x: Tensor) -> Tensor:
     return torch.stack([torch.jit.wait(f) for f in futures]).sum(0)
 
 
+def _total(part: Tensor) -> Tensor:
+    return part.sum()
+
+
+def over_chunks(x: Tensor) -> Tensor:
+    """Each instance's chunk list (made by ``aten::chunk``, no constructor) may take the address of another
+    instance's freed list of futures: it is another list, not a race."""
+    futures = [torch.jit.fork(_total, part) for part in x.chunk(2)]
+    return torch.stack([torch.jit.wait(f) for f in futures]).sum()
+
+
 def reads_only(x: Tensor) -> Tensor:
     parts: List[Tensor] = []
     parts.append(x)  # before the forks: ordered before every read
@@ -147,7 +158,7 @@ def test_a_module_list_attribute_races_under_its_attribute_path() -> None:
         assert {side[3] for side in sides(race)} == {line_of(Cache._remember, "remember")}
 
 
-@pytest.mark.parametrize("program", [each_builds_its_own, reads_only, append_after_waiting])
+@pytest.mark.parametrize("program", [each_builds_its_own, over_chunks, reads_only, append_after_waiting])
 def test_no_race_on_own_lists_reads_only_or_ordered_accesses(program) -> None:
     engine = engine_for(program, tasks=3)  # three instances, each with lists of its own
     assert races_per_run(engine, vector) == [[] for _ in SEEDS]
@@ -162,6 +173,22 @@ def test_containers_nobody_writes_get_no_touches() -> None:
     assert any(site.container == "list" for site in program.sites.values())
     assert not any(site.container for site in instrument(torch.jit.script(count)).sites.values())
     assert {site.event for site in pure.sites.values() if site.container} <= {"create", "write", "read"}
+
+
+def test_a_list_an_op_returns_is_a_new_list() -> None:
+    from forkcheck.instrument import instrument
+
+    with forkcheck._warnings.quiet_jit():
+        program = instrument(torch.jit.script(over_chunks))
+    made = {site.kind for site in program.sites.values() if site.event == "create"}
+    assert {"aten::chunk", "prim::ListConstruct"} <= made  # and appending returns the same list: no create
+    assert "aten::append" not in made
+
+
+def test_a_pure_fan_out_over_chunks_passes() -> None:
+    checked = forkcheck.fork_safe(over_chunks, x=forkcheck.strategies.tensors(shape=(4, 3)))
+    result = forkcheck.check(checked, seed=1)
+    assert (result.verdict, result.findings) == ("pass", [])
 
 
 def test_the_seeded_list_append_bug_fails_on_its_first_schedule_with_a_race() -> None:
