@@ -10,8 +10,10 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import inspect
 import os
 import queue
+import re
 import threading
 import time
 import traceback
@@ -624,7 +626,18 @@ class Checker:
 
     def _failed_run(self, err: Exception, tasks: list[int]) -> Finding:
         """A concurrent run that did not finish: a hang forkcheck's scheduler saw (a deadlock, or a task that never
-        finished), or a forked task's exception."""
+        finished), or a forked task's exception. The fork driver refusing an input is not one: the inputs do not fit
+        the types TorchScript gave the target's parameters (a setup error naming the parameter)."""
+        refused = _DRIVER_REFUSED.search(str(err)) if self.engine.name == "script" else None
+        if refused is not None:
+            expected, name, found = refused.group("expected", "name", "found")
+            unannotated = name in _unannotated(self.base)
+            raise StrategyError(
+                f"{self.target.name}: parameter {name!r}: its strategy drew values of type {found} where TorchScript "
+                f"takes {expected}" + (" (the parameter has no annotation, so TorchScript types it Tensor)"
+                                       if unannotated else "") +
+                f"; annotate {name!r} with the type it takes (a set, or another type TorchScript lacks, makes "
+                f"forkcheck run the target on its own scheduler), or give it a strategy that draws {expected}", name)
         if isinstance(err, ScheduleError):
             return hang_finding(self._concurrent_run(), self.settings.timeout, because=str(err),
                                 location=error_location(err) or self.location, tasks=tasks, reason=type(err).__name__)
@@ -637,6 +650,18 @@ class Checker:
 
 
 _NO_OUTPUT = object()
+_DRIVER_REFUSED = re.compile(r"driver\(\) Expected a value of type '(?P<expected>[^']+)' for argument '(?P<name>\w+)' "
+                             r"but instead found type '(?P<found>[^']+)'")
+
+
+def _unannotated(obj: Any) -> set[str]:
+    """The parameters of a Python function (or a module's forward) that have no annotation."""
+    function = getattr(obj, "forward", obj)
+    try:
+        return {name for name, p in inspect.signature(function).parameters.items()
+                if p.annotation is inspect.Parameter.empty}
+    except (TypeError, ValueError):  # compiled code: every parameter has its TorchScript type
+        return set()
 SERIAL_RUN = "the serial reference run (forks inline)"
 
 

@@ -454,3 +454,21 @@ def test_serial_runs_share_one_copy_of_a_module_put_back_after_each_and_the_targ
         assert module.calls.item() == 0  # put back: each run starts from the target's state, and sees its write
     assert checker._serial_module()[0] is module and module is not checker.base
     assert checker.base.calls.item() == 0 and target.obj.calls.item() == 0
+
+
+def _tag_total(part, tags):
+    return part.sum() + len(tags)
+
+
+def unannotated_tags(x, tags):
+    futures = [torch.jit.fork(_tag_total, part, tags) for part in x.chunk(2)]
+    return torch.stack([torch.jit.wait(f) for f in futures])
+
+
+def test_inputs_that_do_not_fit_the_scripted_parameters_are_a_setup_error_naming_the_parameter():
+    """Unannotated, ``tags`` is a Tensor to TorchScript: the fork driver refused the drawn sets (it was an
+    ``exception`` finding of every forked task)."""
+    result = check(unannotated_tags, {"x": fst.tensors(shape=(4, 3)), "tags": st.sets(st.integers(0, 5))})
+    assert result.verdict == "error" and not result.findings
+    assert result.error.startswith("setup error: parameter 'tags': its strategy drew values of type set where "
+                                   "TorchScript takes Tensor (the parameter has no annotation")
