@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from .settings import TARGET_SETTINGS, SettingsError, validate
+from .settings import SESSION_OPTIONS, TARGET_SETTINGS, SettingsError, validate
 
 ATTRIBUTE = "__forkcheck__"
 
@@ -92,6 +92,10 @@ def _make_mark(keywords: Mapping[str, Any], module: str) -> Mark:
             settings[name] = value
         elif isinstance(value, SearchStrategy):
             strategies[name] = value
+        elif name in SESSION_OPTIONS:
+            option = SESSION_OPTIONS[name]
+            raise MarkError(f"fork_safe: {name} is set per run, not per target: give {option.flag} on the command "
+                            f"line (or the ini key {option.ini})")
         else:
             raise MarkError(
                 f"fork_safe got an unknown keyword {name}={value!r}: a keyword is either a setting "

@@ -168,7 +168,7 @@ TABLE = (
     Option("strategy", "schedule strategy: random, pct, portfolio (two random schedules to one pct, by turns; "
                      "default), or exhaustive (every interleaving of each input up to --forkcheck-preemptions, with "
                      "partial-order reduction, under forkcheck's own scheduler).",
-           "random|pct|portfolio|exhaustive", _strategy),
+           "random|pct|portfolio|exhaustive", _strategy, "target"),
     Option("preemptions", "exhaustive: the preemption bound (default 2).", "K", _whole_number, "target"),
     Option("budget", "exhaustive: runs per input before the search stops and says how far it got (default 500).",
            "N", _positive_int, "target"),
@@ -188,9 +188,10 @@ TABLE = (
                            "there by node id (for -k, --lf and replays).", flag_only=True),
 )
 OPTIONS = tuple(option for option in TABLE if option.help)  # the command-line options and ini keys
-#: The settings a ``fork_safe(...)`` keyword may set (seed and strategy are per run, not per target).
+#: The settings a ``fork_safe(...)`` keyword may set (the seed and the other session options are per run).
 TARGET_SETTINGS = tuple(option.name for option in TABLE if option.keyword)
 TEST_SETTINGS = tuple(option.name for option in TABLE if option.keyword == "test")  # a test has no inputs or tasks
+SESSION_OPTIONS = {option.name: option for option in TABLE if not option.keyword and option.help}
 
 #: The table's rows that are ``Settings`` fields, in its order (the others are session options only).
 SETTING_NAMES = tuple(option.name for option in TABLE if option.name in {f.name for f in dataclasses.fields(Settings)})

@@ -82,6 +82,19 @@ def test_unknown_fork_safe_keyword_is_its_target_s_error_naming_it(fc, pytester:
     result.stdout.fnmatch_lines(["*ERROR at setup of fork_safe test_ops:double*", "*unknown keyword bogus=3*"])
 
 
+def test_a_session_option_as_a_keyword_names_its_flag(fc, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ops=PURE.format(keywords="(seed=3)"))
+    fc.run().assert_outcomes(errors=1)
+    assert "seed is set per run, not per target: give --forkcheck-seed on the command line (or the ini key " \
+           "forkcheck_seed)" in fc.rows()["test_ops.py::double"]["error"]
+
+
+def test_a_target_s_strategy_keyword_beats_the_option(fc, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ops=PURE.format(keywords='(strategy="exhaustive")'))
+    fc.run("--forkcheck-strategy", "pct").assert_outcomes(passed=1)
+    assert "exhaustive" in fc.rows()["test_ops.py::double"]["stats"]["coverage"]
+
+
 def test_strategy_pct_is_accepted(fc, pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_ops=PURE.format(keywords=""))
     fc.run("--forkcheck-strategy", "pct").assert_outcomes(passed=1)
