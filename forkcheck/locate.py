@@ -49,10 +49,11 @@ _RUNNERS = (os.sep + "_pytest" + os.sep, os.sep + "pluggy" + os.sep)
 
 def stuck_line(run_thread: Optional[int]) -> str:
     """``file:line`` where a run that did not finish is: of the threads it may be on (its own, ``run_thread``;
-    forkcheck's task threads; torch's pool threads, which ``threading`` does not know), the innermost line of the
-    user's code, preferring a thread that is running that line to one waiting below it; "" where none runs the
-    user's Python (a loop in compiled code)."""
-    known = {thread.ident: thread.name for thread in threading.enumerate()}
+    forkcheck's task threads; torch's pool threads, which ``threading`` knows only as dummies, if the user's code
+    asked for them), the innermost line of the user's code, preferring a thread that is running that line to one
+    waiting below it; "" where none runs the user's Python (a loop in compiled code)."""
+    known = {thread.ident: thread.name for thread in threading.enumerate()
+             if not isinstance(thread, threading._DummyThread)}
     running, waiting = [], []
     for ident, frame in sys._current_frames().items():
         if ident == threading.get_ident() or (ident in known and ident != run_thread

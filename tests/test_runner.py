@@ -2,6 +2,7 @@
 leaves the user's objects and the process's state as it found them."""
 import dataclasses
 import inspect
+import threading
 from typing import Dict, List
 
 import pytest
@@ -472,3 +473,36 @@ def test_inputs_that_do_not_fit_the_scripted_parameters_are_a_setup_error_naming
     assert result.verdict == "error" and not result.findings
     assert result.error.startswith("setup error: parameter 'tags': its strategy drew values of type set where "
                                    "TorchScript takes Tensor (the parameter has no annotation")
+
+
+_RELEASE = threading.Event()
+
+
+@torch.jit.ignore
+def _waits_on_the_pool(x: Tensor) -> Tensor:
+    if threading.current_thread().name.startswith("Dummy"):  # threading now knows the pool thread, as a dummy
+        while not _RELEASE.wait(0.05):  # at: waits
+            pass
+    return x
+
+
+def _waiting_task(x: Tensor) -> Tensor:
+    return _waits_on_the_pool(x)
+
+
+def hangs_on_the_pool(x: Tensor) -> Tensor:
+    return torch.jit.wait(torch.jit.fork(_waiting_task, x))
+
+
+def test_a_hang_on_a_pool_thread_is_located_at_the_line_it_waits_on(monkeypatch):
+    from forkcheck import _exit
+
+    monkeypatch.setattr(_exit, "_abandoned", _exit.abandoned())  # this process's later checks do not see it
+    try:
+        result = check(hangs_on_the_pool, {"x": fst.tensors(shape=(2,))}, timeout=0.5)
+    finally:
+        _RELEASE.set()  # the abandoned tasks end
+    assert result.engine == "script" and [f.kind for f in result.findings] == ["hang"]
+    lines, first = inspect.getsourcelines(_waits_on_the_pool)
+    waits = first + next(i for i, line in enumerate(lines) if "# at: waits" in line)
+    assert result.findings[0].location == f"{__file__}:{waits}"
