@@ -92,9 +92,10 @@ def _in_a_fork(run: "_Schedules", settings: Settings, name: str, started: float,
         answer = run_forked(work, settings.timeout, keep_python_streams=keep)
     except ChildStopped as stopped:
         what = stopped.last.get("what", "the test")
-        finding = hang_finding(f"{what} (in a forked copy of this process, stopped after {stopped.waited:.0f} s "
-                               "of silence)", settings.timeout, location=_innermost_user_line(stopped.output),
+        finding = hang_finding(what, settings.timeout, location=_innermost_user_line(stopped.output),
                                stacks=stopped.output[-4000:])
+        finding.message += (f"; the forked copy of this process running it went silent and was stopped after "
+                            f"{stopped.waited:.0f} s")
         finding.replay = stopped.last.get("replay", "")
         stats = Stats(isolation=Isolation(FORKED, STOPPED), failed_under=what)
         if stopped.last.get("replays"):  # a replay's counts before the rerun that hung, and that one (reproduced)
@@ -238,7 +239,8 @@ class _Schedules:
         if isinstance(err, ScheduleError):
             from .locate import error_location
 
-            finding = hang_finding(where, self.timeout, because=str(err), tasks=tasks, location=error_location(err),
+            finding = hang_finding(where, self.timeout, because=str(err), tasks=tasks,
+                                   location=err.location or error_location(err),
                                    reason=type(err).__name__, traceback=described[-4000:])
         elif scheduler.failed_task is not None:
             finding = exception_finding(f"forked {task_name(scheduler.failed_task)}", err, where, tasks=tasks,
@@ -280,15 +282,21 @@ def _argument_names(arguments: Mapping[str, Any]) -> dict[int, str]:
 
 
 def _innermost_user_line(stacks: str) -> str:
-    """``file:line`` of the most recent frame of the user's code in ``faulthandler``'s dump of the stopped copy."""
+    """``file:line`` of the most recent frame of the user's code in ``faulthandler``'s dump of the stopped copy,
+    from a thread that was running the user's code if one was (a task in its loop), else from one waiting in it
+    (the test at its ``wait``)."""
     import re
 
     from .locate import _is_user_file
 
-    for match in re.finditer(r'File "(?P<file>[^"]+)", line (?P<line>\d+)', stacks):
-        if _is_user_file(match["file"]) and "/_pytest/" not in match["file"] and "/pluggy/" not in match["file"]:
-            return f"{match['file']}:{match['line']}"
-    return ""
+    frame = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+    running, waiting = [], []
+    for thread in re.split(r"\n(?=(?:Current thread|Thread) 0x)", stacks):
+        frames = [f"{m['file']}:{m['line']}" for m in frame.finditer(thread)]
+        users = [f for f in frames if _is_user_file(f) and "/_pytest/" not in f and "/pluggy/" not in f]
+        if users:
+            (running if users[0] == frames[0] else waiting).append(users[0])
+    return (running + waiting + [""])[0]
 
 
 def _result(name: str, started: float, **fields: Any) -> CheckResult:

@@ -640,7 +640,8 @@ class Checker:
                 f"forkcheck run the target on its own scheduler), or give it a strategy that draws {expected}", name)
         if isinstance(err, ScheduleError):
             return hang_finding(self._concurrent_run(), self.settings.timeout, because=str(err),
-                                location=error_location(err) or self.location, tasks=tasks, reason=type(err).__name__)
+                                location=err.location or error_location(err) or self.location, tasks=tasks,
+                                reason=type(err).__name__)
         cause = err.__cause__ if isinstance(err, TaskError) else err
         return exception_finding("a forked task", cause, f"concurrent run, {self.engine.name} engine",
                                  location=self.location, tasks=tasks)

@@ -1,6 +1,7 @@
 """forkcheck's controlled scheduler: interleavings op by op, replay, futures, errors, deadlocks and timeouts."""
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 import time
@@ -287,10 +288,12 @@ def test_task_without_switch_points_times_out():
             pass
 
     try:
-        with pytest.raises(ScheduleTimeout, match=r"0.3 s; task 1 \(.*spin\) was running at .*test_eager.py"):
+        with pytest.raises(ScheduleTimeout, match=r"0.3 s; task 1 \(.*spin\) was running at .*test_eager.py") as err:
             with ControlledScheduler(random.Random(1), timeout=0.3):
                 wait(fork(spin))
         assert (torch._C.fork, torch._C.wait) == ORIGINAL
+        lines, first = inspect.getsourcelines(spin)
+        assert err.value.location in {f"{__file__}:{first + 2}", f"{__file__}:{first + 3}"}  # the loop, not the wait
     finally:
         stop.set()  # the one thread a timeout leaves behind
 

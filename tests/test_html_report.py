@@ -373,3 +373,15 @@ def test_a_row_from_an_earlier_session_is_not_told_to_rerun_with_this_session_s_
                         "complete": True, "seed": 5, "run_at": "2026-12-02T10:00:00Z"})
     assert page.count("rerun with --forkcheck-seed 5") == 1  # this session's row only
     assert "11: this check&#39;s own, drawn from the seed of the session that ran it" in page
+
+
+def test_a_stopped_copy_s_stacks_are_a_collapsed_block_not_a_fact_row():
+    report = synthetic_report(1)
+    stacks = 'Fatal Python error: Aborted\n\nCurrent thread 0x1 (most recent call first):\n  File "t.py", line 3 in f\n'
+    report["results"][0]["findings"] = [{"kind": "hang", "location": f"{__file__}:3", "tasks": [], "replay": "",
+                                         "message": "schedule 1 of 10 did not finish within 1 s",
+                                         "detail": {"timeout_s": 1, "stacks": stacks}}]
+    text = render_html(report)
+    block = text[text.index("<summary>Where each thread was when it was stopped</summary>"):]
+    assert block.index("<pre>Fatal Python error: Aborted\n\nCurrent thread 0x1") < block.index("</details>")
+    assert ">stacks<" not in text  # not a row of the finding's facts, its line breaks lost

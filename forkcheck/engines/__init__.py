@@ -17,7 +17,12 @@ class TaskError(Exception):
 
 
 class ScheduleError(Exception):
-    """The schedule could not finish: a deadlock or a timeout (a ``hang`` finding)."""
+    """The schedule could not finish: a deadlock or a timeout (a ``hang`` finding). ``location``: the user's line
+    the task that did not finish was at, where known."""
+
+    def __init__(self, message: str = "", location: str = ""):
+        super().__init__(message)
+        self.location = location
 
 
 class Deadlock(ScheduleError):

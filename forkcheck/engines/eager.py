@@ -583,14 +583,14 @@ class ControlledScheduler:
         return Deadlock("deadlock: no task can run; " + "; ".join(lines))
 
     def _timeout_error(self, running: Optional[_Task], at_switch_point: bool = False) -> ScheduleTimeout:
-        where = ""
+        where = line = ""
         if running is not None and running.ident is not None:
             frame = sys._getframe() if at_switch_point else sys._current_frames().get(running.ident)
             line = _user_line(frame)
             where = f"; {running!r} was running" + (f" at {line}" if line else "")
             where += " (still reaching switch points: a loop that never ends?)" if at_switch_point else \
                 " and reached no switch point since (a loop without tensor ops, or a blocking call?)"
-        return ScheduleTimeout(f"the schedule did not finish within {self.timeout:g} s{where}")
+        return ScheduleTimeout(f"the schedule did not finish within {self.timeout:g} s{where}", location=line)
 
     # --- statistics --------------------------------------------------------------------------------------------
 

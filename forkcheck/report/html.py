@@ -255,6 +255,7 @@ class _Page:
             "changes": [self.rel(c) for c in changes or []],
             "differences": [self.rel(d) for d in detail.get("differences") or []],
             "traceback": self.rel(detail.get("traceback", "")),
+            "stacks": self.rel(detail.get("stacks", "")),
             "heatmap": _heatmap(detail.get("diff")),
             "timeline": self._paths_relative(_timeline(kind, tasks, detail, line)),
             "accesses": self._accesses(_conflicts(detail) or detail.get("accesses")),
@@ -282,8 +283,8 @@ class _Page:
 
     def _details(self, detail: Mapping[str, Any]) -> list[tuple[str, str]]:
         """What else the oracle said, as labelled sentences: task pairs, pool sizes, the rest made readable."""
-        said = {"name", "op", "changes", "differences", "traceback", "events", "diff", "accesses", "storage", "ops",
-                "locations", "outputs_affected", "source", "run"}
+        said = {"name", "op", "changes", "differences", "traceback", "stacks", "events", "diff", "accesses", "storage",
+                "ops", "locations", "outputs_affected", "source", "run"}
         shown: list[tuple[str, str]] = []
         if detail.get("run") == SERIAL:
             shown.append(("shown by", "the serial reference run: the target called once, its forks inline"))
