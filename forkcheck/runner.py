@@ -737,7 +737,8 @@ def check(target: Target, settings: Settings = Settings(), *, replay: Optional[s
         token = ReplayToken.decode(replay) if replay else None
         if token is not None and token.target != target.name:
             raise ReplayError(f"this replay token is for {token.target}, not {target.name}")
-        if token is not None:  # replay with what the failure was found with
+        if token is not None:  # replay with what the failure was found with (the seed draws nothing: none shown)
+            result.stats.seed = None
             token.check_hypothesis()
             settings = replayed(settings, token)
         checker = Checker(target, settings, observer)

@@ -330,6 +330,7 @@ def test_a_replay_token_reproduces_a_wrong_outcome_under_forkcheck_s_scheduler_e
         "runs": 10, "reproduced": 10, "wrong_outcome": 10}
     assert {f.kind for f in replayed.findings} == {f.kind for f in found.findings}
     assert replayed.examples == 1 and replayed.schedules >= 10  # one input, rerun ten times: not ten examples
+    assert replayed.stats.seed is None  # its seed drew nothing: no seed to rerun with
 
 
 @pytest.mark.parametrize("strategy", ["random", "pct", "portfolio"])
