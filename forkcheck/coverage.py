@@ -84,8 +84,11 @@ def _statement(coverage: Mapping[str, Any]) -> str:
         inputs = search["inputs"]
         of = f"of {'the' if inputs == 1 else 'each of'} {inputs} input{'s' * (inputs != 1)}"
         if search["stopped"]:
+            raced = search.get("raced", 0)
             return (f"exhaustive (≤ {k} preemptions): stopped at a failing interleaving after {search['runs']} runs "
-                    f"({n} explored)")
+                    f"({n} explored" + (f"; once a race was predicted, the search of {raced} earlier input"
+                                        f"{'s' * (raced != 1)} stopped after {search['raced_after']} runs, for "
+                                        f"another that might show a wrong outcome" if raced else "") + ")")
         if search["complete"] == inputs:
             return f"explored all {n} with ≤ {k} preemptions {of} ({search['runs']} runs, DPOR)"
         raced, ran_out = search.get("raced", 0), inputs - search["complete"] - search.get("raced", 0)

@@ -138,6 +138,8 @@ def failure_text(result: Any, invocation: str = "pytest", rootdir: str = "") -> 
     covered = statement(stats.get("coverage") or {}, *replay_counts(replays))
     if covered:
         lines.append(f"coverage: {covered}")
+    if stats.get("strategy_note"):
+        lines.append(f"strategy: {stats['strategy_note']}")
     per_size = stats.get("pool_sizes")
     if per_size:
         lines.append(f"inter-op pool sizes: {pool_line(per_size)}")
@@ -167,9 +169,11 @@ def summary_lines(results: Iterable[Mapping[str, Any]], paths: Optional[Mapping[
         if result["verdict"] == "error":
             lines.append(f"ERROR {result['nodeid']}: {_first_line(result.get('error') or 'error')}")
         elif result["verdict"] == "pass":
-            covered = statement((result.get("stats") or {}).get("coverage") or {})
+            stats = result.get("stats") or {}
+            covered = statement(stats.get("coverage") or {})
             lines.append(f"PASS {result['nodeid']}: "
-                         f"{covered or _plural(result.get('schedules') or 0, 'schedule') + ', no finding'}")
+                         f"{covered or _plural(result.get('schedules') or 0, 'schedule') + ', no finding'}"
+                         + (f" ({stats['strategy_note']})" if stats.get("strategy_note") else ""))
         elif result["verdict"] == "fail" and result["findings"]:
             first = result["findings"][0]
             lines.append(f"FAIL {result['nodeid']} [{first['kind']}] {_first_line(first['message'])}")
