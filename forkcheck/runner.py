@@ -913,7 +913,8 @@ def _replay(search: Callable[[], None], checker: Checker, token: ReplayToken,
                                        what="the failing input's serial run (forks inline, no pool)")
         return first
     result.stats.replays = Replays(runs=REPLAYS, reproduced=reproduced, wrong_outcome=wrong,
-                                   schedules=checker.per_example, strategy=token.strategy, pool_size=size)
+                                   schedules=1 if checker.exhaustive else checker.per_example,  # its interleaving
+                                   strategy=token.strategy, pool_size=size)
     if token.pool_size and size and size != token.pool_size:
         result.stats.replay_note = (f"found with an inter-op pool of {plural(token.pool_size, 'thread')}, replayed "
                                     f"with {size}: the real runtime may not repeat it")
