@@ -127,8 +127,12 @@ class ModuleTargets(pytest.Collector):
         from .marker import get_mark
 
         self.obj = importlib.import_module(self.name)
+        first = {}  # one object under two names is one item, by its first name
+        for name, obj in vars(self.obj).items():
+            first.setdefault(id(obj), name)
         items = [TargetItem.from_object(self, name, obj) for name, obj in vars(self.obj).items()
-                 if (mark := get_mark(obj)) is not None and mark.module == self.obj.__name__]
+                 if (mark := get_mark(obj)) is not None and mark.module == self.obj.__name__
+                 and first[id(obj)] == name]
         if not items:
             self.warn(pytest.PytestWarning(
                 f"--forkcheck-modules: {self.name} holds no fork_safe target at its top level, so none of it is "

@@ -114,6 +114,8 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) 
     mark = get_mark(obj)
     if mark is None or not isinstance(collector, pytest.Module) or mark.module != collector.obj.__name__:
         return None
+    if next(other for other, value in vars(collector.obj).items() if value is obj) != name:
+        return []  # one object under two names (``checked = fork_safe(scripted)``): one item, by its first name
     from .items import TargetItem
 
     _prewarm(collector.config)

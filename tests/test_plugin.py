@@ -84,9 +84,16 @@ def test_collects_every_marked_object_of_the_module_once(fc, pytester: pytest.Py
             return shift
 
         shifted = fork_safe(make_shift(3))
+
+        @torch.jit.script
+        def compiled(x: Tensor) -> Tensor:
+            return x * 2
+
+        also_compiled = fork_safe(compiled, x=fst.tensors(shape=(2,)))  # the same object: one item, its first name
     """))
     result = fc.run("--collect-only", "-q", "test_kinds.py")
-    assert collected(result) == [f"test_kinds.py::{name}" for name in ("Heads", "checked", "scale", "shifted")]
+    assert collected(result) == [f"test_kinds.py::{name}"
+                                 for name in ("Heads", "checked", "compiled", "scale", "shifted")]
 
 
 def test_forkcheck_modules_collects_a_library_module(fc, pytester: pytest.Pytester) -> None:
