@@ -56,7 +56,9 @@ def resolve_session_options(config: pytest.Config) -> SessionOptions:
     settings = {name: checked[name] for name in SETTING_NAMES if name in checked}
     seed = settings.pop("seed", None)
     pool_sizes = settings.pop("pool_sizes", DEFAULT_POOL_SIZES)  # per session: where checks run, not how
-    replay, _ = raw["replay"]
+    replay, source = raw["replay"]
+    if replay is not None and not str(replay).strip():
+        raise pytest.UsageError(f"{source}: the token is empty: give the token a failure printed (fc1....)")
     if replay:
         _check_token(replay)
     modules, _ = raw["modules"]

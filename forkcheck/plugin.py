@@ -5,6 +5,7 @@ Hypothesis) is imported at the top of this module, so loading pytest stays fast.
 """
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import pytest
@@ -67,7 +68,11 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(err)) from None
     from .report.terminal import invocation
 
-    state.invocation = worker.get("forkcheck_invocation", "pytest") if worker is not None else invocation()
+    if worker is not None:
+        state.invocation = worker.get("forkcheck_invocation", "pytest")
+    else:  # a report directory given on the command line: the replay joins its row there
+        given = config.getoption("forkcheck_report", None) if not options.no_report else None
+        state.invocation = invocation() + (f" --forkcheck-report {shlex.quote(str(given))}" if given else "")
     from . import _exit
 
     _exit.own(config)

@@ -58,7 +58,10 @@ MAX_TIMEOUT_S = min(1e9, threading.TIMEOUT_MAX / 2)
 
 
 def _seconds(name: str, value: Any) -> float:
-    number = _tolerance(name, value)
+    try:
+        number = _tolerance(name, value)
+    except SettingsError:
+        raise SettingsError(f"{name} must be a finite number of seconds > 0, got {value!r}") from None
     if number == 0:
         raise SettingsError(f"{name} must be more than 0 seconds, got {value!r}")
     if number > MAX_TIMEOUT_S:

@@ -34,6 +34,17 @@ def test_bad_option_value_is_a_usage_error_naming_the_option(fc, flag: str, valu
     assert flag in result.stderr.str() and repr(value) in result.stderr.str()
 
 
+def test_a_negative_timeout_says_it_must_be_more_than_zero(fc) -> None:
+    result = fc.run("--forkcheck-timeout", "-1", quick=False)
+    assert "timeout must be a finite number of seconds > 0, got '-1'" in result.stderr.str()
+
+
+def test_an_empty_replay_token_is_a_usage_error(fc) -> None:  # it ran a normal check
+    result = fc.run("--forkcheck-replay=", quick=False)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--forkcheck-replay: the token is empty" in result.stderr.str()
+
+
 @pytest.mark.parametrize("key, value", [
     ("forkcheck_examples", "0"),
     ("forkcheck_strategy", "sideways"),

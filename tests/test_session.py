@@ -95,6 +95,14 @@ def test_the_printed_replay_command_names_the_interpreter_that_ran_pytest(fc, py
     assert json.loads((pytester.path / "reports" / "forkcheck.json").read_text())["command"].endswith("-m pytest")
 
 
+def test_the_replay_command_keeps_a_report_directory_given_on_the_command_line(fc, pytester) -> None:
+    """So that the replay joins the row it replays, in that report."""
+    pytester.makepyfile(test_ops=source(ADD_IN_PLACE))
+    result = fc.run("--forkcheck-report", "out dir")
+    result.stdout.fnmatch_lines(["  replay: * --forkcheck-report 'out dir' 'test_ops.py::add_in_place' "
+                                 "--forkcheck-replay fc1.*"])
+
+
 def test_invocation_as_the_shell_runs_it(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     python = tmp_path / ".venv" / "bin" / "python"
