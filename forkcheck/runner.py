@@ -647,7 +647,11 @@ class Checker:
                                  location=self.location, tasks=tasks)
 
     def _hang(self, what: str, where: str = "") -> Finding:
-        return hang_finding(what, self.settings.timeout, location=where or self.location)
+        finding = hang_finding(what, self.settings.timeout, location=where or self.location)
+        if not where and self.engine.name == "script":  # located at the target: say why
+            finding.message += ("; no thread of the run was in Python code when the timeout came: it is stuck in "
+                                "compiled code (a TorchScript loop, or a wait on a task that never ends)")
+        return finding
 
 
 _NO_OUTPUT = object()

@@ -98,6 +98,8 @@ def test_every_kind_of_hang_is_a_hang_finding_and_the_session_goes_on(fc, pytest
     for name in ("test_hangs.py::spins", "test_hangs.py::waits_forever", "test_pool.py::nested_deadlock"):
         assert outcome(rows[name]) == ("fail", ["hang"]), rows[name]
     assert outcome(rows["test_hangs.py::scale"]) == ("pass", [])
+    spun = rows["test_hangs.py::spins"]["findings"][0]  # in a TorchScript loop: no Python line to point at
+    assert "it is stuck in compiled code (a TorchScript loop" in spun["message"]
     # the wait holds the GIL: the child cannot report it, the parent stopped it
     assert rows["test_hangs.py::waits_forever"]["stats"]["isolation"] == "child process (stopped)"
     assert "the serial reference run" in rows["test_hangs.py::waits_forever"]["findings"][0]["message"]
