@@ -44,7 +44,7 @@ def error_location(err: BaseException) -> str:
 
 
 _STDLIB = os.path.dirname(os.__file__) + os.sep
-_RUNNERS = (os.sep + "_pytest" + os.sep, os.sep + "pluggy" + os.sep)
+_RUNNERS = tuple(os.sep + name + os.sep for name in ("_pytest", "pluggy", "execnet", "xdist"))
 
 
 def stuck_line(run_thread: Optional[int]) -> str:
@@ -59,13 +59,16 @@ def stuck_line(run_thread: Optional[int]) -> str:
         if ident == threading.get_ident() or (ident in known and ident != run_thread
                                               and not known[ident].startswith("forkcheck-task")):
             continue
-        innermost = True
+        stack = []
         while frame is not None:
-            name = frame.f_code.co_filename
-            if _is_user_file(name) and not name.startswith(_STDLIB) and not any(r in name for r in _RUNNERS):
-                (running if innermost else waiting).append(f"{name}:{frame.f_lineno}")
+            stack.append((frame.f_code.co_filename, frame.f_lineno))
+            frame = frame.f_back
+        if any(runner in name for name, _ in stack for runner in _RUNNERS):
+            continue  # a thread of pytest's or pytest-xdist's (execnet starts its own, unknown to ``threading``)
+        for depth, (name, line) in enumerate(stack):
+            if _is_user_file(name) and not name.startswith(_STDLIB):
+                (waiting if depth else running).append(f"{name}:{line}")
                 break
-            innermost, frame = False, frame.f_back
     return (running + waiting + [""])[0]
 
 

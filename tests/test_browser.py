@@ -288,6 +288,11 @@ def _fits_a_phone(browser: Browser, screenshot: Path) -> None:
     browser.resize(390)
     try:
         _fits(browser)
+        hidden = browser.js("[...document.querySelectorAll('figure.timeline')].filter(f => {"
+                            " const box = f.querySelector('.scroll'), hint = f.querySelector('.scroll-hint');"
+                            " return box.scrollWidth > box.clientWidth"
+                            " && !(hint && getComputedStyle(hint).display !== 'none'); }).length")
+        assert hidden == 0, f"{hidden} timelines scroll sideways with no hint that they do"
         browser.screenshot(screenshot)
     finally:
         browser.resize(1200)
@@ -358,7 +363,7 @@ def test_the_examples_report(browser, tmp_path):
                     "--forkcheck-report", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, timeout=600)
     report = json.loads((tmp_path / "forkcheck.json").read_text())
     rows = report["results"]
-    assert report["command"].endswith(" -m pytest")
+    assert report["command"].endswith(f" -m pytest --forkcheck-report {tmp_path}")  # replays join its rows
     browser.open(tmp_path / "index.html")
     _only_local(browser.requested())
     assert browser.js("document.querySelectorAll('details.item').length") == len(rows)
