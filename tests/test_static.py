@@ -220,6 +220,33 @@ def fork_pure_forker(x: Tensor) -> Tensor:
     return torch.jit.wait(torch.jit.fork(fork_pure_children, x))
 
 
+def _rows_of(x: Tensor) -> List[Tensor]:
+    return list(x.unbind(0))
+
+
+def append_to_lists_from_futures(x: Tensor) -> Tensor:
+    """Each task's list holds views of ``x``; appending to the list writes the list, not ``x`` (the list of futures
+    once held its futures' lists' elements as its own, so the append read as a write of ``x``)."""
+    futures = [torch.jit.fork(_rows_of, x) for _ in range(2)]
+    total = torch.zeros(3)
+    for future in futures:
+        rows = torch.jit.wait(future)
+        rows.append(total)
+        total = total + torch.stack(rows).sum(0)
+    return total
+
+
+def _same(x: Tensor) -> Tensor:
+    return x
+
+
+def write_what_a_future_of_a_list_gave(x: Tensor) -> Tensor:
+    futures = [torch.jit.fork(_same, x) for _ in range(2)]
+    for future in futures:
+        torch.jit.wait(future).add_(1)  # at: through a future
+    return x
+
+
 class ReadsParameters(nn.Module):
     def __init__(self):
         super().__init__()
@@ -333,6 +360,11 @@ def test_fork_inside_the_target_maps_the_subgraph_back_to_the_input():
         assert finding.location.endswith(line("forked"))
 
 
+def test_an_input_handed_back_through_a_list_of_futures_is_still_the_input():
+    (finding,) = static_findings(script(write_what_a_future_of_a_list_gave))
+    assert facts([finding]) == {("input-mutation", "x", "aten::add_")}
+
+
 def test_module_counter_rebinding_is_an_attribute_mutation():
     (finding,) = static_findings(script(Counter()))
     assert facts([finding]) == {("attribute-mutation", "calls", "prim::SetAttr")}
@@ -375,7 +407,8 @@ def test_a_flag_that_forward_rebinds_is_not_taken_from_the_live_module():
 
 
 @pytest.mark.parametrize("target", [add_to_clone, rebind_then_write, read_inputs, return_views, build_list_locally,
-                                    add_out_into_local, fork_pure_children, fork_pure_forker])
+                                    add_out_into_local, fork_pure_children, fork_pure_forker,
+                                    append_to_lists_from_futures])
 def test_pure_functions_have_no_findings(target):
     assert static_findings(script(target)) == []
 

@@ -253,7 +253,10 @@ class _PointsTo:
     def _transfer_schema(self, gid, kind, schema, ins, outs, get) -> None:
         """Alias annotations: ``(a)`` shares, ``(a!)`` writes, ``(b -> *)`` is stored away, ``(*)`` is any element."""
         args = [(a.alias_info, v) for a, v in zip(schema.arguments, ins)]
-        inner = self._contents(set().union(*(get(v) for _, v in args if _is_container(v))))
+        # the elements of the containers read (an argument stored away whole, ``append``'s ``el``, is not opened:
+        # appending a future or a list stores that object, not what it holds)
+        inner = self._contents(set().union(*(get(v) for info, v in args if _is_container(v)
+                                              and not (info and "*" in info.after_set))))
         stored = inner.union(*(get(v) for info, v in args if info and "*" in info.after_set and not info.is_write))
         into = set().union(*(get(v) for info, v in args if info and info.is_write and _is_container(v)))
         via = kind if kind in _MAY_ALIAS else ""
