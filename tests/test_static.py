@@ -247,6 +247,49 @@ def write_what_a_future_of_a_list_gave(x: Tensor) -> Tensor:
     return x
 
 
+def _input_and_scratch(x: Tensor) -> Tuple[Tensor, Tensor]:
+    return x, torch.zeros_like(x)
+
+
+def write_the_scratch_of_a_tuple(x: Tensor) -> Tensor:
+    given, scratch = _input_and_scratch(x)  # a tuple's elements by index: the scratch is never x
+    scratch.add_(given)
+    return scratch
+
+
+def write_the_input_of_a_tuple(x: Tensor) -> Tensor:
+    given, scratch = _input_and_scratch(x)
+    given.add_(scratch)
+    return given
+
+
+def _centre(x: Tensor, inplace: bool) -> Tensor:
+    if not inplace:
+        x = x.clone()
+    x.sub_(x.mean())
+    return x
+
+
+def fork_with_a_false_flag(x: Tensor) -> Tensor:
+    return torch.jit.wait(torch.jit.fork(_centre, x, False))
+
+
+def fork_with_a_true_flag(x: Tensor) -> Tensor:
+    return torch.jit.wait(torch.jit.fork(_centre, x, True))
+
+
+class ModeSwitch(nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.register_buffer("calib", torch.zeros(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "calibrate":
+            self.calib.add_(x.mean(0))
+        return x - self.calib
+
+
 class ReadsParameters(nn.Module):
     def __init__(self):
         super().__init__()
@@ -396,6 +439,21 @@ def test_training_only_writes_follow_the_module_mode():
     assert static_findings(script(nn.BatchNorm1d(3).eval())) == []
     assert static_findings(script(TrainingOnlyWrite().eval())) == []
     assert facts(static_findings(script(TrainingOnlyWrite()))) == {("attribute-mutation", "steps", "aten::add_")}
+
+
+def test_branches_decided_by_a_fork_s_constant_argument_or_a_str_attribute_and_eval_dropout_write_nothing():
+    assert static_findings(script(fork_with_a_false_flag)) == []
+    assert facts(static_findings(script(fork_with_a_true_flag))) == {("input-mutation", "x", "aten::sub_")}
+    assert static_findings(script(ModeSwitch("infer"))) == []
+    assert facts(static_findings(script(ModeSwitch("calibrate")))) == {("attribute-mutation", "calib", "aten::add_")}
+    assert static_findings(script(nn.Dropout(0.1, inplace=True).eval()), ["input"]) == []
+    assert facts(static_findings(script(nn.Dropout(0.1, inplace=True)), ["input"])) == {
+        ("input-mutation", "input", "aten::dropout_")}
+
+
+def test_a_tuple_s_elements_are_told_apart():
+    assert static_findings(script(write_the_scratch_of_a_tuple)) == []
+    assert facts(static_findings(script(write_the_input_of_a_tuple))) == {("input-mutation", "x", "aten::add_")}
 
 
 def test_a_flag_that_forward_rebinds_is_not_taken_from_the_live_module():

@@ -33,6 +33,9 @@ _UNDECLARED_WRITES = {
     "aten::native_batch_norm": ("training", ("running_mean", "running_var")),
     "aten::instance_norm": ("use_input_stats", ("running_mean", "running_var")),
 }
+# Ops whose declared write happens only when a flag argument is true: op -> that argument (dropout in eval mode).
+_WRITES_ONLY_IF = {"aten::dropout_": "train", "aten::feature_dropout_": "train", "aten::alpha_dropout_": "train",
+                   "aten::feature_alpha_dropout_": "train"}
 _CONTAINERS = (torch._C.ListType, torch._C.DictType, torch._C.TupleType, torch._C.FutureType, torch._C.AwaitType)
 _SOURCE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
@@ -154,10 +157,13 @@ class _PointsTo:
         return "" if gid == 0 and self.module is not None and value.offset() == 0 else None
 
     def _const(self, gid, value):
-        """A bool known before running: a constant, or a module attribute nothing rebinds, read off the live module."""
+        """A value known before running: a constant, a module attribute nothing rebinds (a bool or a str, read off the
+        live module), or a comparison of two such."""
         node = value.node()
         if node.kind() == "prim::Constant":
             return value.toIValue()
+        if node.kind() == "prim::Param" and (gid, value.unique()) in self.outer:  # a fork's argument
+            return self._const(*self.outer[(gid, value.unique())])
         if node.kind() == "aten::__not__":
             inner = self._const(gid, node.inputsAt(0))
             return (not inner) if isinstance(inner, bool) else None
@@ -165,14 +171,23 @@ class _PointsTo:
             cond = self._const(gid, node.inputsAt(0))
             if isinstance(cond, bool):
                 return self._const(gid, list(list(node.blocks())[0 if cond else 1].outputs())[value.offset()])
+        if node.kind() in ("aten::eq", "aten::ne") and len(list(node.inputs())) == 2:  # ``self.mode == "train"``
+            left, right = (self._const(gid, v) for v in node.inputs())
+            if isinstance(left, (str, int)) and type(left) is type(right):
+                return (left == right) == (node.kind() == "aten::eq")
         if node.kind() == "prim::GetAttr" and self.module is not None:
             path = self._attr_path(gid, value)
             if path and path.rpartition(".")[2] not in self.rebound:
                 live = self.module
                 for part in path.split("."):
                     live = getattr(live, part, None)
-                return live if isinstance(live, bool) else None
+                return live if isinstance(live, (bool, str)) else None
         return None
+
+    def _const_int(self, gid, value) -> int | None:
+        node = value.node()
+        constant = value.toIValue() if node.kind() == "prim::Constant" else None
+        return constant if isinstance(constant, int) and not isinstance(constant, bool) else None
 
     # -- the fixpoint ------------------------------------------------------------------------------------------
 
@@ -203,12 +218,15 @@ class _PointsTo:
                 have |= objs
                 self.changed = True
 
-    def _contents(self, objs) -> set[_Obj]:
-        """What elements of these containers may be: an element of shared state is shared state too."""
+    def _contents(self, objs, index: int | None = None) -> set[_Obj]:
+        """What elements of these containers may be (``index``: the element at that index of a tuple built here, where
+        known): an element of shared state is shared state too."""
         out = set()
         for o in objs:
             base = o._replace(via="")
-            found = self.stored.get(base, set()) | ({base} if o.shared else set())
+            item = _item(base, index) if index is not None else None
+            found = (self.stored[item] if item in self.stored else self.stored.get(base, set())) | (
+                {base} if o.shared else set())
             out |= {e._replace(via=o.via) if o.via and e.shared else e for e in found}
         return out
 
@@ -224,9 +242,14 @@ class _PointsTo:
             site = _local(gid, outs[0])
             self._add(gid, outs[0], {site})
             self._store({site}, set().union(*map(get, ins)))
+            if kind == "prim::TupleConstruct":  # and each element by its index, for the unpacking
+                for index, value in enumerate(ins):
+                    self._store({_item(site, index)}, get(value))
         elif kind in _UNPACK:
-            for out in outs:
-                self._add(gid, out, self._contents(get(ins[0])))
+            index = self._const_int(gid, ins[1]) if kind == "prim::TupleIndex" else None
+            for position, out in enumerate(outs):
+                at = position if kind == "prim::TupleUnpack" else index
+                self._add(gid, out, self._contents(get(ins[0]), at))
         elif kind in _PASS_THROUGH:
             for value, out in zip(ins, outs):
                 self._add(gid, out, get(value))
@@ -299,6 +322,8 @@ class _PointsTo:
         if schema is None:
             return
         flag, undeclared = _UNDECLARED_WRITES.get(kind, ("", ()))
+        if kind in _WRITES_ONLY_IF and self._flag(gid, schema, ins, _WRITES_ONLY_IF[kind]) is False:
+            return
         for arg, value in zip(schema.arguments, ins):
             declared = arg.alias_info is not None and arg.alias_info.is_write
             if declared or (arg.name in undeclared and self._flag(gid, schema, ins, flag) is not False):
@@ -345,6 +370,11 @@ def _is_container(value) -> bool:
 
 def _local(gid, value) -> _Obj:
     return _Obj("local", f"{gid}:{value.unique()}")
+
+
+def _item(tuple_site: _Obj, index: int) -> _Obj:
+    """The element at ``index`` of a tuple built at ``tuple_site``."""
+    return tuple_site._replace(name=f"{tuple_site.name}[{index}]")
 
 
 def _join(base: str, name: str) -> str:
