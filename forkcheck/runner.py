@@ -678,9 +678,10 @@ def _setup_error(target: Target, err: Exception) -> str:
 
 
 def _instance(target: Target) -> Any:
-    """The object to run; a Module that cannot be built or copied is the user's setup error, named as such."""
+    """The object to run; a Module that cannot be built or copied, or whose parameters are still lazy, is the user's
+    setup error, named as such."""
     try:
-        return target.instance()
+        instance = target.instance()
     except TargetError:
         raise
     except Exception as err:
@@ -693,6 +694,13 @@ def _instance(target: Target) -> Any:
                               f"instance built as it should be: checked = fork_safe({name}(...))") from None
         raise TargetError(f"{target.name}: forkcheck runs copies of the marked Module, and copy.deepcopy of it "
                           f"raised {describe_error(err)}{where}; make it copyable") from None
+    lazy = [name for name, p in instance.named_parameters() if torch.nn.parameter.is_lazy(p)] \
+        if isinstance(instance, torch.nn.Module) else []
+    if lazy:
+        raise TargetError(f"{target.name}: its parameters {', '.join(lazy)} are lazy (made by the first call, which "
+                          f"every forked task would race to make): call the module once on an example input, then "
+                          f"mark that instance (checked = fork_safe(module, ...))")
+    return instance
 
 
 #: The findings of changes ``_at_lines`` may locate, and the key it knows a defect by.

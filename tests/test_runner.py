@@ -507,3 +507,21 @@ def test_a_hang_on_a_pool_thread_is_located_at_the_line_it_waits_on(monkeypatch)
     lines, first = inspect.getsourcelines(_waits_on_the_pool)
     waits = first + next(i for i, line in enumerate(lines) if "# at: waits" in line)
     assert result.findings[0].location == f"{__file__}:{waits}"
+
+
+class _LazyHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.LazyLinear(3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.jit.wait(torch.jit.fork(self.linear, x))
+
+
+def test_a_module_with_lazy_parameters_is_a_setup_error_naming_them():  # it was an internal error
+    result = check(_LazyHead(), {"x": fst.tensors(shape=(2, 4))})
+    assert result.verdict == "error" and result.error.startswith(
+        "setup error: its parameters linear.weight, linear.bias are lazy")
+    head = _LazyHead()
+    head(torch.ones(2, 4))  # initialised: checked like any module
+    assert check(head, {"x": fst.tensors(shape=(2, 4))}).verdict == "pass"
