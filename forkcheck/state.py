@@ -402,8 +402,8 @@ def user_class(value: Any) -> bool:
 
 def snapshot(value: Any, depth: int = 4, copied: bool = False) -> Any:
     """A snapshot of ``value``: tensors (and numpy arrays) by bits and version, containers and user objects item by
-    item (``depth`` levels deep), modules attribute by attribute, generators by state, plain values by value,
-    anything else by identity.
+    item (``depth`` levels deep), modules attribute by attribute, the user's functions by their attributes,
+    generators by state, plain values by value, anything else by identity.
 
     ``copied``: the value is a fresh copy on every read (see the module docstring).
     """
@@ -431,6 +431,8 @@ def snapshot(value: Any, depth: int = 4, copied: bool = False) -> Any:
         return GeneratorSnapshot(value, value.get_state())
     if user_class(value):
         return ClassSnapshot.take(value, depth - 1)
+    if isinstance(value, types.FunctionType) and is_user_module(value.__module__ or ""):
+        return ObjectSnapshot(value, snapshot(vars(value), depth, copied), copied)  # ``helper.calls += 1``
     if _user_object(value):
         return ObjectSnapshot(value, snapshot(vars(value), depth, copied), copied)
     return ValueSnapshot(value, plain=False)

@@ -80,6 +80,14 @@ def turns_mkldnn_off(x: Tensor) -> Tensor:
     torch.backends.mkldnn.enabled = False
     return x * 2
 
+def _counted(x: Tensor) -> Tensor:
+    _counted.calls = getattr(_counted, "calls", 0) + 1
+    return x * 2
+
+@fork_safe
+def counts_on_a_function(x: Tensor) -> Tensor:
+    return _counted(x)
+
 @fork_safe
 def lowers_the_matmul_precision(x: Tensor) -> Tensor:
     torch.set_float32_matmul_precision("medium")
@@ -98,7 +106,12 @@ OFFSETS = {"bias": 1.0}
 class Config:
     factor = 3
 
-def _shifted(x: Tensor) -> Tensor:
+def _shifted(x: Tensor) -> Tensor:  # a function with an attribute nothing changes
+    return x + OFFSETS["bias"]
+
+_shifted.unit = "bias"
+
+def _unused(x: Tensor) -> Tensor:
     return x + OFFSETS["bias"]
 
 @fork_safe
@@ -128,6 +141,8 @@ EXPECTED = {  # what changed, how, and the line that changed it (its file, its t
                                   "torch.backends.cudnn.deterministic = True"),
     "turns_mkldnn_off": ("torch.backends.mkldnn.enabled", "changed from True to False",
                          "torch.backends.mkldnn.enabled = False"),
+    "counts_on_a_function": ("global 'test_changes._counted'", ".calls was added",
+                             '_counted.calls = getattr(_counted, "calls", 0) + 1'),
     "lowers_the_matmul_precision": ("torch float32 matmul precision", "changed from highest to medium",
                                     'torch.set_float32_matmul_precision("medium")'),
 }

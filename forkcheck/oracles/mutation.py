@@ -173,8 +173,8 @@ def referenced_globals(functions: Iterable[Callable], depth: int = 3,
             follow(value, level)
             if _user_module(value) and level > 0:  # ``helper.bump()``: the names the code uses, in that module
                 look_up(vars(value), names, level - 1)
-            elif not isinstance(value, (types.ModuleType, types.FunctionType, type)):
-                found[f"{module}.{name}"] = (namespace, name)
+            elif not isinstance(value, (types.ModuleType, types.FunctionType, type)) or _user_function(value):
+                found[f"{module}.{name}"] = (namespace, name)  # a user's function too: by its attributes
 
     while todo and len(seen) < limit:
         function, level = todo.pop()
