@@ -77,6 +77,12 @@ def statement(coverage: Mapping[str, Any], replays: int = 0, per_replay: int = 0
     return f"over the {replays} replays{', each stopping at its first failure,' if stopped else ''} {said}"
 
 
+def _cut_short(search: Mapping[str, Any]) -> str:
+    """Which inputs' searches a predicted race cut short, and why."""
+    return (f"once a race was predicted (it fails the check), the search of {search['raced']} of {search['inputs']} "
+            f"inputs stopped after {search['raced_after']} runs, for another input that might show a wrong outcome")
+
+
 def _statement(coverage: Mapping[str, Any]) -> str:
     search = coverage.get("exhaustive")
     if search:
@@ -84,17 +90,12 @@ def _statement(coverage: Mapping[str, Any]) -> str:
         inputs = search["inputs"]
         of = f"of {'the' if inputs == 1 else 'each of'} {inputs} input{'s' * (inputs != 1)}"
         if search["stopped"]:
-            raced = search.get("raced", 0)
             return (f"exhaustive (≤ {k} preemptions): stopped at a failing interleaving after {search['runs']} runs "
-                    f"({n} explored" + (f"; once a race was predicted, the search of {raced} earlier input"
-                                        f"{'s' * (raced != 1)} stopped after {search['raced_after']} runs, for "
-                                        f"another that might show a wrong outcome" if raced else "") + ")")
+                    f"({n} explored" + (f"; {_cut_short(search)}" if search.get("raced") else "") + ")")
         if search["complete"] == inputs:
             return f"explored all {n} with ≤ {k} preemptions {of} ({search['runs']} runs, DPOR)"
         raced, ran_out = search.get("raced", 0), inputs - search["complete"] - search.get("raced", 0)
-        reasons = [f"once a race was predicted (it fails the check), the search of {raced} of {inputs} inputs "
-                   f"stopped after {search['raced_after']} runs, for another input that might show a wrong outcome"
-                   ] if raced else []
+        reasons = [_cut_short(search)] if raced else []
         if ran_out > 0:
             reasons.append(f"the budget of {search['budget']} runs per input ran out on {ran_out} of {inputs} inputs, "
                            f"at least {search['pending']} choices left untried")

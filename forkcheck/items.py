@@ -120,6 +120,12 @@ class TargetItem(pytest.Item):
         return self.path, None, f"fork_safe {self.target_name}"
 
 
+def first_name(module: Any, obj: Any) -> str:
+    """The first of the module's names for ``obj``: one object under two names (``checked = fork_safe(scripted)``) is
+    one item, by that name."""
+    return next(name for name, value in vars(module).items() if value is obj)
+
+
 class ModuleTargets(pytest.Collector):
     """The targets marked at the top level of a module named by ``--forkcheck-modules`` (imported here)."""
 
@@ -127,12 +133,9 @@ class ModuleTargets(pytest.Collector):
         from .marker import get_mark
 
         self.obj = importlib.import_module(self.name)
-        first = {}  # one object under two names is one item, by its first name
-        for name, obj in vars(self.obj).items():
-            first.setdefault(id(obj), name)
         items = [TargetItem.from_object(self, name, obj) for name, obj in vars(self.obj).items()
                  if (mark := get_mark(obj)) is not None and mark.module == self.obj.__name__
-                 and first[id(obj)] == name]
+                 and first_name(self.obj, obj) == name]
         if not items:
             self.warn(pytest.PytestWarning(
                 f"--forkcheck-modules: {self.name} holds no fork_safe target at its top level, so none of it is "

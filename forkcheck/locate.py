@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -47,14 +47,31 @@ _STDLIB = os.path.dirname(os.__file__) + os.sep
 _RUNNERS = tuple(os.sep + name + os.sep for name in ("_pytest", "pluggy", "execnet", "xdist"))
 
 
+def _is_users_frame(filename: str) -> bool:
+    """A frame of the user's code: not torch's, forkcheck's, the standard library's or the test runner's."""
+    return (_is_user_file(filename) and not (filename.startswith(_STDLIB) and "-packages" not in filename)
+            and not any(runner in filename for runner in _RUNNERS))
+
+
+def users_line(stacks: Iterable[Sequence[tuple[str, int]]]) -> str:
+    """Of threads' stacks (each innermost frame first), the innermost line of the user's code, from a thread that is
+    running that line if one is, else from one waiting below it; "" where no thread is in the user's code."""
+    running, waiting = [], []
+    for stack in stacks:
+        for depth, (name, line) in enumerate(stack):
+            if _is_users_frame(name):
+                (waiting if depth else running).append(f"{name}:{line}")
+                break
+    return (running + waiting + [""])[0]
+
+
 def stuck_line(run_thread: Optional[int]) -> str:
-    """``file:line`` where a run that did not finish is: of the threads it may be on (its own, ``run_thread``;
-    forkcheck's task threads; torch's pool threads, which ``threading`` knows only as dummies, if the user's code
-    asked for them), the innermost line of the user's code, preferring a thread that is running that line to one
-    waiting below it; "" where none runs the user's Python (a loop in compiled code)."""
+    """``file:line`` where a run that did not finish is (``users_line``), of the threads it may be on: its own
+    (``run_thread``), forkcheck's task threads, torch's pool threads (which ``threading`` knows only as dummies, if
+    the user's code asked for them); "" where none runs the user's Python (a loop in compiled code)."""
     known = {thread.ident: thread.name for thread in threading.enumerate()
              if not isinstance(thread, threading._DummyThread)}
-    running, waiting = [], []
+    stacks = []
     for ident, frame in sys._current_frames().items():
         if ident == threading.get_ident() or (ident in known and ident != run_thread
                                               and not known[ident].startswith("forkcheck-task")):
@@ -63,13 +80,9 @@ def stuck_line(run_thread: Optional[int]) -> str:
         while frame is not None:
             stack.append((frame.f_code.co_filename, frame.f_lineno))
             frame = frame.f_back
-        if any(runner in name for name, _ in stack for runner in _RUNNERS):
-            continue  # a thread of pytest's or pytest-xdist's (execnet starts its own, unknown to ``threading``)
-        for depth, (name, line) in enumerate(stack):
-            if _is_user_file(name) and not name.startswith(_STDLIB):
-                (waiting if depth else running).append(f"{name}:{line}")
-                break
-    return (running + waiting + [""])[0]
+        if not any(runner in name for name, _ in stack for runner in _RUNNERS):  # pytest-xdist's (execnet's own)
+            stacks.append(stack)
+    return users_line(stacks)
 
 
 def _storage_key(t: torch.Tensor) -> Optional[int]:

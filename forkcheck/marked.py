@@ -282,21 +282,16 @@ def _argument_names(arguments: Mapping[str, Any]) -> dict[int, str]:
 
 
 def _innermost_user_line(stacks: str) -> str:
-    """``file:line`` of the most recent frame of the user's code in ``faulthandler``'s dump of the stopped copy,
-    from a thread that was running the user's code if one was (a task in its loop), else from one waiting in it
-    (the test at its ``wait``)."""
+    """``file:line`` of the user's code in ``faulthandler``'s dump of the stopped copy (``locate.users_line``): from
+    a thread that was running it if one was (a task in its loop), else from one waiting in it (the test at its
+    ``wait``)."""
     import re
 
-    from .locate import _is_user_file
+    from .locate import users_line
 
     frame = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
-    running, waiting = [], []
-    for thread in re.split(r"\n(?=(?:Current thread|Thread) 0x)", stacks):
-        frames = [f"{m['file']}:{m['line']}" for m in frame.finditer(thread)]
-        users = [f for f in frames if _is_user_file(f) and "/_pytest/" not in f and "/pluggy/" not in f]
-        if users:
-            (running if users[0] == frames[0] else waiting).append(users[0])
-    return (running + waiting + [""])[0]
+    return users_line([(m["file"], int(m["line"])) for m in frame.finditer(thread)]
+                      for thread in re.split(r"\n(?=(?:Current thread|Thread) 0x)", stacks))
 
 
 def _result(name: str, started: float, **fields: Any) -> CheckResult:

@@ -119,9 +119,10 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) 
     mark = get_mark(obj)
     if mark is None or not isinstance(collector, pytest.Module) or mark.module != collector.obj.__name__:
         return None
-    if next(other for other, value in vars(collector.obj).items() if value is obj) != name:
-        return []  # one object under two names (``checked = fork_safe(scripted)``): one item, by its first name
-    from .items import TargetItem
+    from .items import TargetItem, first_name
+
+    if first_name(collector.obj, obj) != name:
+        return []  # the object's item is made under its first name
 
     _prewarm(collector.config)
     return TargetItem.from_object(collector, name, obj)

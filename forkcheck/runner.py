@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import inspect
 import os
 import queue
 import re
@@ -38,7 +37,7 @@ from .settings import Settings, default_seed, replayed
 from .state import module_state
 from .stats import FoundBy, Replays
 from .strategies import InferenceError, for_callable
-from .strategies.inference import inferred_parameters, suggested_strategies
+from .strategies.inference import inferred_parameters, suggested_strategies, unannotated_parameters
 from .strategies.inputs import Inputs, StrategyError
 from .target import Target, TargetError
 from ._words import plural
@@ -631,7 +630,7 @@ class Checker:
         refused = _DRIVER_REFUSED.search(str(err)) if self.engine.name == "script" else None
         if refused is not None:
             expected, name, found = refused.group("expected", "name", "found")
-            unannotated = name in _unannotated(self.base)
+            unannotated = name in unannotated_parameters(self.base)
             raise StrategyError(
                 f"{self.target.name}: parameter {name!r}: its strategy drew values of type {found} where TorchScript "
                 f"takes {expected}" + (" (the parameter has no annotation, so TorchScript types it Tensor)"
@@ -657,16 +656,6 @@ class Checker:
 _NO_OUTPUT = object()
 _DRIVER_REFUSED = re.compile(r"driver\(\) Expected a value of type '(?P<expected>[^']+)' for argument '(?P<name>\w+)' "
                              r"but instead found type '(?P<found>[^']+)'")
-
-
-def _unannotated(obj: Any) -> set[str]:
-    """The parameters of a Python function (or a module's forward) that have no annotation."""
-    function = getattr(obj, "forward", obj)
-    try:
-        return {name for name, p in inspect.signature(function).parameters.items()
-                if p.annotation is inspect.Parameter.empty}
-    except (TypeError, ValueError):  # compiled code: every parameter has its TorchScript type
-        return set()
 SERIAL_RUN = "the serial reference run (forks inline)"
 
 

@@ -184,11 +184,6 @@ class _PointsTo:
                 return live if isinstance(live, (bool, str)) else None
         return None
 
-    def _const_int(self, gid, value) -> int | None:
-        node = value.node()
-        constant = value.toIValue() if node.kind() == "prim::Constant" else None
-        return constant if isinstance(constant, int) and not isinstance(constant, bool) else None
-
     # -- the fixpoint ------------------------------------------------------------------------------------------
 
     def seed(self, graph, roots: list[_Obj]) -> None:
@@ -246,7 +241,8 @@ class _PointsTo:
                 for index, value in enumerate(ins):
                     self._store({_item(site, index)}, get(value))
         elif kind in _UNPACK:
-            index = self._const_int(gid, ins[1]) if kind == "prim::TupleIndex" else None
+            index = self._const(gid, ins[1]) if kind == "prim::TupleIndex" else None
+            index = index if type(index) is int else None
             for position, out in enumerate(outs):
                 at = position if kind == "prim::TupleUnpack" else index
                 self._add(gid, out, self._contents(get(ins[0]), at))

@@ -193,6 +193,15 @@ def inferred_parameters(fn: Callable | nn.Module | type[nn.Module],
             if name not in (explicit or {}) and name not in fixed and _from_annotation(hints.get(name), function)]
 
 
+def unannotated_parameters(fn: Callable | nn.Module | type[nn.Module]) -> set[str]:
+    """The parameters with no annotation (TorchScript types them Tensor); none for what has no Python signature."""
+    try:
+        function, parameters = _parameters(fn)
+    except InferenceError:  # compiled code: every parameter has its TorchScript type
+        return set()
+    return set(parameters) - set(_hints(function))
+
+
 def _from_annotation(annotation, function) -> bool:
     if annotation is None:
         return False
