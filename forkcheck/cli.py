@@ -96,7 +96,7 @@ def _check(args: argparse.Namespace) -> int:
     print(f"forkcheck: replaying a failure of {args.path}" if args.replay else
           f"forkcheck: checking {args.path}, seed {settings.seed} (rerun with --seed {settings.seed})", flush=True)
     result = _run(Target.from_object(model, args.path), settings, sizes, args)
-    _blame_inferred_inputs(result, [name for name in inputs if name not in get_mark(model).strategies])
+    _blame_inputs(result, [name for name in inputs if name not in get_mark(model).strategies], args.input)
     command = f"{invocation(module='forkcheck')} check"
     result.stats.replay_with = _replay_with(command, args)
     root = os.getcwd()
@@ -309,22 +309,29 @@ def _run(target: Any, settings: Any, sizes: tuple[int, ...], args: argparse.Name
         return result
 
 
-def _blame_inferred_inputs(result: Any, inferred: list[str]) -> None:
-    """A model that raised on inputs forkcheck inferred, with its forks inline, was given inputs it does not take (the
-    schema says ``Tensor``, not which shape): whatever else was found, not a finding but a usage error that names the
-    inputs to give."""
+def _blame_inputs(result: Any, inferred: list[str], given: list[str]) -> None:
+    """A model that raised with its forks inline (before any concurrency) was given inputs it does not take: the
+    schema says ``Tensor``, not which shape, and an ``--input`` may name the wrong one. Whatever else was found, not
+    a finding but a usage error that names the inputs to give (``inferred``: the names forkcheck inferred;
+    ``given``: the ``--input`` specs)."""
     from .stats import FoundBy
 
     serial = FoundBy.SERIAL_RUN in (result.stats.found_by,
                                     *(size.found_by for size in result.stats.pool_sizes.values()))
     error = next((f for f in result.findings if f.kind == "exception"), None) if result.verdict == "fail" else None
-    if not (inferred and serial and error):  # whatever else was found: the inputs were wrong, so it tells nothing
+    if not ((inferred or given) and serial and error):  # else: the inputs were wrong, so it tells nothing
         return
-    flags = " ".join(f"--input {name}={SUGGESTED['Tensor']}" for name in inferred)
-    shown = "; ".join(f"{name} = {text}" for name, text in result.failing_input.items() if name in inferred)
+    shown = "; ".join(f"{name} = {text}" for name, text in result.failing_input.items())
     trace = [line for line in error.detail.get("traceback", "").splitlines() if line.strip()]
     raised = trace[-1] if trace else error.message  # TorchScript's own message comes last, after its stack
     result.verdict, result.findings = "error", []
-    result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline, on inputs inferred from its "
-                    f"schema ({shown}): give the inputs forward takes, e.g. {flags} (the dtype and shape it "
-                    "expects)")
+    if inferred:
+        flags = " ".join(f"--input {name}={SUGGESTED['Tensor']}" for name in inferred)
+        result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline, on inputs inferred from its "
+                        f"schema ({shown}): give the inputs forward takes, e.g. {flags} (the dtype and shape it "
+                        "expects)")
+    else:
+        flags = " ".join(f"--input {spec}" for spec in given)
+        result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline, before any concurrent run, "
+                        f"on inputs drawn from {flags} ({shown}): give each --input the dtype, shape and values "
+                        "forward takes (a model that raises with no concurrency has no schedule to check)")

@@ -281,6 +281,18 @@ def test_a_model_that_raises_on_inferred_inputs_asks_for_them(models: dict[str, 
     assert given.returncode == 0, given.stdout + given.stderr
 
 
+@pytest.mark.slow
+def test_an_input_of_the_wrong_shape_is_a_usage_error_naming_it(models: dict[str, Path], tmp_path: Path) -> None:
+    """An ``--input`` the model does not take raises with its forks inline: the spec is wrong, not the forks."""
+    run = forkcheck("check", models["classifier"], "--input", "x=float32[3,5]", *QUICK, "--pool-sizes", "2",
+                    cwd=tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "cannot be multiplied (3x5" in run.stdout and "inputs drawn from --input x=float32[3,5]" in run.stdout
+    assert "[exception]" not in run.stdout and "replay:" not in run.stdout
+    row = _row(tmp_path / "reports")
+    assert row["verdict"] == "error" and row["error"].startswith("setup error") and not row["findings"]
+
+
 SAVE_BAD = """\
 from typing import List
 
