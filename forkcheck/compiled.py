@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import types
 from typing import Any, Callable, Iterator
 
@@ -93,6 +94,31 @@ def graph_nodes(block: Any, subgraphs: bool = True) -> Iterator[Any]:
             yield from graph_nodes(inner, subgraphs)
         if subgraphs and node.kind() == "prim::fork":
             yield from graph_nodes(node.g("Subgraph").block())
+
+
+def constant_name(value) -> str:
+    """How a report names a tensor constant of a compiled graph: ``torch.jit.freeze`` folds a module's buffers and
+    parameters into the graph as constants, which keep the attribute's name (``self.total``), and every call of the
+    graph shares them."""
+    name = re.sub(r"\.\d+$", "", value.debugName())
+    if name.isdigit():  # no name kept
+        return "a tensor constant of the compiled graph"
+    return f"{name} (a tensor constant of the compiled graph: torch.jit.freeze folds buffers and parameters into it)"
+
+
+def constant_names(graph: Any) -> dict[int, str]:
+    """Storage key -> name of each tensor constant of ``graph`` (fork subgraphs included), for the race log."""
+    from .observe import storage_key
+
+    names: dict[int, str] = {}
+    for node in graph_nodes(graph.block()):
+        out = node.outputsAt(0) if node.kind() == "prim::Constant" and node.outputsSize() == 1 else None
+        if out is not None and isinstance(out.type(), torch._C.TensorType):
+            value = out.toIValue()
+            key = storage_key(value) if isinstance(value, torch.Tensor) else None
+            if key is not None:
+                names.setdefault(key, constant_name(out))
+    return names
 
 
 def python_callees(scripted: Any) -> list[Callable[..., Any]]:

@@ -80,6 +80,24 @@ class Counting(nn.Module):
         f = torch.jit.fork(self.counter, x)
         return torch.jit.wait(f)
 
+class Accumulating(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("total", torch.zeros(2, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.total.add_(x)  # <total>
+        return self.total * 1
+
+class ForksAccumulating(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.acc = Accumulating()
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = torch.jit.fork(self.acc, x)
+        return torch.jit.wait(f)
+
 class WritesInput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         f = torch.jit.fork(_bump, x)
@@ -90,6 +108,7 @@ module_safe = fork_safe(torch.jit.script(Heads()), x=ROWS)
 module_counts = fork_safe(torch.jit.script(Counting()))
 frozen_safe = fork_safe(torch.jit.freeze(torch.jit.script(Heads()).eval()), x=ROWS)
 frozen_writes_input = fork_safe(torch.jit.freeze(torch.jit.script(WritesInput()).eval()))
+frozen_writes_buffer = fork_safe(torch.jit.freeze(torch.jit.script(ForksAccumulating()).eval()), x=ROWS)
 
 torch.jit.save(torch.jit.script(Heads()), os.path.join(HERE, "heads.pt"))
 torch.jit.save(torch.jit.script(Counting()), os.path.join(HERE, "counting.pt"))
@@ -149,6 +168,7 @@ UNSAFE = {
     "function_races": ("race", "acc"),
     "module_counts": ("attribute-mutation", "count"),
     "frozen_writes_input": ("input-mutation", "bump"),
+    "frozen_writes_buffer": ("race", "total"),  # a buffer folded into the graph, written all the same
     "loaded_counts": ("attribute-mutation", "count"),
     "LegacyRaces": ("race", "acc"),
     "traced_writes_input": ("input-mutation", None),  # a traced fork's ops keep no line of the user's: the graph
@@ -186,6 +206,10 @@ def test_every_compiled_form_is_checked_on_the_real_runtime(checked) -> None:
         where = f"test_compiled_forms.py:{_line(path, mark)}" if mark else "_WritesInputEagerly.forward"
         assert finding["location"].endswith(where), (name, finding)
         assert finding["replay"].startswith("fc1."), name
+    folded = rows["test_compiled_forms.py::frozen_writes_buffer"]["findings"]  # named as the buffer it was
+    assert {f["kind"] for f in folded} >= {"attribute-mutation", "race"}, folded  # the first by the static pre-check
+    assert all(f["message"].startswith(("self.total (a tensor constant", "race on self.total (a tensor constant"))
+               for f in folded if f["kind"] in ("attribute-mutation", "race")), folded
 
 
 @pytest.mark.slow

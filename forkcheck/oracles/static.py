@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from forkcheck._warnings import quiet_jit
+from forkcheck.compiled import constant_name
 from forkcheck.findings import Finding
 
 # Ops without a schema that hand back their input unchanged, or an element of a container / future.
@@ -41,7 +42,8 @@ _SOURCE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 
 class _Obj(NamedTuple):
-    """An abstract object: ``input`` (a parameter), ``attr`` (a module attribute path) or ``local``."""
+    """An abstract object: ``input`` (a parameter), ``attr`` (a module attribute path), ``const`` (a tensor constant
+    of the graph: a frozen module's folded buffer or parameter) or ``local``."""
 
     kind: str
     name: str
@@ -246,6 +248,8 @@ class _PointsTo:
             for position, out in enumerate(outs):
                 at = position if kind == "prim::TupleUnpack" else index
                 self._add(gid, out, self._contents(get(ins[0]), at))
+        elif kind == "prim::Constant" and isinstance(outs[0].type(), torch._C.TensorType):
+            self._add(gid, outs[0], {_Obj("const", constant_name(outs[0]))})  # one tensor every call shares
         elif kind in _PASS_THROUGH:
             for value, out in zip(ins, outs):
                 self._add(gid, out, get(value))
@@ -299,7 +303,8 @@ class _PointsTo:
         found: dict[tuple[str, str, str, str], Finding] = {}
         for step in self.steps:
             for value, op, obj, name in self._writes(step):
-                kind = "attribute-mutation" if obj.kind == "attr" else "input-mutation"
+                kind = "input-mutation" if obj.kind == "input" else "attribute-mutation" if (
+                    obj.kind == "attr" or obj.name.startswith("self.")) else "global-mutation"
                 loc = _location(step.node)  # inlined torch code (a Module's forward) reads as its user's fork
                 loc = _user_site(loc) or self.sites.get(step.gid) or loc
                 key = (kind, name, op, loc)
