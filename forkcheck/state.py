@@ -302,6 +302,44 @@ class ObjectSnapshot:
         return self.obj
 
 
+@dataclass
+class FunctionSnapshot:
+    """A user's function: its attributes (``helper.calls += 1``) and its mutable default values (``def f(x,
+    seen=[])``: one list that every call shares)."""
+
+    obj: Any
+    attributes: ObjectSnapshot
+    defaults: dict[str, Any]  # parameter -> snapshot of its default value
+
+    @classmethod
+    def take(cls, function: types.FunctionType, depth: int, copied: bool = False) -> "FunctionSnapshot":
+        return cls(function, ObjectSnapshot(function, snapshot(vars(function), depth, copied), copied),
+                   {name: snapshot(value, depth - 1) for name, value in _mutable_defaults(function).items()})
+
+    def changes(self, now: Any) -> list[str]:
+        found = self.attributes.changes(now)
+        if now is self.obj:
+            defaults = _mutable_defaults(now)
+            found += [f"the default value of {name} (one object every call shares): {change}"
+                      for name, snap in self.defaults.items()
+                      for change in snap.changes(defaults.get(name))]
+        return found
+
+    def restore(self) -> Any:
+        for snap in self.defaults.values():
+            snap.restore()
+        return self.attributes.restore()
+
+
+def _mutable_defaults(function: types.FunctionType) -> dict[str, Any]:
+    """The default values of ``function``'s parameters that are not plain values, by parameter name."""
+    code = function.__code__
+    positional = code.co_varnames[:code.co_argcount]  # positional-only ones included
+    values = dict(zip(positional[len(positional) - len(function.__defaults__ or ()):], function.__defaults__ or ()))
+    values.update(function.__kwdefaults__ or {})
+    return {name: value for name, value in values.items() if not isinstance(value, _PLAIN)}
+
+
 def _class_state(cls: type) -> dict[str, Any]:
     return {name: value for name, value in vars(cls).items() if not _dunder(name)}
 
@@ -432,7 +470,7 @@ def snapshot(value: Any, depth: int = 4, copied: bool = False) -> Any:
     if user_class(value):
         return ClassSnapshot.take(value, depth - 1)
     if isinstance(value, types.FunctionType) and is_user_module(value.__module__ or ""):
-        return ObjectSnapshot(value, snapshot(vars(value), depth, copied), copied)  # ``helper.calls += 1``
+        return FunctionSnapshot.take(value, depth, copied)
     if _user_object(value):
         return ObjectSnapshot(value, snapshot(vars(value), depth, copied), copied)
     return ValueSnapshot(value, plain=False)

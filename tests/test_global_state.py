@@ -88,6 +88,14 @@ def _counted(x: Tensor) -> Tensor:
 def counts_on_a_function(x: Tensor) -> Tensor:
     return _counted(x)
 
+def _remembers(x: Tensor, seen=[]) -> Tensor:  # one list every call shares
+    seen.append(1)
+    return x * len(seen)
+
+@fork_safe
+def remembers_in_a_default(x: Tensor) -> Tensor:
+    return _remembers(x)
+
 @fork_safe
 def lowers_the_matmul_precision(x: Tensor) -> Tensor:
     torch.set_float32_matmul_precision("medium")
@@ -111,6 +119,9 @@ def _shifted(x: Tensor) -> Tensor:  # a function with an attribute nothing chang
 
 _shifted.unit = "bias"
 
+def _scaled(x: Tensor, factors=[1.0]) -> Tensor:  # a default value only read
+    return x * factors[0]
+
 def _unused(x: Tensor) -> Tensor:
     return x + OFFSETS["bias"]
 
@@ -118,7 +129,7 @@ def _unused(x: Tensor) -> Tensor:
 def reads_globals_and_calls_helpers(x: Tensor) -> Tensor:
     with LOCK:
         LOG.debug("scaling")
-    return _shifted(x) * Config.factor * helper.scale_of()
+    return _scaled(_shifted(x)) * Config.factor * helper.scale_of()
 
 def test_no_state_leaked_to_later_threads():
     seen = []
@@ -143,6 +154,8 @@ EXPECTED = {  # what changed, how, and the line that changed it (its file, its t
                          "torch.backends.mkldnn.enabled = False"),
     "counts_on_a_function": ("global 'test_changes._counted'", ".calls was added",
                              '_counted.calls = getattr(_counted, "calls", 0) + 1'),
+    "remembers_in_a_default": ("global 'test_changes._remembers'", "the default value of seen (one object every "
+                               "call shares): length changed from 0 to 1", "seen.append(1)"),
     "lowers_the_matmul_precision": ("torch float32 matmul precision", "changed from highest to medium",
                                     'torch.set_float32_matmul_precision("medium")'),
 }
