@@ -10,12 +10,13 @@ Watched objects are kept alive until the log closes, so no other object takes th
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from typing import Any, Callable, Mapping, Optional
 
 import torch
+
+from .locate import is_users_frame
 
 WRITES = {
     list: frozenset({"append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "__setitem__",
@@ -27,15 +28,6 @@ READS = {
     dict: frozenset({"get", "keys", "values", "items", "copy", "__getitem__", "__len__", "__contains__", "__iter__"}),
 }
 _KIND = {list: "list", dict: "dict"}
-_NOT_USER = tuple(os.path.dirname(path) + os.sep for path in (torch.__file__, __file__))
-_STDLIB = os.path.dirname(threading.__file__) + os.sep
-
-
-def _is_user(filename: str) -> bool:
-    return not (filename.startswith(_NOT_USER) or filename.startswith("<")
-                or (filename.startswith(_STDLIB) and "-packages" not in filename))
-
-
 def container_names(args: Optional[Mapping[str, Any]] = None, module: Any = None) -> dict[int, str]:
     """Address of each list or dict argument or plain module attribute -> its name in reports."""
     names = {id(value): name for name, value in (args or {}).items() if isinstance(value, (list, dict))}
@@ -82,7 +74,7 @@ class ContainerWatch:
             kind = list if isinstance(owner, list) else dict
         name = arg.__name__
         write = name in WRITES[kind]
-        if not (write or name in READS[kind]) or not _is_user(frame.f_code.co_filename):
+        if not (write or name in READS[kind]) or not is_users_frame(frame.f_code.co_filename):
             return
         task = self.task_of()
         if task is None:

@@ -47,10 +47,19 @@ _STDLIB = os.path.dirname(os.__file__) + os.sep
 _RUNNERS = tuple(os.sep + name + os.sep for name in ("_pytest", "pluggy", "execnet", "xdist"))
 
 
-def _is_users_frame(filename: str) -> bool:
+def is_users_frame(filename: str) -> bool:
     """A frame of the user's code: not torch's, forkcheck's, the standard library's or the test runner's."""
     return (_is_user_file(filename) and not (filename.startswith(_STDLIB) and "-packages" not in filename)
             and not any(runner in filename for runner in _RUNNERS))
+
+
+def frame_line(frame: Optional[Any]) -> str:
+    """``file:line`` of the innermost of ``frame`` and its callers that is the user's (``is_users_frame``)."""
+    while frame is not None:
+        if is_users_frame(frame.f_code.co_filename):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return ""
 
 
 def users_line(stacks: Iterable[Sequence[tuple[str, int]]]) -> str:
@@ -59,7 +68,7 @@ def users_line(stacks: Iterable[Sequence[tuple[str, int]]]) -> str:
     running, waiting = [], []
     for stack in stacks:
         for depth, (name, line) in enumerate(stack):
-            if _is_users_frame(name):
+            if is_users_frame(name):
                 (waiting if depth else running).append(f"{name}:{line}")
                 break
     return (running + waiting + [""])[0]

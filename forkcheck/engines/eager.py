@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import atexit
 import bisect
-import os
 import queue
 import random
 import sys
@@ -44,6 +43,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union
 import torch
 
 from .._dispatch import DispatchMode
+from ..locate import frame_line
 from ..schedules import Chooser, Choices, RandomChoices, Replay
 from . import Deadlock, Observe, Run, ScheduleError, ScheduleTimeout
 from ..task_names import FANOUT, OVERFLOW_BASE
@@ -196,21 +196,6 @@ def _as_chooser(choose: Any) -> Chooser:
     raise TypeError(f"ControlledScheduler takes a random.Random, a chooser or a choose(n) callable, not {choose!r}")
 
 
-_NOT_USER = tuple(os.path.dirname(path) + os.sep for path in (torch.__file__, os.path.dirname(__file__)))
-_STDLIB = os.path.dirname(threading.__file__) + os.sep
-
-
-def _user_line(frame: Any) -> str:
-    """``file:line`` of the innermost frame in the user's code (not torch, forkcheck or the standard library)."""
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if not (name.startswith(_NOT_USER) or name.startswith("<")
-                or (name.startswith(_STDLIB) and "-packages" not in name)):
-            return f"{name}:{frame.f_lineno}"
-        frame = frame.f_back
-    return ""
-
-
 class ControlledScheduler:
     """One controlled schedule. ``with ControlledScheduler(choose, timeout=60) as s:`` installs it on this thread.
 
@@ -359,7 +344,7 @@ class ControlledScheduler:
         self._unfinished += 1
         self.events.append((self.switch_points, "fork", parent.id, child.id))
         if self.observer is not None:
-            self.observer.fork(parent.tree_id, child.tree_id, _user_line(sys._getframe(1)))
+            self.observer.fork(parent.tree_id, child.tree_id, frame_line(sys._getframe(1)))
         self._switch(parent, True)
         return child.future
 
@@ -377,11 +362,11 @@ class ControlledScheduler:
                 raise RuntimeError(f"{target!r} is unfinished and cannot be waited for outside its schedule")
             self._check_live(waiter)
             self.events.append((self.switch_points, "wait", waiter.id, target.id))
-            where = _user_line(sys._getframe(1))
+            where = frame_line(sys._getframe(1))
             self._block_on(waiter, target, where)
             self._switch(waiter, False)
         if self.observer is not None and waiter is not None:
-            self.observer.join(waiter.tree_id, target.tree_id, where or _user_line(sys._getframe(1)))
+            self.observer.join(waiter.tree_id, target.tree_id, where or frame_line(sys._getframe(1)))
         if target.error is not None:
             raise target.error
         return target.result
@@ -586,7 +571,7 @@ class ControlledScheduler:
         where = line = ""
         if running is not None and running.ident is not None:
             frame = sys._getframe() if at_switch_point else sys._current_frames().get(running.ident)
-            line = _user_line(frame)
+            line = frame_line(frame)
             where = f"; {running!r} was running" + (f" at {line}" if line else "")
             where += " (still reaching switch points: a loop that never ends?)" if at_switch_point else \
                 " and reached no switch point since (a loop without tensor ops, or a blocking call?)"
@@ -607,7 +592,7 @@ class ControlledScheduler:
 
 def _op_location() -> str:
     """Where the op being recorded is written: the innermost frame of the user's code."""
-    return _user_line(sys._getframe(1))
+    return frame_line(sys._getframe(1))
 
 
 def race_log(names: Optional[dict[int, str]] = None, containers: Optional[dict[int, str]] = None) -> Any:
