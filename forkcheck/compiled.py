@@ -96,6 +96,40 @@ def graph_nodes(block: Any, subgraphs: bool = True) -> Iterator[Any]:
             yield from graph_nodes(node.g("Subgraph").block())
 
 
+def _check_attribute_writes(scripted: Any, graph: Any) -> None:
+    """Every ``prim::SetAttr`` of the module's graph sets an attribute the module has. ``torch.jit.freeze`` folds a
+    buffer written in place by ``self.count += 1`` into a constant and drops the attribute, but keeps the write:
+    calling the module raises, and running the graph as the serial reference crashed the process."""
+    from .target import TargetError
+
+    for node in graph_nodes(graph.block(), subgraphs=False):
+        if node.kind() != "prim::SetAttr":
+            continue
+        path, value = [], node.inputsAt(0)
+        while value.node().kind() == "prim::GetAttr":
+            path.insert(0, value.node().s("name"))
+            value = value.node().inputsAt(0)
+        if value.node().kind() != "prim::Param" or value.offset() != 0:
+            continue  # not an attribute path from ``self``
+        owner = scripted._c
+        for name in path:
+            owner = owner.getattr(name) if _has_attribute(owner, name) else None
+        if owner is not None and callable(getattr(owner, "hasattr", None)) and not owner.hasattr(node.s("name")):
+            attribute = ".".join(["self", *path, node.s("name")])
+            where, before = "", node
+            while not where and before.kind() != "prim::Param":  # a SetAttr keeps no line: the op before it does
+                where, before = location_of(before), before.prev()
+            raise TargetError(
+                f"the module's code assigns {attribute} (at {where or 'its forward'}), an attribute the "
+                "module no longer has: torch.jit.freeze folded it into a constant, so calling the module raises. "
+                f"Keep it, torch.jit.freeze(module, preserved_attrs=[{'.'.join([*path, node.s('name')])!r}]), to "
+                "check the module as it runs unfrozen")
+
+
+def _has_attribute(owner: Any, name: str) -> bool:
+    return owner is not None and callable(getattr(owner, "hasattr", None)) and owner.hasattr(name)
+
+
 def constant_name(value) -> str:
     """How a report names a tensor constant of a compiled graph: ``torch.jit.freeze`` folds a module's buffers and
     parameters into the graph as constants, which keep the attribute's name (``self.total``), and every call of the
@@ -178,6 +212,8 @@ def serial_program(scripted: Any) -> Callable[..., Any]:
             break
         _run_in_place(graph, fork)
     graph.lint()
+    if isinstance(scripted, torch.jit.ScriptModule):
+        _check_attribute_writes(scripted, graph)
     function = torch._C._create_function_from_graph(f"__forkcheck__.serial.{display_name(scripted)}", graph)
     if isinstance(scripted, torch.jit.ScriptModule):
         return lambda module, *args: function(module._c, *args)

@@ -423,6 +423,43 @@ def test_a_scripted_submodule_s_attributes_are_still_watched() -> None:
     assert set(snapshot.changed()) == {"counting.counter.calls", "counting.counter.seen"}
 
 
+class _CountsCalls(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("count", torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.count += 1  # an assignment: freezing folds the buffer and keeps the write
+        return x * self.count
+
+
+class _ForksCounting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.counter = _CountsCalls()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.jit.wait(torch.jit.fork(self.counter, x))
+
+
+def test_a_frozen_module_that_assigns_a_folded_buffer_is_a_setup_error_naming_the_fix() -> None:
+    """torch.jit.freeze leaves a module whose calls raise: running its graph as the serial reference crashed the
+    checking process. With the attribute kept, the write is found."""
+    import forkcheck
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        broken = torch.jit.freeze(torch.jit.script(_ForksCounting().eval()))
+        kept = torch.jit.freeze(torch.jit.script(_ForksCounting().eval()), preserved_attrs=["counter.count"])
+    with pytest.raises(RuntimeError, match="does not have an attribute with name 'count'"):
+        broken(torch.ones(3))  # torch's own doing
+    result = forkcheck.check(forkcheck.fork_safe(broken, x=fst.tensors(shape=(3,))), seed=1, examples=2)
+    assert result.verdict == "error" and result.error.startswith("setup error"), result.error
+    assert "self.counter.count" in result.error and "preserved_attrs=['counter.count']" in result.error
+    result = forkcheck.check(forkcheck.fork_safe(kept, x=fst.tensors(shape=(3,))), seed=1, examples=2)
+    assert result.verdict == "fail" and "attribute-mutation" in [f.kind for f in result.findings], result.error
+
+
 # -- marking errors ------------------------------------------------------------------------------------------------
 
 
