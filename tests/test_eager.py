@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -277,6 +278,69 @@ def test_wait_cycle_is_a_deadlock_also_when_nobody_waits():
                 futures["first"] = fork(first)
                 futures["second"] = fork(second)
     assert not [t for t in threading.enumerate() if t.name.startswith("forkcheck-task")]
+
+
+LOCK = threading.Lock()
+
+
+class _Guarded:
+    def __init__(self):
+        self._lock = threading.RLock()
+        self.total = torch.zeros(1)
+
+    def add(self, x: torch.Tensor) -> None:
+        with self._lock:  # a read-modify-write no other task may split
+            self.total.copy_(self.total + x)
+
+
+def _locked_double(x: torch.Tensor) -> torch.Tensor:
+    with LOCK:
+        y = x * 2  # tensor ops with the lock held: switch points where no other task may run
+        y = y + 1
+    return y - 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_task_holding_a_lock_across_tensor_ops_is_not_switched(seed: int):
+    """A task given the baton that then waited for the lock would block where no switch point is: a false hang."""
+    x = torch.ones(3)
+    with ControlledScheduler(random.Random(seed), timeout=5) as scheduler:
+        outputs = [wait(f) for f in [fork(_locked_double, x) for _ in range(3)]]
+    assert all(torch.equal(out, x * 2) for out in outputs)
+    guarded = _Guarded()
+    with ControlledScheduler(random.Random(seed), timeout=5):
+        for future in [fork(guarded.add, torch.ones(1)) for _ in range(3)]:
+            wait(future)
+    assert guarded.total.item() == 3  # the lock kept every update: none lost
+    assert scheduler.switch_points > 0
+
+
+def test_the_same_read_modify_write_without_its_lock_loses_updates_under_some_schedule():
+    class Unguarded(_Guarded):
+        def add(self, x: torch.Tensor) -> None:
+            self.total.copy_(self.total + x)
+
+    totals = set()
+    for seed in range(20):
+        unguarded = Unguarded()
+        with ControlledScheduler(random.Random(seed), timeout=5):
+            for future in [fork(unguarded.add, torch.ones(1)) for _ in range(3)]:
+                wait(future)
+        totals.add(unguarded.total.item())
+    assert 3 in totals and min(totals) < 3, totals
+
+
+def test_holds_a_lock_reads_the_with_blocks_of_the_stack():
+    from forkcheck.locks import holds_a_lock
+
+    def inner() -> bool:
+        return holds_a_lock(sys._getframe())
+
+    with LOCK:
+        assert holds_a_lock(sys._getframe()) and inner()  # a callee of the block holds it too
+    with torch.no_grad():  # a context manager that is no lock
+        assert not holds_a_lock(sys._getframe())
+    assert not holds_a_lock(sys._getframe()) and not inner()
 
 
 def test_task_without_switch_points_times_out():

@@ -129,6 +129,7 @@ def _unused(x: Tensor) -> Tensor:
 def reads_globals_and_calls_helpers(x: Tensor) -> Tensor:
     with LOCK:
         LOG.debug("scaling")
+        x = x * 1  # a tensor op with the lock held: forkcheck's scheduler does not switch tasks there
     return _scaled(_shifted(x)) * Config.factor * helper.scale_of()
 
 def test_no_state_leaked_to_later_threads():

@@ -10,6 +10,9 @@ forked task runs on its own thread, but only the task holding the baton runs. Sw
   tensor arguments are not switch points: they read no shared data),
 - the end of a task.
 
+A task inside ``with lock:`` (``forkcheck.locks``) is not switched at its ops: a task given the baton that then
+waited for the lock would block where no switch point is, and the run would hang although the program cannot.
+
 At each point a chooser (``forkcheck.schedules.Chooser``) picks the next task among the runnable ones, the current
 task first (index 0: no preemption). Every real choice is recorded in ``decisions``; ``Replay(decisions)`` reruns the
 same interleaving. Choices are made on the thread that entered the scheduler (the controller) unless the chooser says
@@ -44,6 +47,7 @@ import torch
 
 from .._dispatch import DispatchMode
 from ..locate import frame_line
+from ..locks import holds_a_lock
 from ..schedules import Chooser, Choices, RandomChoices, Replay
 from . import Deadlock, Observe, Run, ScheduleError, ScheduleTimeout
 from ..task_names import FANOUT, OVERFLOW_BASE
@@ -377,6 +381,8 @@ class ControlledScheduler:
         if task.ident != threading.get_ident():  # an op of a real-runtime fork (a scripted call's pool thread)
             _pool_threads_saw_the_mode()
             return
+        if holds_a_lock(sys._getframe(2)) and not self._aborted:
+            return  # a task switched to that waits for the lock could not give the baton back
         if self._aborted:
             if task is self._root:
                 return  # the schedule was stopped; the root's own ops run uncontrolled
