@@ -155,6 +155,22 @@ def constant_names(graph: Any) -> dict[int, str]:
     return names
 
 
+def written_constants(graph: Any, names: set[str]) -> list[torch.Tensor]:
+    """The tensor constants of ``graph`` (fork subgraphs included) named by ``names`` (``constant_name``: those the
+    static pre-check found written), each once."""
+    from .observe import storage_key
+
+    found: dict[int, torch.Tensor] = {}
+    for node in graph_nodes(graph.block()):
+        out = node.outputsAt(0) if node.kind() == "prim::Constant" and node.outputsSize() == 1 else None
+        if out is not None and isinstance(out.type(), torch._C.TensorType) and constant_name(out) in names:
+            value = out.toIValue()
+            key = storage_key(value) if isinstance(value, torch.Tensor) else None
+            if key is not None:
+                found.setdefault(key, value)
+    return list(found.values())
+
+
 def python_callees(scripted: Any) -> list[Callable[..., Any]]:
     """The Python functions a compiled program calls back into (``torch.jit.ignore``d ones: ``prim::PythonOp``),
     forked bodies and called functions included, for the global-state watch: their code, not the graph, says which

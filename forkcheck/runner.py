@@ -23,7 +23,7 @@ import torch
 from . import _exit, _warnings
 from .coverage import Coverage
 from .engines import Engine, Observe, Run, ScheduleError, TaskError, choose_engine
-from .compiled import python_callees, serial_program
+from .compiled import python_callees, serial_program, written_constants
 from .findings import SERIAL, CheckResult, Finding, defect_key, describe_error, exception_finding, hang_finding, sort_findings
 from .locate import WriteLocator, changing_lines, error_location, stuck_line
 from .marker import MarkError
@@ -277,6 +277,7 @@ class Checker:
         self.location = target.source_location(self.base)
         self.return_location = target.return_location()  # where a differing output is returned
         self.static = self._static_findings()
+        self.constants = self._written_constants()  # put back after every run by the global watches
         self.examples = 0
         self.schedules = 0
         self.failures: list[tuple[dict[str, str], list[Finding]]] = []
@@ -308,6 +309,14 @@ class Checker:
         return [value for cls in classes for klass in cls.__mro__
                 if not klass.__module__.startswith("torch")
                 for value in vars(klass).values() if callable(value)]
+
+    def _written_constants(self) -> list[torch.Tensor]:
+        """The compiled graph's tensor constants the static pre-check found written (a frozen module's folded
+        buffers): shared by every copy of the target, the user's object included."""
+        names = {f.detail["name"] for f in self.static if f.detail.get("source") == "static"}
+        if not names or self.engine.name != "script":
+            return []
+        return written_constants(self.engine.program.graph, names)
 
     def _static_findings(self) -> list[Finding]:
         if self.engine.name != "script":
@@ -442,7 +451,7 @@ class Checker:
         back what the snapshots hold, so they hold for the next run (reading torch's, Python's and numpy's RNG states
         and 20 flags cost more than a small run)."""
         if python not in self._watching_globals:
-            self._watching_globals[python] = GlobalWatch(self.globals, python)
+            self._watching_globals[python] = GlobalWatch(self.globals, python, self.constants)
         return self._watching_globals[python]
 
     def _call(self, fn: Callable[[], Any], phase: str) -> Any:
@@ -536,7 +545,7 @@ class Checker:
         args = copy.deepcopy([inputs[name] for name in self.param_names])
         module, module_watch = self._serial_module()  # put back by its watch after the serial run
         callee = self._serial_callee(module)
-        global_watch = GlobalWatch(self.globals)
+        global_watch = GlobalWatch(self.globals, constants=self.constants)
         watches: dict[str, Any] = {"input-mutation": InputWatch(dict(zip(self.param_names, args))),
                                    "global-mutation": global_watch}
         if module is not None:

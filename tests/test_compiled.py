@@ -442,6 +442,35 @@ class _ForksCounting(nn.Module):
         return torch.jit.wait(torch.jit.fork(self.counter, x))
 
 
+def test_a_frozen_module_s_folded_buffer_is_put_back_after_every_run() -> None:
+    """Every copy of a frozen graph shares its constants, the user's object too: the check leaves it as it was."""
+    import forkcheck
+
+    class Accumulates(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("total", torch.zeros(3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.total.add_(x) * 1
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        frozen = torch.jit.freeze(torch.jit.script(_Forks(Accumulates()).eval()))
+    result = forkcheck.check(forkcheck.fork_safe(frozen, x=fst.tensors(shape=(3,))), seed=2, examples=5)
+    assert result.verdict == "fail" and "attribute-mutation" in [f.kind for f in result.findings], result.error
+    assert torch.equal(frozen(torch.zeros(3)), torch.zeros(3))  # the buffer holds zeros still
+
+
+class _Forks(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.jit.wait(torch.jit.fork(self.inner, x))
+
+
 def test_a_frozen_module_that_assigns_a_folded_buffer_is_a_setup_error_naming_the_fix() -> None:
     """torch.jit.freeze leaves a module whose calls raise: running its graph as the serial reference crashed the
     checking process. With the attribute kept, the write is found."""

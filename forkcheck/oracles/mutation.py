@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import random
 import types
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy
 import torch
@@ -313,10 +313,13 @@ class GlobalWatch:
     modules' names; and process-wide state: torch's (RNG, settings, ``torch.backends`` flags) and the Python and
     numpy default RNGs."""
 
-    def __init__(self, slots: Mapping[str, tuple[Any, str]], python: bool = True):
+    def __init__(self, slots: Mapping[str, tuple[Any, str]], python: bool = True, constants: Sequence[Any] = ()):
         """``python=False`` for runs that execute no Python code (compiled code without Python calls): they cannot
         reach Python's globals or Python's and numpy's RNGs, so only torch's state is watched (reading numpy's RNG
-        alone cost more than a small scripted run)."""
+        alone cost more than a small scripted run). ``constants``: tensor constants of the compiled graph that its
+        code may write (a frozen module's folded buffer): every call and copy of the graph shares them, so
+        ``restore`` puts them back, by their version counters, and the user's object ends the check as it began."""
+        self.constants = [(t, t._version, t.clone()) for t in constants]
         self.python = python
         self.slots = dict(slots) if python else {}
         self.snapshots = {name: NamesSnapshot.take(ns.namespace, ns.deep) if isinstance(ns, _ModuleNames)
@@ -378,6 +381,11 @@ class GlobalWatch:
     def restore(self) -> None:
         """Put globals (their contents too), classes, modules' names and process-wide state back as they were
         (the process-wide state as ``changed`` read it, when it was called after the run)."""
+        for index, (tensor, version, saved) in enumerate(self.constants):
+            if tensor._version != version:
+                with torch.no_grad():
+                    tensor.copy_(saved)
+                self.constants[index] = (tensor, tensor._version, saved)
         for name, (ns, key) in self.slots.items():
             snap = self.snapshots[name]
             if isinstance(ns, _ModuleNames):

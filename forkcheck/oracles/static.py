@@ -304,7 +304,7 @@ class _PointsTo:
         for step in self.steps:
             for value, op, obj, name in self._writes(step):
                 kind = "input-mutation" if obj.kind == "input" else "attribute-mutation" if (
-                    obj.kind == "attr" or obj.name.startswith("self.")) else "global-mutation"
+                    obj.kind == "attr" or self.module is not None) else "global-mutation"  # a module's constant
                 loc = _location(step.node)  # inlined torch code (a Module's forward) reads as its user's fork
                 loc = _user_site(loc) or self.sites.get(step.gid) or loc
                 key = (kind, name, op, loc)
