@@ -332,6 +332,6 @@ def _blame_inputs(result: Any, inferred: list[str], given: list[str]) -> None:
                         "expects)")
     else:
         flags = " ".join(f"--input {spec}" for spec in given)
-        result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline, before any concurrent run, "
-                        f"on inputs drawn from {flags} ({shown}): give each --input the dtype, shape and values "
-                        "forward takes (a model that raises with no concurrency has no schedule to check)")
+        result.error = (f"{SETUP_ERROR}the model raised {raised} with its forks inline (a serial run: no "
+                        f"concurrency involved), on inputs drawn from {flags} ({shown}): give each --input the dtype, "
+                        "shape and values forward takes")
