@@ -140,34 +140,34 @@ def constant_name(value) -> str:
     return f"{name} (a tensor constant of the compiled graph: torch.jit.freeze folds buffers and parameters into it)"
 
 
-def constant_names(graph: Any) -> dict[int, str]:
-    """Storage key -> name of each tensor constant of ``graph`` (fork subgraphs included), for the race log."""
+def _tensor_constants(graph: Any) -> Iterator[tuple[Any, torch.Tensor, int]]:
+    """Each tensor constant of ``graph`` (fork subgraphs included): its value in the graph, the tensor, its storage."""
     from .observe import storage_key
 
-    names: dict[int, str] = {}
     for node in graph_nodes(graph.block()):
         out = node.outputsAt(0) if node.kind() == "prim::Constant" and node.outputsSize() == 1 else None
         if out is not None and isinstance(out.type(), torch._C.TensorType):
-            value = out.toIValue()
-            key = storage_key(value) if isinstance(value, torch.Tensor) else None
+            tensor = out.toIValue()
+            key = storage_key(tensor) if isinstance(tensor, torch.Tensor) else None
             if key is not None:
-                names.setdefault(key, constant_name(out))
+                yield out, tensor, key
+
+
+def constant_names(graph: Any) -> dict[int, str]:
+    """Storage key -> name of each tensor constant of ``graph`` (fork subgraphs included), for the race log."""
+    names: dict[int, str] = {}
+    for value, _, key in _tensor_constants(graph):
+        names.setdefault(key, constant_name(value))
     return names
 
 
 def written_constants(graph: Any, names: set[str]) -> list[torch.Tensor]:
-    """The tensor constants of ``graph`` (fork subgraphs included) named by ``names`` (``constant_name``: those the
-    static pre-check found written), each once."""
-    from .observe import storage_key
-
+    """The tensor constants of ``graph`` named by ``names`` (``constant_name``: those the static pre-check found
+    written), each once."""
     found: dict[int, torch.Tensor] = {}
-    for node in graph_nodes(graph.block()):
-        out = node.outputsAt(0) if node.kind() == "prim::Constant" and node.outputsSize() == 1 else None
-        if out is not None and isinstance(out.type(), torch._C.TensorType) and constant_name(out) in names:
-            value = out.toIValue()
-            key = storage_key(value) if isinstance(value, torch.Tensor) else None
-            if key is not None:
-                found.setdefault(key, value)
+    for value, tensor, key in _tensor_constants(graph):
+        if constant_name(value) in names:
+            found.setdefault(key, tensor)
     return list(found.values())
 
 
