@@ -113,8 +113,8 @@ def _check_attribute_writes(scripted: Any, graph: Any) -> None:
             continue  # not an attribute path from ``self``
         owner = scripted._c
         for name in path:
-            owner = owner.getattr(name) if _has_attribute(owner, name) else None
-        if owner is not None and callable(getattr(owner, "hasattr", None)) and not owner.hasattr(node.s("name")):
+            owner = owner.getattr(name) if isinstance(owner, torch._C.ScriptObject) and owner.hasattr(name) else None
+        if isinstance(owner, torch._C.ScriptObject) and not owner.hasattr(node.s("name")):
             attribute = ".".join(["self", *path, node.s("name")])
             where, before = "", node
             while not where and before.kind() != "prim::Param":  # a SetAttr keeps no line: the op before it does
@@ -124,10 +124,6 @@ def _check_attribute_writes(scripted: Any, graph: Any) -> None:
                 "module no longer has: torch.jit.freeze folded it into a constant, so calling the module raises. "
                 f"Keep it, torch.jit.freeze(module, preserved_attrs=[{'.'.join([*path, node.s('name')])!r}]), to "
                 "check the module as it runs unfrozen")
-
-
-def _has_attribute(owner: Any, name: str) -> bool:
-    return owner is not None and callable(getattr(owner, "hasattr", None)) and owner.hasattr(name)
 
 
 def constant_name(value) -> str:

@@ -28,7 +28,7 @@ from .findings import SERIAL, CheckResult, Finding, defect_key, describe_error, 
 from .locate import WriteLocator, changing_lines, error_location, stuck_line
 from .marker import MarkError
 from .oracles.determinism import differences
-from .oracles.mutation import GlobalWatch, InputWatch, ModuleWatch, referenced_globals, relocated
+from .oracles.mutation import ConstantsWatch, GlobalWatch, InputWatch, ModuleWatch, referenced_globals, relocated
 from .oracles.races import outputs_affected, race_findings
 from .replay import FRESH, ReplayError, ReplayToken, blob_from_notes
 from .schedules import Recorded, Schedule
@@ -310,13 +310,14 @@ class Checker:
                 if not klass.__module__.startswith("torch")
                 for value in vars(klass).values() if callable(value)]
 
-    def _written_constants(self) -> list[torch.Tensor]:
-        """The compiled graph's tensor constants the static pre-check found written (a frozen module's folded
-        buffers): shared by every copy of the target, the user's object included."""
+    def _written_constants(self) -> Optional[ConstantsWatch]:
+        """The watch of the compiled graph's tensor constants the static pre-check found written (a frozen module's
+        folded buffers): shared by every copy of the target, the user's object included."""
         names = {f.detail["name"] for f in self.static if f.detail.get("source") == "static"}
         if not names or self.engine.name != "script":
-            return []
-        return written_constants(self.engine.program.graph, names)
+            return None
+        written = written_constants(self.engine.program.graph, names)
+        return ConstantsWatch(written) if written else None
 
     def _static_findings(self) -> list[Finding]:
         if self.engine.name != "script":

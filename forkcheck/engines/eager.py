@@ -381,7 +381,7 @@ class ControlledScheduler:
         if task.ident != threading.get_ident():  # an op of a real-runtime fork (a scripted call's pool thread)
             _pool_threads_saw_the_mode()
             return
-        if holds_a_lock(sys._getframe(2)) and not self._aborted:
+        if not self._aborted and holds_a_lock(sys._getframe(2)):
             return  # a task switched to that waits for the lock could not give the baton back
         if self._aborted:
             if task is self._root:

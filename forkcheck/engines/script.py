@@ -108,7 +108,7 @@ class ScriptEngine:
             raise NotScriptable(f"the fork driver for this target does not script: {err}") from err
         self.program = instrument(self.driver)  # scheduling points before every op of every task
         self.runs_python = _runs_python(self.program.graph)
-        self.constants = constant_names(self.program.graph)  # a frozen module's folded buffers, by storage
+        self.named_constants = constant_names(self.program.graph)  # a frozen module's folded buffers
         if is_module:  # the driver holds the target as ``self.target``: its attributes go by the target's own names
             self.program.sites = {site: dataclasses.replace(info, name="self" + info.name[len("self.target"):])
                                   if info.name.startswith("self.target.") else info
@@ -141,7 +141,7 @@ class ScriptEngine:
             elif observe is not Observe.ACCESSES:
                 outputs = list(run_under(recorder, self.program, *args))
             else:  # the access log sees every op of every task, and the scheduling ops that say which task runs it
-                names = {**self.constants, **storage_names(dict(zip(self.param_names, args)), self.module)}
+                names = {**self.named_constants, **storage_names(dict(zip(self.param_names, args)), self.module)}
                 log = AccessLog(self.program.sites, names)
                 with log:
                     outputs = list(run_under(recorder, self.program, *args))

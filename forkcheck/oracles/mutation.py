@@ -308,18 +308,35 @@ def _thread_changes(before: Mapping[str, Any]) -> dict[str, list[str]]:
             if not _same(before[name], now := read())}
 
 
+class ConstantsWatch:
+    """Tensor constants of a compiled graph that its code may write (a frozen module's folded buffers): every call
+    and copy of the graph shares them, the user's object too, so ``restore`` puts back those a run wrote (told by
+    their version counters) and the object ends the check as it began."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        self.saved = [[tensor, tensor._version, tensor.clone()] for tensor in tensors]
+
+    def restore(self) -> None:
+        for entry in self.saved:
+            tensor, version, value = entry
+            if tensor._version != version:
+                with torch.no_grad():
+                    tensor.copy_(value)
+                entry[1] = tensor._version
+
+
 class GlobalWatch:
     """The state the code can reach (``referenced_globals``): Python globals, closure cells, user classes and
     modules' names; and process-wide state: torch's (RNG, settings, ``torch.backends`` flags) and the Python and
     numpy default RNGs."""
 
-    def __init__(self, slots: Mapping[str, tuple[Any, str]], python: bool = True, constants: Sequence[Any] = ()):
+    def __init__(self, slots: Mapping[str, tuple[Any, str]], python: bool = True,
+                 constants: Optional["ConstantsWatch"] = None):
         """``python=False`` for runs that execute no Python code (compiled code without Python calls): they cannot
         reach Python's globals or Python's and numpy's RNGs, so only torch's state is watched (reading numpy's RNG
-        alone cost more than a small scripted run). ``constants``: tensor constants of the compiled graph that its
-        code may write (a frozen module's folded buffer): every call and copy of the graph shares them, so
-        ``restore`` puts them back, by their version counters, and the user's object ends the check as it began."""
-        self.constants = [(t, t._version, t.clone()) for t in constants]
+        alone cost more than a small scripted run). ``constants``: the compiled graph's written constants, which
+        ``restore`` puts back too (one watch may serve several global watches)."""
+        self.constants = constants
         self.python = python
         self.slots = dict(slots) if python else {}
         self.snapshots = {name: NamesSnapshot.take(ns.namespace, ns.deep) if isinstance(ns, _ModuleNames)
@@ -381,11 +398,8 @@ class GlobalWatch:
     def restore(self) -> None:
         """Put globals (their contents too), classes, modules' names and process-wide state back as they were
         (the process-wide state as ``changed`` read it, when it was called after the run)."""
-        for index, (tensor, version, saved) in enumerate(self.constants):
-            if tensor._version != version:
-                with torch.no_grad():
-                    tensor.copy_(saved)
-                self.constants[index] = (tensor, tensor._version, saved)
+        if self.constants is not None:
+            self.constants.restore()
         for name, (ns, key) in self.slots.items():
             snap = self.snapshots[name]
             if isinstance(ns, _ModuleNames):
